@@ -1,0 +1,54 @@
+"""Write files so that a crash or an error never leaves a partial file under the final name.
+
+Everything the toolkit writes for a user (images, checkpoints, reports) goes through ``atomic_output``: the data are
+written to a temporary file in the destination folder (same file system, so the final rename is atomic), flushed and
+fsynced, then ``os.replace``d onto the final name. On any error the temporary file is removed and the final name is
+left as it was, so an older result is never lost to a failed write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+def _suffixes(path: Path) -> str:
+    # Keep the full suffix (".nii.gz", not ".gz") so libraries that infer the format from the name still can.
+    return "".join(path.suffixes)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically, on error it is removed.
+
+    Example::
+
+        with atomic_output("out.nii.gz") as tmp:
+            nib.save(image, tmp)
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{final.name.split('.')[0]}.", suffix=f".partial{_suffixes(final)}", dir=final.parent
+    )
+    os.close(handle)
+    temporary = Path(temporary)
+    try:
+        yield temporary
+        with open(temporary, "rb+") as stream:
+            os.fsync(stream.fileno())
+        os.replace(temporary, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (UTF-8) and return the path."""
+    with atomic_output(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+    return Path(path)
