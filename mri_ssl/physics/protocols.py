@@ -82,6 +82,13 @@ def _values(protocol: Mapping, key: str) -> torch.Tensor:
     return torch.as_tensor(protocol[key], dtype=torch.float64).reshape(-1).cpu()
 
 
+def _broadcast_values(sequence: str, protocol: Mapping) -> dict[str, torch.Tensor]:
+    """Every parameter of ``sequence`` as a 1-D float64 tensor, scalars broadcast to the batch length."""
+    keys = list(PROTOCOL_PARAMETERS[sequence])
+    size = protocol_size({key: protocol[key] for key in keys})
+    return {key: _values(protocol, key).expand(size) for key in keys}
+
+
 def _first_bad(values: torch.Tensor, bad: torch.Tensor) -> str:
     index = int(torch.nonzero(bad)[0])
     where = f" (protocol {index} of {values.numel()})" if values.numel() > 1 else ""
@@ -91,7 +98,7 @@ def _first_bad(values: torch.Tensor, bad: torch.Tensor) -> str:
 def consistency_mask(sequence: str, protocol: Mapping) -> torch.Tensor:
     """A boolean tensor, one per protocol of a batch: True where the protocol is physically consistent."""
     sequence = check_sequence(sequence)
-    v = {key: _values(protocol, key) for key in PROTOCOL_PARAMETERS[sequence]}
+    v = _broadcast_values(sequence, protocol)
     ok = torch.ones_like(v["tr"], dtype=torch.bool)
     for key, values in v.items():
         ok &= torch.isfinite(values)
@@ -106,7 +113,7 @@ def consistency_mask(sequence: str, protocol: Mapping) -> torch.Tensor:
         ok &= v["ti"] + v["te"] < v["tr"]
     if sequence == "mprage":
         half_train = 0.5 * v["n"] * v["tx"]
-        ok &= (v["n"] >= 1) & (v["te"] < v["tx"])
+        ok &= (v["n"] >= 2) & (torch.remainder(v["n"], 2) == 0) & (v["te"] < v["tx"])
         ok &= (v["ti"] - half_train > 0) & (v["tr"] - v["ti"] - half_train > 0)
         ok &= (v["inversion_efficiency"] > 0) & (v["inversion_efficiency"] <= 1)
     return ok
@@ -116,7 +123,7 @@ def check_protocol(sequence: str, protocol: Mapping) -> None:
     """Raise ``ProtocolError`` naming the first inconsistent parameter and its value; return None when all is well.
 
     Rules: every parameter given and finite; times positive; TE < TR; flip angle in (0, pi]; FLAIR TI + TE < TR
-    (so TI < TR); MPRAGE TE < TX, ``n >= 1``, a positive delay between inversion and the first excitation
+    (so TI < TR); MPRAGE TE < TX, ``n`` an even number >= 2 (the centre is excitation n/2), a positive delay between inversion and the first excitation
     (TI > n TX / 2) and between the last excitation and the next inversion (TR > TI + n TX / 2), inversion
     efficiency in (0, 1].
     """
@@ -127,7 +134,7 @@ def check_protocol(sequence: str, protocol: Mapping) -> None:
         raise ProtocolError(
             missing[0], f"{sequence} needs {', '.join(missing)} ({'; '.join(expected[k] for k in missing)})"
         )
-    v = {key: _values(protocol, key) for key in expected}
+    v = _broadcast_values(sequence, protocol)
     for key, values in v.items():
         bad = ~torch.isfinite(values)
         if bad.any():
@@ -148,7 +155,8 @@ def check_protocol(sequence: str, protocol: Mapping) -> None:
     if sequence == "mprage":
         half_train = 0.5 * v["n"] * v["tx"]
         rules += [
-            ("n", v["n"] < 1, "the readout train needs at least one excitation"),
+            ("n", (v["n"] < 2) | (torch.remainder(v["n"], 2) != 0), "the readout train needs an even number of "
+             "excitations (>= 2) so that its k-space centre is excitation n/2"),
             ("te", v["te"] >= v["tx"], "echo time must be shorter than the excitation spacing tx"),
             ("ti", v["ti"] - half_train <= 0, "ti must exceed half the readout train (n * tx / 2) so the "
              "preparation delay is positive"),

@@ -97,7 +97,9 @@ def simulate(
     available = dict(maps)
     available.setdefault("r2", available["r2s"])
     available.setdefault("mt", 0.0)
-    map_values = tuple(available[name] for name in MAP_ARGUMENTS[sequence])
-    params = tuple(protocol[name] for name in PROTOCOL_ARGUMENTS[sequence]) + (available.get("b1", 1.0),)
+    # b1 is a map (or 1.0), so it goes with the maps: a protocol batch must never be confused with a b1 map.
+    map_values = tuple(available[name] for name in MAP_ARGUMENTS[sequence]) + (available.get("b1", 1.0),)
+    params = tuple(protocol[name] for name in PROTOCOL_ARGUMENTS[sequence])
     map_values, params = as_protocol_batch(map_values, params)
-    return run_kernel(sequence, *map_values, *params, fused=fused).abs()
+    *map_values, b1 = map_values
+    return run_kernel(sequence, *map_values, *params, b1, fused=fused).abs()

@@ -1,0 +1,27 @@
+"""Shared small fixtures for the test suite (keep this file minimal)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def _make_maps(shape=(3, 4, 5), dtype=torch.float64, device="cpu", seed=0, with_r2=False, with_mt=False):
+    """Brain-like qMRI maps with values in physical ranges: PD, R1 and R2* in 1/s (R2, MT optional)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def uniform(low, high):
+        return (low + (high - low) * torch.rand(shape, generator=g, dtype=torch.float64)).to(dtype=dtype, device=device)
+
+    maps = {"pd": uniform(0.5, 1.0), "r1": uniform(0.2, 1.5), "r2s": uniform(5.0, 40.0)}
+    if with_r2:
+        maps["r2"] = uniform(4.0, 20.0)
+    if with_mt:
+        maps["mt"] = uniform(0.0, 0.05)
+    return maps
+
+
+@pytest.fixture
+def make_maps():
+    """Factory for small, seeded, physically valid qMRI maps: ``make_maps(shape, dtype, device, seed, ...)``."""
+    return _make_maps

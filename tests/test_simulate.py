@@ -1,0 +1,273 @@
+"""simulate(): map validation, R2*/R2 and MT handling, magnitude output, batching, and the fused (compiled) path."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from mri_ssl.errors import InputError, ProtocolError
+from mri_ssl.physics import fused, sequences
+from mri_ssl.physics.protocols import SEQUENCES, TYPICAL_PROTOCOLS, protocol_item, sample_protocol
+from mri_ssl.physics.simulate import check_maps, simulate
+
+F64 = torch.float64
+
+
+def _source(error_type, fn, *args, **kwargs):
+    with pytest.raises(error_type) as info:
+        fn(*args, **kwargs)
+    assert str(info.value).startswith(f"{info.value.source}:")
+    return info.value.source, str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Map validation
+
+
+def test_valid_maps_pass(make_maps):
+    maps = make_maps((2, 3, 4), with_r2=True, with_mt=True)
+    maps["b1"] = torch.ones(2, 3, 4, dtype=F64)
+    check_maps(maps)
+    check_maps(maps, spatial_dims=3)
+    check_maps({k: v[0] for k, v in maps.items()}, spatial_dims=2)
+    check_maps({k: v.float() for k, v in maps.items()})
+
+
+@pytest.mark.parametrize("name", ["pd", "r1", "r2s", "r2", "mt", "b1"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_map_is_named(name, bad, make_maps):
+    maps = make_maps((2, 3, 4), with_r2=True, with_mt=True)
+    maps["b1"] = torch.ones(2, 3, 4, dtype=F64)
+    maps[name] = maps[name].clone()
+    maps[name][1, 2, 3] = bad
+    source, message = _source(InputError, check_maps, maps)
+    assert source == name and "non-finite" in message
+    source, _ = _source(InputError, simulate, maps, "gre", TYPICAL_PROTOCOLS["gre"])
+    assert source == name
+
+
+@pytest.mark.parametrize("name", ["pd", "r1", "r2s", "r2"])
+def test_negative_map_is_named(name, make_maps):
+    maps = make_maps((2, 3, 4), with_r2=True)
+    maps[name] = maps[name].clone()
+    maps[name][0, 0, 0] = -0.5
+    source, message = _source(InputError, simulate, maps, "fse", TYPICAL_PROTOCOLS["fse"])
+    assert source == name and "-0.5" in message
+
+
+@pytest.mark.parametrize("value", [1.0, 5.0])
+def test_mt_of_one_or_more_is_rejected(value, make_maps):
+    maps = make_maps((2, 3, 4), with_mt=True)
+    maps["mt"][0, 1, 1] = value  # e.g. a map in percent units
+    source, message = _source(InputError, simulate, maps, "gre", TYPICAL_PROTOCOLS["gre"])
+    assert source == "mt" and "[0, 1)" in message
+
+
+def test_mismatched_shapes_name_the_map(make_maps):
+    maps = make_maps((2, 3, 4))
+    maps["r2s"] = torch.ones(2, 3, 5, dtype=F64)
+    source, message = _source(InputError, simulate, maps, "gre", TYPICAL_PROTOCOLS["gre"])
+    assert source == "r2s" and "(2, 3, 5)" in message and "(2, 3, 4)" in message
+
+
+def test_missing_map_is_named(make_maps):
+    maps = make_maps((2, 3, 4))
+    del maps["r1"]
+    source, message = _source(InputError, simulate, maps, "fse", TYPICAL_PROTOCOLS["fse"])
+    assert source == "r1" and "missing" in message
+
+
+def test_unknown_map_is_named(make_maps):
+    maps = make_maps((2, 3, 4))
+    maps["t1"] = torch.ones(2, 3, 4, dtype=F64)
+    source, _ = _source(InputError, simulate, maps, "fse", TYPICAL_PROTOCOLS["fse"])
+    assert source == "t1"
+
+
+def test_2d_maps_when_3d_expected(make_maps):
+    maps = make_maps((3, 4))
+    source, message = _source(InputError, simulate, maps, "fse", TYPICAL_PROTOCOLS["fse"], spatial_dims=3)
+    assert source in maps and "expected 3" in message
+    simulate(maps, "fse", TYPICAL_PROTOCOLS["fse"], spatial_dims=2)  # fine when 2-D is what is asked for
+
+
+def test_unknown_sequence_and_bad_protocol(make_maps):
+    maps = make_maps((2, 2, 2))
+    source, message = _source(ProtocolError, simulate, maps, "dwi", {"tr": 1.0, "te": 0.1})
+    assert source == "sequence" and "dwi" in message
+    source, message = _source(ProtocolError, simulate, maps, "fse", {"tr": 0.05, "te": 0.1})
+    assert source == "te" and "0.1" in message
+    # validate=False skips the range checks but never runs without a needed parameter.
+    source, _ = _source(ProtocolError, simulate, maps, "gre", {"tr": 0.05, "te": 0.01}, validate=False)
+    assert source == "flip_angle"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What simulate computes
+
+
+@pytest.mark.parametrize("sequence", ["fse", "flair"])
+def test_r2star_stands_in_for_missing_r2(sequence, make_maps):
+    maps = make_maps((2, 3, 4), with_r2=True)
+    protocol = TYPICAL_PROTOCOLS[sequence]
+    without_r2 = simulate({k: v for k, v in maps.items() if k != "r2"}, sequence, protocol)
+    r2_equal_r2s = simulate(dict(maps, r2=maps["r2s"]), sequence, protocol)
+    assert torch.equal(without_r2, r2_equal_r2s)
+    with_r2 = simulate(maps, sequence, protocol)
+    assert not torch.allclose(with_r2, without_r2)
+    expected = getattr(sequences, sequence)(maps["pd"], maps["r1"], maps["r2"], **protocol).abs()
+    torch.testing.assert_close(with_r2, expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("sequence", ["gre", "mprage"])
+def test_gradient_echo_sequences_ignore_r2(sequence, make_maps):
+    maps = make_maps((2, 3, 4), with_r2=True)
+    protocol = TYPICAL_PROTOCOLS[sequence]
+    assert torch.equal(simulate(maps, sequence, protocol),
+                       simulate({k: v for k, v in maps.items() if k != "r2"}, sequence, protocol))
+
+
+def test_gre_uses_mt_when_given(make_maps):
+    maps = make_maps((2, 3, 4), with_mt=True)
+    protocol = TYPICAL_PROTOCOLS["gre"]
+    with_mt = simulate(maps, "gre", protocol)
+    without_mt = simulate({k: v for k, v in maps.items() if k != "mt"}, "gre", protocol)
+    assert torch.all(with_mt < without_mt)
+    expected = sequences.gre(maps["pd"], maps["r1"], maps["r2s"], mt=maps["mt"], **protocol).abs()
+    torch.testing.assert_close(with_mt, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(without_mt, sequences.gre(maps["pd"], maps["r1"], maps["r2s"], **protocol).abs(),
+                               rtol=1e-12, atol=0)
+
+
+def test_output_is_the_non_negative_magnitude(make_maps):
+    maps = make_maps((2, 3, 4))
+    # A short TI leaves every tissue inverted: the signed FLAIR signal is negative, the image is its magnitude.
+    protocol = {"tr": 6.0, "te": 0.02, "ti": 0.1}
+    signed = sequences.flair(maps["pd"], maps["r1"], maps["r2s"], **protocol)
+    assert torch.all(signed < 0)
+    image = simulate(maps, "flair", protocol)
+    assert torch.all(image >= 0)
+    torch.testing.assert_close(image, signed.abs(), rtol=1e-12, atol=0)
+    for sequence in SEQUENCES:
+        batch = sample_protocol(sequence, 8, generator=torch.Generator().manual_seed(0))
+        assert torch.all(simulate(maps, sequence, batch) >= 0)
+
+
+def test_b1_map_scales_the_image_voxelwise(make_maps):
+    maps = make_maps((2, 3, 4))
+    b1 = torch.linspace(0.5, 1.5, 24, dtype=F64).reshape(2, 3, 4)
+    for sequence in SEQUENCES:
+        protocol = sample_protocol(sequence, 2, generator=torch.Generator().manual_seed(4))
+        plain = simulate(maps, sequence, protocol)
+        torch.testing.assert_close(simulate(dict(maps, b1=b1), sequence, protocol), plain * b1, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["single", "batch"])
+def test_b1_map_with_one_dimensional_maps(batched, make_maps):
+    """Maps may have any number of dimensions (spatial_dims=None); a 1-D b1 *map* must not become a protocol batch."""
+    maps = make_maps((5,))
+    b1 = torch.linspace(0.5, 1.5, 5, dtype=F64)
+    protocol = sample_protocol("fse", 3, generator=torch.Generator().manual_seed(4)) if batched \
+        else TYPICAL_PROTOCOLS["fse"]
+    plain = simulate(maps, "fse", protocol)
+    assert plain.shape == ((3, 5) if batched else (5,))
+    scaled = simulate(dict(maps, b1=b1), "fse", protocol)
+    assert scaled.shape == plain.shape
+    torch.testing.assert_close(scaled, plain * b1, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("sequence", SEQUENCES)
+def test_simulate_batch_equals_a_loop(sequence, make_maps):
+    maps = make_maps((3, 4, 5), with_mt=True)
+    protocol = sample_protocol(sequence, 6, generator=torch.Generator().manual_seed(12))
+    batched = simulate(maps, sequence, protocol)
+    assert batched.shape == (6, 3, 4, 5)
+    for b in range(6):
+        single = simulate(maps, sequence, protocol_item(protocol, b))
+        assert single.shape == (3, 4, 5)
+        torch.testing.assert_close(batched[b], single, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("sequence", SEQUENCES)
+def test_simulate_dtype_follows_the_maps(sequence, make_maps):
+    protocol = sample_protocol(sequence, 2, generator=torch.Generator().manual_seed(1))  # float64
+    maps32 = make_maps((2, 3, 4), dtype=torch.float32, with_mt=True)
+    out = simulate(maps32, sequence, protocol)
+    assert out.dtype == torch.float32 and out.shape == (2, 2, 3, 4)
+    assert simulate(make_maps((2, 3, 4), with_mt=True), sequence, protocol).dtype == F64
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fused (compiled) path
+
+
+def _relative_difference(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def test_fused_equals_eager_and_the_disable_switch(make_maps, monkeypatch):
+    """One test compiles every kernel once (the slow part), on tiny volumes with a batch of 3 protocols."""
+    monkeypatch.delenv(fused.DISABLE_ENV, raising=False)
+    maps = make_maps((4, 4, 4), dtype=torch.float32, with_mt=True)
+    compiler = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    results = {}
+    for sequence in SEQUENCES:
+        protocol = sample_protocol(sequence, 3, generator=torch.Generator().manual_seed(21))
+        eager = simulate(maps, sequence, protocol, fused=False)
+        compiled = simulate(maps, sequence, protocol, fused=True)
+        assert compiled.shape == eager.shape == (3, 4, 4, 4)
+        assert compiled.dtype == torch.float32
+        assert _relative_difference(compiled, eager) <= 1e-5, sequence
+        if compiler:
+            assert fused.fused_available(sequence), f"{sequence}: compiled kernel did not run"
+        results[sequence] = (protocol, eager)
+
+    # MRI_SSL_DISABLE_COMPILE=1 forces eager even with fused=True, and compiles nothing new.
+    monkeypatch.setenv(fused.DISABLE_ENV, "1")
+    assert fused.compile_disabled()
+    monkeypatch.setattr(fused, "_compiled", {})
+    for sequence, (protocol, eager) in results.items():
+        assert torch.equal(simulate(maps, sequence, protocol, fused=True), eager)
+    assert fused._compiled == {}
+    for value in ("0", "", "false"):
+        monkeypatch.setenv(fused.DISABLE_ENV, value)
+        assert not fused.compile_disabled()
+
+
+def test_compile_failure_falls_back_silently(make_maps, monkeypatch):
+    monkeypatch.delenv(fused.DISABLE_ENV, raising=False)
+    monkeypatch.setattr(fused, "_compiled", {})
+    monkeypatch.setattr(fused, "_failed", set())
+    calls = []
+
+    def broken_compile(*args, **kwargs):
+        calls.append(args)
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    maps = make_maps((3, 3, 3), dtype=torch.float32, with_mt=True)
+    for sequence in SEQUENCES:
+        protocol = sample_protocol(sequence, 2, generator=torch.Generator().manual_seed(2))
+        eager = simulate(maps, sequence, protocol, fused=False)
+        for _ in range(2):
+            assert torch.equal(simulate(maps, sequence, protocol, fused=True), eager)
+        assert not fused.fused_available(sequence)
+        assert sequence in fused._failed
+    assert len(calls) == len(SEQUENCES)  # a failed sequence is not compiled again
+
+
+def test_failure_inside_the_compiled_call_falls_back(make_maps, monkeypatch):
+    monkeypatch.delenv(fused.DISABLE_ENV, raising=False)
+    monkeypatch.setattr(fused, "_failed", set())
+
+    def raising_kernel(*args):
+        raise RuntimeError("compiled kernel crashed")
+
+    monkeypatch.setattr(fused, "_compiled", {"fse": raising_kernel})
+    maps = make_maps((3, 3, 3), dtype=torch.float32)
+    protocol = TYPICAL_PROTOCOLS["fse"]
+    out = simulate(maps, "fse", protocol, fused=True)
+    assert torch.equal(out, simulate(maps, "fse", protocol, fused=False))
+    assert not fused.fused_available("fse") and "fse" not in fused._compiled
