@@ -4,6 +4,7 @@ Written in torch rather than on top of nitorch (which the reference work used) b
 any package registry; the equations are the same and run batched on any device.
 """
 
+from mri_ssl.physics.phantom import TISSUE_CLASSES, Phantom, mni152_phantom, mprage_fidelity, tissue_parameters
 from mri_ssl.physics.protocols import (
     PROTOCOL_PARAMETERS,
     SEQUENCES,
@@ -16,6 +17,11 @@ from mri_ssl.physics.simulate import MAP_NAMES, check_maps, simulate
 
 __all__ = [
     "MAP_NAMES",
+    "Phantom",
+    "TISSUE_CLASSES",
+    "mni152_phantom",
+    "mprage_fidelity",
+    "tissue_parameters",
     "PROTOCOL_PARAMETERS",
     "SEQUENCES",
     "TYPICAL_PROTOCOLS",

@@ -1,0 +1,82 @@
+"""The embedded default data: MNI152 qMRI phantom subjects written as NIfTI files plus a datalist.
+
+Bundles read these files through the same loaders as a user's data (one code path for demo and real data). Each
+subject is the MNI152 anatomy with its own seeded tissue-parameter jitter and smooth spatial variation; per-subject
+deformation is left to the training transforms.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from mri_ssl.data.nifti import save_json, save_nifti
+from mri_ssl.errors import InputError
+from mri_ssl.physics.phantom import TISSUE_CLASSES, mni152_phantom
+
+DATALIST_NAME = "datalist.json"
+MAP_KEYS = ("pd", "r1", "r2", "r2s", "mt")
+
+
+def write_demo_data(
+    out_dir: str | os.PathLike = "demo_data",
+    subjects: int = 4,
+    validation_subjects: int = 1,
+    resolution_mm: float = 1.0,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Write ``subjects`` phantom subjects and a decathlon-style datalist; return the datalist's path.
+
+    Layout::
+
+        out_dir/datalist.json                 {"training": [...], "validation": [...], "labels": {...}, ...}
+        out_dir/mni152_t1.nii.gz              the real MNI152 2009 T1 image (a real-image reference)
+        out_dir/sub-XX/{pd,r1,r2,r2s,mt,label}.nii.gz
+
+    Entries hold paths relative to ``out_dir`` (``monai.data.load_decathlon_datalist`` resolves them), with keys
+    ``subject``, ``pd``, ``r1``, ``r2``, ``r2s``, ``mt`` (fraction), ``label`` (``TISSUE_CLASSES``) and ``t1``.
+    """
+    if int(subjects) < 1:
+        raise InputError("subjects", f"need at least one subject, got {subjects}")
+    if not 0 <= int(validation_subjects) < int(subjects):
+        raise InputError("validation_subjects", f"must be in [0, subjects), got {validation_subjects} of {subjects}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = []
+    reference_written = False
+    for index in tqdm(range(int(subjects)), desc="demo subjects", unit="subject", disable=not progress):
+        generator = torch.Generator().manual_seed(int(seed) * 1000 + index)
+        phantom = mni152_phantom(resolution_mm, generator=generator)
+        subject = f"sub-{index:02d}"
+        subject_dir = out_dir / subject
+        entry = {"subject": subject}
+        for key in MAP_KEYS:
+            save_nifti(phantom.maps[key], phantom.affine, subject_dir / f"{key}.nii.gz", description=f"mri_ssl {key}")
+            entry[key] = f"{subject}/{key}.nii.gz"
+        save_nifti(phantom.labels.to(torch.uint8), phantom.affine, subject_dir / "label.nii.gz")
+        entry["label"] = f"{subject}/label.nii.gz"
+        if not reference_written:
+            save_nifti(phantom.reference_t1, phantom.affine, out_dir / "mni152_t1.nii.gz")
+            reference_written = True
+        entry["t1"] = "mni152_t1.nii.gz"
+        entries.append(entry)
+    split = len(entries) - int(validation_subjects)
+    datalist = {
+        "name": "mri_ssl MNI152 qMRI phantom",
+        "description": "qMRI maps (PD fraction, R1/R2/R2* in 1/s, MT fraction) built from nilearn's MNI152 2009 "
+                       "T1/GM/WM templates with per-subject tissue jitter; written by `mri-ssl demo-data`.",
+        "reference": "ICBM 2009c nonlinear symmetric template (Fonov et al. 2011), as shipped by nilearn",
+        "tensorImageSize": "3D",
+        "resolution_mm": float(resolution_mm),
+        "seed": int(seed),
+        "modality": {"pd": "PD", "r1": "R1", "r2": "R2", "r2s": "R2*", "mt": "MT"},
+        "labels": {str(i): name for i, name in enumerate(TISSUE_CLASSES)},
+        "numTraining": split,
+        "training": entries[:split],
+        "validation": entries[split:],
+    }
+    return save_json(datalist, out_dir / DATALIST_NAME)
