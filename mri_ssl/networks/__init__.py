@@ -1,0 +1,6 @@
+"""Networks: the CNN encoder and the heads of the pretraining model."""
+
+from mri_ssl.networks.encoder import PAPER_FEATURES, CNNEncoder3D
+from mri_ssl.networks.heads import ProjectionHead, Reconstructor
+
+__all__ = ["PAPER_FEATURES", "CNNEncoder3D", "ProjectionHead", "Reconstructor"]

@@ -1,0 +1,92 @@
+"""The CNN encoder of the sequence-invariant method (Chalcroft et al. 2025, Appendix B), built from MONAI blocks."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from monai.networks.blocks import Convolution
+from monai.networks.layers import Pool
+from torch import nn
+
+from mri_ssl.errors import InputError
+
+PAPER_FEATURES = (64, 128, 256, 512, 768)
+
+
+def conv_norm_act(spatial_dims: int, in_channels: int, out_channels: int, dropout: float) -> Convolution:
+    """A 3x3(x3) convolution followed by instance norm, GELU and dropout, in that order."""
+    return Convolution(spatial_dims, in_channels, out_channels, kernel_size=3, act="GELU", norm="INSTANCE",
+                       dropout=dropout, adn_ordering="NAD")
+
+
+class EncoderStage(nn.Sequential):
+    """Two ``conv_norm_act`` blocks; the encoder's unit of depth."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, dropout: float):
+        super().__init__(conv_norm_act(spatial_dims, in_channels, out_channels, dropout),
+                         conv_norm_act(spatial_dims, out_channels, out_channels, dropout))
+
+
+class CNNEncoder3D(nn.Module):
+    """A plain CNN encoder: ``len(features)`` stages, 2x max-pool downsampling between stages.
+
+    With the paper's ``features = (64, 128, 256, 512, 768)`` a 96^3 input gives stage maps of 96^3, 48^3, 24^3,
+    12^3 and 6^3 voxels and a pooled 768-d feature. Width and depth are arguments so CPU demos can run a slim copy
+    (e.g. ``features=(8, 16, 32, 48, 64)``); ``spatial_dims=2`` gives the 2-D version.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels (1 for an MR image).
+        features: output channels of each stage; the last is the pooled feature size.
+        dropout: dropout after every convolution (0.2 in the paper).
+
+    Input ``(B, in_channels, *spatial)``, each spatial size divisible by ``2 ** (len(features) - 1)``.
+    ``forward(x)`` returns the pooled feature ``(B, features[-1])``; ``forward(x, return_stages=True)`` returns
+    ``(pooled, [stage_0, ..., stage_last])`` with ``stage_i`` of shape ``(B, features[i], *spatial / 2**i)``, the
+    skip connections a U-Net decoder needs.
+    """
+
+    def __init__(self, spatial_dims: int = 3, in_channels: int = 1, features: Sequence[int] = PAPER_FEATURES,
+                 dropout: float = 0.2):
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise InputError("spatial_dims", f"must be 2 or 3, got {spatial_dims}")
+        features = tuple(int(f) for f in features)
+        if len(features) < 1 or min(features) < 1:
+            raise InputError("features", f"need at least one stage of positive width, got {features}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise InputError("dropout", f"must be in [0, 1), got {dropout}")
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.features = features
+        self.dropout = float(dropout)
+        channels = (in_channels,) + features
+        self.stages = nn.ModuleList(
+            EncoderStage(spatial_dims, channels[i], channels[i + 1], dropout) for i in range(len(features)))
+        self.downsample = Pool["MAX", spatial_dims](kernel_size=2)
+        self.pool = Pool["ADAPTIVEAVG", spatial_dims](1)
+
+    @property
+    def out_features(self) -> int:
+        return self.features[-1]
+
+    @property
+    def downsampling_factor(self) -> int:
+        """Each spatial size of the input must be a multiple of this."""
+        return 2 ** (len(self.features) - 1)
+
+    def config(self) -> dict:
+        """Constructor arguments, saved with exported weights so the encoder can be rebuilt without code."""
+        return {"spatial_dims": self.spatial_dims, "in_channels": self.in_channels, "features": list(self.features),
+                "dropout": self.dropout}
+
+    def forward(self, x: torch.Tensor, return_stages: bool = False):
+        stages = []
+        for index, stage in enumerate(self.stages):
+            if index > 0:
+                x = self.downsample(x)
+            x = stage(x)
+            stages.append(x)
+        pooled = torch.flatten(self.pool(x), 1)
+        return (pooled, stages) if return_stages else pooled

@@ -1,0 +1,95 @@
+"""CNNEncoder3D, ProjectionHead and Reconstructor: shapes of the paper's architecture, slim copies, 2-D, errors."""
+
+import pytest
+import torch
+from torch import nn
+
+from mri_ssl.errors import InputError
+from mri_ssl.networks import PAPER_FEATURES, CNNEncoder3D, ProjectionHead, Reconstructor
+
+SLIM = (4, 8, 8, 16, 16)
+
+
+def count(module, kind):
+    return sum(isinstance(m, kind) for m in module.modules())
+
+
+def test_paper_encoder_layout():
+    encoder = CNNEncoder3D()
+    assert encoder.features == PAPER_FEATURES and encoder.out_features == 768
+    assert count(encoder, nn.Conv3d) == 10  # 5 stages x 2 convolutions
+    assert count(encoder, nn.InstanceNorm3d) == 10 and count(encoder, nn.GELU) == 10
+    dropouts = [m for m in encoder.modules() if isinstance(m, nn.Dropout3d) or isinstance(m, nn.Dropout)]
+    assert len(dropouts) == 10 and all(d.p == pytest.approx(0.2) for d in dropouts)
+    # Within a block the order is conv -> norm -> act -> dropout.
+    block = encoder.stages[0][0]
+    names = [type(m).__name__ for m in block.modules() if not list(m.children())]
+    assert names.index("Conv3d") < names.index("InstanceNorm3d") < names.index("GELU") < names.index("Dropout")
+
+
+def test_stage_maps_have_the_unet_skip_shapes():
+    encoder = CNNEncoder3D(features=SLIM).eval()
+    x = torch.randn(2, 1, 32, 48, 16)
+    pooled, stages = encoder(x, return_stages=True)
+    assert pooled.shape == (2, 16)
+    assert [tuple(s.shape) for s in stages] == [
+        (2, 4, 32, 48, 16), (2, 8, 16, 24, 8), (2, 8, 8, 12, 4), (2, 16, 4, 6, 2), (2, 16, 2, 3, 1)]
+    torch.testing.assert_close(pooled, stages[-1].mean(dim=(2, 3, 4)))
+    torch.testing.assert_close(encoder(x), pooled)
+    assert encoder.downsampling_factor == 16
+
+
+def test_two_dimensional_encoder():
+    encoder = CNNEncoder3D(spatial_dims=2, in_channels=3, features=(4, 8, 12))
+    assert count(encoder, nn.Conv2d) == 6
+    assert encoder(torch.randn(3, 3, 20, 20)).shape == (3, 12)
+
+
+def test_eval_mode_is_deterministic_and_train_mode_drops_out():
+    torch.manual_seed(0)
+    encoder = CNNEncoder3D(features=(4, 8), dropout=0.5)
+    x = torch.randn(2, 1, 8, 8, 8)
+    encoder.eval()
+    torch.testing.assert_close(encoder(x), encoder(x))
+    encoder.train()
+    assert not torch.allclose(encoder(x), encoder(x))
+
+
+def test_config_rebuilds_the_same_network():
+    encoder = CNNEncoder3D(features=(4, 8, 8), dropout=0.1)
+    rebuilt = CNNEncoder3D(**encoder.config())
+    rebuilt.load_state_dict(encoder.state_dict())
+    x = torch.randn(1, 1, 8, 8, 8)
+    torch.testing.assert_close(rebuilt.eval()(x), encoder.eval()(x))
+
+
+def test_projection_head_and_reconstructor_shapes():
+    head = ProjectionHead()
+    assert [m.out_features for m in head if isinstance(m, nn.Linear)] == [512, 128]
+    assert head(torch.randn(4, 768)).shape == (4, 128)
+    reconstructor = Reconstructor()
+    transposed = [m for m in reconstructor.modules() if isinstance(m, nn.ConvTranspose3d)]
+    assert [(m.in_channels, m.out_channels, m.stride) for m in transposed] == [
+        (768, 384, (2, 2, 2)), (384, 192, (2, 2, 2)), (192, 96, (2, 2, 2)), (96, 48, (2, 2, 2))]
+    final = [m for m in reconstructor.modules() if isinstance(m, nn.Conv3d)][-1]
+    assert final.kernel_size == (1, 1, 1) and final.out_channels == 1
+
+
+def test_slim_encoder_and_reconstructor_round_trip_the_input_size():
+    encoder = CNNEncoder3D(features=SLIM)
+    reconstructor = Reconstructor(in_channels=16, channels=(16, 8, 8, 4))
+    x = torch.randn(1, 1, 32, 32, 32)
+    _, stages = encoder(x, return_stages=True)
+    assert reconstructor(stages[-1]).shape == x.shape
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"spatial_dims": 4}, "spatial_dims"),
+    ({"features": ()}, "features"),
+    ({"features": (4, 0)}, "features"),
+    ({"dropout": 1.0}, "dropout"),
+])
+def test_bad_arguments_name_the_parameter(kwargs, name):
+    with pytest.raises(InputError) as error:
+        CNNEncoder3D(**kwargs)
+    assert error.value.source == name
