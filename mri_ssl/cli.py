@@ -45,7 +45,8 @@ def _command_demo_data(args: argparse.Namespace) -> int:
     from mri_ssl.data.demo_data import write_demo_data
 
     path = write_demo_data(args.out, subjects=args.subjects, validation_subjects=args.validation_subjects,
-                           resolution_mm=args.resolution_mm, seed=args.seed, progress=not args.quiet)
+                           resolution_mm=args.resolution_mm, seed=args.seed, deformation_mm=args.deformation_mm,
+                           progress=not args.quiet)
     print(f"wrote {args.subjects} phantom subjects and the datalist {path}")
     return 0
 
@@ -173,7 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo_data.add_argument("--subjects", type=int, default=4, help="number of subjects (default 4)")
     demo_data.add_argument("--validation-subjects", type=int, default=1, help="of which validation (default 1)")
     demo_data.add_argument("--resolution-mm", type=float, default=1.0, help="voxel size in mm (default 1.0)")
-    demo_data.add_argument("--seed", type=int, default=0, help="seed of the per-subject jitter (default 0)")
+    demo_data.add_argument("--seed", type=int, default=0, help="seed of the per-subject variation (default 0)")
+    demo_data.add_argument("--deformation-mm", type=float, default=3.0,
+                           help="std of each subject's smooth random displacement in mm; 0 keeps MNI space "
+                                "(default 3)")
     demo_data.add_argument("--quiet", action="store_true", help="no progress bars")
     demo_data.set_defaults(handler=_command_demo_data)
 

@@ -35,6 +35,9 @@ def test_demo_data_is_read_by_monai_like_real_data(tmp_path):
     maps_b, affine_b = load_maps({k: training[1][k] for k in ("pd", "r1", "r2s", "mt")})
     np.testing.assert_allclose(affine_a, affine_b)
     assert not torch.equal(maps_a["r1"], maps_b["r1"])
+    labels_a = nib.load(training[0]["label"]).get_fdata()
+    labels_b = nib.load(training[1]["label"]).get_fdata()
+    assert 0.0 < (labels_a != labels_b).mean() < 0.2  # deformed anatomy: different, yet the same brain
     # Re-running with the same seed writes the same data.
     again = tmp_path / "again"
     assert main(["demo-data", "--out", str(again), "--subjects", "3", "--resolution-mm", "2", "--quiet"]) == 0

@@ -1,8 +1,8 @@
 """The embedded default data: MNI152 qMRI phantom subjects written as NIfTI files plus a datalist.
 
 Bundles read these files through the same loaders as a user's data (one code path for demo and real data). Each
-subject is the MNI152 anatomy with its own seeded tissue-parameter jitter and smooth spatial variation; per-subject
-deformation is left to the training transforms.
+subject is the MNI152 anatomy with its own seeded tissue-parameter jitter, smooth spatial variation of the maps and a
+smooth random deformation (applied alike to its maps, labels and its copy of the real T1 image).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from mri_ssl.data.deformation import smooth_displacement, warp
 from mri_ssl.data.nifti import save_json, save_nifti
 from mri_ssl.errors import InputError
 from mri_ssl.physics.phantom import TISSUE_CLASSES, mni152_phantom
@@ -27,6 +28,7 @@ def write_demo_data(
     validation_subjects: int = 1,
     resolution_mm: float = 1.0,
     seed: int = 0,
+    deformation_mm: float = 3.0,
     progress: bool = True,
 ) -> Path:
     """Write ``subjects`` phantom subjects and a decathlon-style datalist; return the datalist's path.
@@ -34,11 +36,12 @@ def write_demo_data(
     Layout::
 
         out_dir/datalist.json                 {"training": [...], "validation": [...], "labels": {...}, ...}
-        out_dir/mni152_t1.nii.gz              the real MNI152 2009 T1 image (a real-image reference)
-        out_dir/sub-XX/{pd,r1,r2,r2s,mt,label}.nii.gz
+        out_dir/sub-XX/{pd,r1,r2,r2s,mt,label,t1}.nii.gz
 
     Entries hold paths relative to ``out_dir`` (``monai.data.load_decathlon_datalist`` resolves them), with keys
-    ``subject``, ``pd``, ``r1``, ``r2``, ``r2s``, ``mt`` (fraction), ``label`` (``TISSUE_CLASSES``) and ``t1``.
+    ``subject``, ``pd``, ``r1``, ``r2``, ``r2s``, ``mt`` (fraction), ``label`` (``TISSUE_CLASSES``) and ``t1`` (the
+    real MNI152 T1 image, deformed like the subject). ``deformation_mm`` is the standard deviation of the random
+    displacement at its control points (about 40 mm apart); 0 keeps every subject in MNI space.
     """
     if int(subjects) < 1:
         raise InputError("subjects", f"need at least one subject, got {subjects}")
@@ -47,22 +50,22 @@ def write_demo_data(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = []
-    reference_written = False
     for index in tqdm(range(int(subjects)), desc="demo subjects", unit="subject", disable=not progress):
         generator = torch.Generator().manual_seed(int(seed) * 1000 + index)
         phantom = mni152_phantom(resolution_mm, generator=generator)
+        displacement = smooth_displacement(tuple(phantom.labels.shape), float(resolution_mm), float(deformation_mm),
+                                           generator)
         subject = f"sub-{index:02d}"
         subject_dir = out_dir / subject
         entry = {"subject": subject}
-        for key in MAP_KEYS:
-            save_nifti(phantom.maps[key], phantom.affine, subject_dir / f"{key}.nii.gz", description=f"mri_ssl {key}")
+        volumes = {**phantom.maps, "t1": phantom.reference_t1}
+        for key in (*MAP_KEYS, "t1"):
+            volume = warp(volumes[key], displacement) if deformation_mm > 0 else volumes[key]
+            save_nifti(volume, phantom.affine, subject_dir / f"{key}.nii.gz", description=f"mri_ssl {key}")
             entry[key] = f"{subject}/{key}.nii.gz"
-        save_nifti(phantom.labels.to(torch.uint8), phantom.affine, subject_dir / "label.nii.gz")
+        labels = warp(phantom.labels, displacement, mode="nearest") if deformation_mm > 0 else phantom.labels
+        save_nifti(labels.to(torch.uint8), phantom.affine, subject_dir / "label.nii.gz")
         entry["label"] = f"{subject}/label.nii.gz"
-        if not reference_written:
-            save_nifti(phantom.reference_t1, phantom.affine, out_dir / "mni152_t1.nii.gz")
-            reference_written = True
-        entry["t1"] = "mni152_t1.nii.gz"
         entries.append(entry)
     split = len(entries) - int(validation_subjects)
     datalist = {
@@ -73,6 +76,7 @@ def write_demo_data(
         "tensorImageSize": "3D",
         "resolution_mm": float(resolution_mm),
         "seed": int(seed),
+        "deformation_mm": float(deformation_mm),
         "modality": {"pd": "PD", "r1": "R1", "r2": "R2", "r2s": "R2*", "mt": "MT"},
         "labels": {str(i): name for i, name in enumerate(TISSUE_CLASSES)},
         "numTraining": split,
