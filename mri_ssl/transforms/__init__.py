@@ -6,5 +6,8 @@ from mri_ssl.transforms.simulate_sequence import (
     SimulateSequence,
     SimulateSequenced,
 )
+from mri_ssl.transforms.views import VIEW_MODES, ContrastiveViewPair
 
-__all__ = ["RandSimulateSequence", "RandSimulateSequenced", "SimulateSequence", "SimulateSequenced"]
+__all__ = [
+    "VIEW_MODES",
+    "ContrastiveViewPair","RandSimulateSequence", "RandSimulateSequenced", "SimulateSequence", "SimulateSequenced"]
