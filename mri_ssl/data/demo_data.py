@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from mri_ssl.data.datalist import DATALIST_NAME
 from mri_ssl.data.deformation import smooth_displacement, warp
 from mri_ssl.data.nifti import save_json, save_nifti
 from mri_ssl.errors import InputError
 from mri_ssl.physics.phantom import TISSUE_CLASSES, mni152_phantom
 
-DATALIST_NAME = "datalist.json"
 MAP_KEYS = ("pd", "r1", "r2", "r2s", "mt")
 
 

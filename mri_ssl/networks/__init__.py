@@ -2,5 +2,6 @@
 
 from mri_ssl.networks.encoder import PAPER_FEATURES, CNNEncoder3D
 from mri_ssl.networks.heads import ProjectionHead, Reconstructor
+from mri_ssl.networks.pretrain_model import ContrastiveReconstructionModel
 
-__all__ = ["PAPER_FEATURES", "CNNEncoder3D", "ProjectionHead", "Reconstructor"]
+__all__ = ["PAPER_FEATURES", "CNNEncoder3D", "ContrastiveReconstructionModel", "ProjectionHead", "Reconstructor"]

@@ -1,0 +1,19 @@
+"""Trainers for the non-supervised iterations, and crash-safe checkpointing."""
+
+from mri_ssl.engines.checkpoint import AtomicCheckpointer, export_encoder, load_checkpoint, save_checkpoint
+from mri_ssl.engines.contrastive_trainer import ContrastiveTrainer, NonFiniteLossError, ValidationLoss
+from mri_ssl.engines.features import load_encoder, write_features
+from mri_ssl.engines.progress import attach_progress_bar
+
+__all__ = [
+    "AtomicCheckpointer",
+    "ContrastiveTrainer",
+    "NonFiniteLossError",
+    "ValidationLoss",
+    "attach_progress_bar",
+    "export_encoder",
+    "load_checkpoint",
+    "load_encoder",
+    "save_checkpoint",
+    "write_features",
+]

@@ -1,0 +1,140 @@
+"""Crash-safe checkpoints: atomic writes, latest / best / final, exact resume, safe loading.
+
+MONAI's CheckpointSaver deletes the old checkpoint before writing the new one, so a failed save leaves nothing
+loadable. Here every file is written to a temporary name, fsynced and renamed over the old one, so the previous
+checkpoint is replaced only by a complete new one. Checkpoints hold plain state dicts and numbers only, so they load
+with ``torch.load(weights_only=True)``, which cannot run code hidden in a pickle.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+
+from mri_ssl.atomic import atomic_output
+from mri_ssl.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+LATEST, BEST, FINAL = "latest.pt", "best.pt", "final.pt"
+ENCODER_BEST, ENCODER_FINAL = "encoder_best.pt", "encoder_final.pt"
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename onto ``path``."""
+    with atomic_output(path) as temporary:
+        torch.save(payload, temporary)
+    return Path(path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; raise ``InputError`` naming the file if it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "checkpoint not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:
+        raise InputError(path, f"cannot load checkpoint safely ({type(error).__name__}: {error}); it may be "
+                               f"truncated, or hold objects other than tensors and plain data") from error
+
+
+def export_encoder(encoder: torch.nn.Module, path: str | os.PathLike) -> Path:
+    """Write ``{"config": encoder.config(), "state_dict": ...}``, what downstream bundles load to rebuild it."""
+    state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
+    return save_checkpoint({"config": encoder.config(), "state_dict": state}, path)
+
+
+class AtomicCheckpointer:
+    """Keep ``latest.pt`` (every epoch), ``best.pt`` (lowest ``metric_name``) and ``final.pt`` in ``save_dir``.
+
+    Args:
+        save_dir: folder of the checkpoints.
+        network: the trained model; its ``encoder`` attribute (if any) is also exported as ``encoder_*.pt``.
+        optimizer, lr_scheduler: saved and restored with the network, so a resumed run continues exactly.
+        metric_name: ``engine.state.metrics`` key to rank checkpoints by (lower is better); None keeps no best.
+
+    ``attach(trainer)`` saves at every epoch end and at completion. ``resume(trainer, path)`` restores a checkpoint
+    into the network, optimizer, scheduler and the trainer's epoch / iteration counters before the run starts.
+    """
+
+    def __init__(self, save_dir: str | os.PathLike, network: torch.nn.Module, optimizer=None, lr_scheduler=None,
+                 metric_name: str | None = "val_loss"):
+        self.save_dir = Path(save_dir)
+        self.network = network
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.metric_name = metric_name
+        self.best_metric = math.inf
+
+    def _network(self) -> torch.nn.Module:
+        # Unwrap DistributedDataParallel so checkpoints load into a plain model.
+        return getattr(self.network, "module", self.network)
+
+    def state(self, engine: Engine) -> dict[str, Any]:
+        payload = {
+            "network": self._network().state_dict(),
+            "epoch": int(engine.state.epoch),
+            "iteration": int(engine.state.iteration),
+            "best_metric": float(self.best_metric),
+        }
+        if self.optimizer is not None:
+            payload["optimizer"] = self.optimizer.state_dict()
+        if self.lr_scheduler is not None:
+            payload["lr_scheduler"] = self.lr_scheduler.state_dict()
+        return payload
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    def _is_main_process(self) -> bool:
+        return not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
+            or torch.distributed.get_rank() == 0
+
+    def epoch_completed(self, engine: Engine) -> None:
+        if not self._is_main_process():
+            return
+        metric = engine.state.metrics.get(self.metric_name) if self.metric_name else None
+        if metric is not None and math.isfinite(float(metric)) and float(metric) < self.best_metric:
+            self.best_metric = float(metric)
+            save_checkpoint(self.state(engine), self.save_dir / BEST)
+            encoder = getattr(self._network(), "encoder", None)
+            if encoder is not None:
+                export_encoder(encoder, self.save_dir / ENCODER_BEST)
+            logger.info("epoch %d: new best %s = %.5f", engine.state.epoch, self.metric_name, self.best_metric)
+        save_checkpoint(self.state(engine), self.save_dir / LATEST)
+
+    def completed(self, engine: Engine) -> None:
+        if not self._is_main_process():
+            return
+        save_checkpoint(self.state(engine), self.save_dir / FINAL)
+        encoder = getattr(self._network(), "encoder", None)
+        if encoder is not None:
+            export_encoder(encoder, self.save_dir / ENCODER_FINAL)
+
+    def resume(self, engine: Engine, path: str | os.PathLike) -> None:
+        """Load ``path`` (e.g. ``latest.pt``) into the network, optimizer, scheduler and trainer counters."""
+        device = next(self._network().parameters()).device
+        payload = load_checkpoint(path, map_location=device)
+        self._network().load_state_dict(payload["network"])
+        if self.optimizer is not None and "optimizer" in payload:
+            self.optimizer.load_state_dict(payload["optimizer"])
+        if self.lr_scheduler is not None and "lr_scheduler" in payload:
+            self.lr_scheduler.load_state_dict(payload["lr_scheduler"])
+        self.best_metric = float(payload.get("best_metric", math.inf))
+        epoch, iteration = int(payload["epoch"]), int(payload["iteration"])
+
+        def restore_counters(engine: Engine) -> None:
+            # Ignite resets the counters when a run starts; set them afterwards so the run continues at epoch + 1.
+            engine.state.epoch = epoch
+            engine.state.iteration = iteration
+
+        engine.add_event_handler(Events.STARTED, restore_counters)
+        logger.info("resuming from %s at epoch %d", path, epoch)

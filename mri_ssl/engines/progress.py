@@ -1,0 +1,20 @@
+"""Progress bars for ignite engines: one bar per epoch with the running loss."""
+
+from __future__ import annotations
+
+import sys
+
+from ignite.engine import Engine
+
+
+def attach_progress_bar(engine: Engine, enabled: bool = True) -> Engine:
+    """Attach ignite's tqdm bar showing ``loss`` (only on rank 0, and only when ``enabled``); return the engine."""
+    import torch.distributed as dist
+
+    if not enabled or (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0):
+        return engine
+    from ignite.handlers import ProgressBar
+
+    ProgressBar(persist=True, file=sys.stderr).attach(
+        engine, output_transform=lambda output: {"loss": output["loss"]} if isinstance(output, dict) else output)
+    return engine
