@@ -55,3 +55,39 @@ def _demo_matches(datalist: Path, resolution_mm: float, subjects: int, validatio
     return (content.get("resolution_mm") == float(resolution_mm) and content.get("seed") == int(seed)
             and len(content.get("training", [])) + len(content.get("validation", [])) == int(subjects)
             and len(content.get("validation", [])) == int(validation_subjects))
+
+
+def check_datalist(datalist: str | os.PathLike, keys, maps: bool = True,
+                   splits: tuple[str, ...] = ("training", "validation")) -> int:
+    """Read every file a datalist names for ``keys`` before training starts; return the number of cases checked.
+
+    Each file is read completely (a truncated gzip stream fails here, naming the file, instead of minutes into
+    training). With ``maps=True`` the files of one case are checked together as qMRI maps (``load_maps``: shapes,
+    affines, finite values, physical ranges). Raises ``InputError`` naming the file and the problem.
+    """
+    from monai.data import load_decathlon_datalist
+
+    from mri_ssl.data.nifti import load_maps, load_nifti
+
+    datalist = Path(datalist)
+    try:
+        content = json.loads(datalist.read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(datalist, f"cannot read the datalist JSON ({error})") from error
+    checked = 0
+    for split in splits:
+        if not content.get(split):
+            continue
+        for index, entry in enumerate(load_decathlon_datalist(datalist, data_list_key=split)):
+            missing = [key for key in keys if key not in entry]
+            if missing:
+                raise InputError(datalist, f"{split} entry {index} lacks {missing}; every entry needs {list(keys)}")
+            if maps:
+                load_maps({key: entry[key] for key in keys})
+            else:
+                for key in keys:
+                    load_nifti(entry[key])
+            checked += 1
+    if checked == 0:
+        raise InputError(datalist, f"no cases in {' or '.join(splits)}")
+    return checked

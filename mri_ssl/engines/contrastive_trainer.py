@@ -167,7 +167,7 @@ class ContrastiveTrainer(Trainer):
         loss = losses["loss"]
         if not bool(torch.isfinite(loss)):
             # Stop before backward/step: the weights and the last checkpoint stay finite.
-            raise NonFiniteLossError(f"non-finite loss {float(loss)} at epoch {engine.state.epoch}, iteration "
+            raise NonFiniteLossError(f"non-finite loss {float(loss.detach())} at epoch {engine.state.epoch}, iteration "
                                      f"{engine.state.iteration}; the last checkpoint holds the last finite weights")
         if self.amp and self.scaler is not None:
             self.scaler.scale(loss).backward()
