@@ -1,0 +1,369 @@
+"""Speed of the qMRI -> MR signal simulator: eager vs fused kernels, against the machine's memory bandwidth.
+
+What it measures, on random but physically valid float32 maps (PD in [0, 1], R1 in [0.2, 3] 1/s, R2* in [1, 40] 1/s,
+MT in [0, 0.05]; R2* stands in for R2 as ``simulate`` does when no R2 map is given):
+
+1. Per sequence, one protocol (``TYPICAL_PROTOCOLS``): the signal kernel called through
+   ``mri_ssl.physics.fused.run_kernel`` with the protocol values as 0-d tensors (prepared by ``as_protocol_batch``,
+   exactly as ``simulate`` prepares them), eager and fused. Median ms, Mvoxel/s, and the ratio to the
+   *memory-bound time*: ``(input maps + 1 output) * voxels * 4 bytes / copy bandwidth``, where the copy bandwidth is
+   the median of ``dst.copy_(src)`` on one map-sized buffer (bytes read + written / time), timed in the same rounds.
+   Also ``simulate(..., fused=True, validate=False)`` (the kernel plus its ``.abs()``) and the cost of validation
+   (``check_maps`` + ``check_protocol``) on its own.
+   A probe with a long-TE FSE protocol shows what float32 denormals (exp(-R2 TE) underflowing) cost.
+2. Per sequence, B protocols from one set of maps (``sample_protocol``): one call with 1-D protocol tensors of length
+   B (output ``(B, *shape)``) against B calls with 0-d tensors, fused and eager; plus what the output memory alone
+   costs (a fresh ``(B, *shape)`` tensor, B fresh single-map tensors, or refilling an existing one), since page
+   faults on a fresh output are a large share of a batched call on CPU.
+
+Timings interleave the variants round by round (copy, eager, fused, ... for every sequence, then the next round), so
+a burst of load from another process on a shared machine hits every variant alike; medians and ratios come from the
+same run. On a noisy machine compare ratios between runs, not absolute times.
+Compile seconds are the first fused call minus the steady-state median; by default the inductor cache is a fresh
+temporary directory so they are cold-start figures (``--warm-cache`` uses the normal on-disk cache).
+
+The goals are printed as PASS/MISS for information; the exit code is 0 either way. Typical use::
+
+    PYTHONPATH=. python benchmarks/simulator.py
+    PYTHONPATH=. python benchmarks/simulator.py --shape 96 112 96 --repeats 5 --sequences fse mprage
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+SEQUENCE_NAMES = ("fse", "gre", "flair", "mprage")
+# Fused time / memory-bound time the fused path should stay within on a 2-core CPU.
+MEMORY_BOUND_GOALS = {"fse": 2.0, "gre": 2.0, "flair": 2.0, "mprage": 4.0}
+BATCH_SPEEDUP_GOAL = 1.5
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark the MR signal simulator (eager vs fused kernels, batched protocols) against the "
+        "machine's copy bandwidth. Prints a table; PASS/MISS against the goals is information only (exit code 0).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--shape", type=int, nargs=3, default=[192, 224, 192], metavar=("X", "Y", "Z"),
+                        help="map shape in voxels")
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds per measurement (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per variant after the compile call")
+    parser.add_argument("--batch-repeats", type=int, default=5,
+                        help="timed rounds of the fused variants in the batched-protocol comparison")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's own choice); set before anything compiles")
+    parser.add_argument("--protocols", type=int, default=8, help="protocols per batched call (B)")
+    parser.add_argument("--sequences", nargs="+", default=list(SEQUENCE_NAMES), choices=SEQUENCE_NAMES,
+                        help="sequences to benchmark")
+    parser.add_argument("--eager-batch-repeats", type=int, default=2,
+                        help="timed rounds for the eager variants of the batched comparison (0 skips them; they "
+                        "take most of the run time)")
+    parser.add_argument("--thp", action="store_true",
+                        help="set THP_MEM_ALLOC_ENABLE=1 before torch starts, so torch asks the kernel for 2 MB "
+                        "pages for large tensors (fewer page faults on fresh outputs)")
+    parser.add_argument("--warm-cache", action="store_true",
+                        help="use the normal inductor on-disk cache (compile seconds then show cache hits)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the maps and the sampled protocols")
+    return parser.parse_args(argv)
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def median_ms(times: list[float]) -> float:
+    return statistics.median(times) * 1e3
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def interleaved(variants: dict, rounds: int, warmup: int) -> dict[str, list[float]]:
+    """Time every variant once per round, in turn; return the seconds of each variant's timed rounds."""
+    for fn in variants.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            seconds, result = timed(fn)
+            del result
+            times[name].append(seconds)
+    return times
+
+
+def relative_error(result, reference) -> float:
+    scale = float(reference.abs().max())
+    return float((result - reference).abs().max()) / (scale if scale > 0 else 1.0)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.thp:
+        os.environ["THP_MEM_ALLOC_ENABLE"] = "1"  # read once, at torch's first allocation
+    cache_dir = None
+    if not args.warm_cache:
+        # Must be set before inductor first reads it; a fresh directory makes the compile seconds cold-start ones.
+        cache_dir = tempfile.mkdtemp(prefix="mri_ssl_bench_inductor_")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
+    try:
+        return run(args)
+    finally:
+        if cache_dir is not None:
+            shutil.rmtree(cache_dir, ignore_errors=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from mri_ssl.physics import fused as fused_module
+    from mri_ssl.physics.fused import compile_disabled, fused_available, run_kernel
+    from mri_ssl.physics.protocols import TYPICAL_PROTOCOLS, check_protocol, sample_protocol
+    from mri_ssl.physics.sequences import MAP_ARGUMENTS, PROTOCOL_ARGUMENTS, as_protocol_batch
+    from mri_ssl.physics.simulate import check_maps, simulate
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    shape = tuple(args.shape)
+    voxels = shape[0] * shape[1] * shape[2]
+    bytes_per_map = voxels * 4
+
+    def uniform(low, high):
+        return low + (high - low) * torch.rand(shape, generator=generator, dtype=torch.float32)
+
+    maps = {"pd": uniform(0.0, 1.0), "r1": uniform(0.2, 3.0), "r2s": uniform(1.0, 40.0), "mt": uniform(0.0, 0.05)}
+    # The kernels' map arguments, as simulate() resolves them (R2* stands in for R2; GRE reads MT).
+    resolved = dict(maps, r2=maps["r2s"])
+
+    def kernel_arguments(sequence, protocol):
+        map_values = tuple(resolved[name] for name in MAP_ARGUMENTS[sequence])
+        params = tuple(protocol[name] for name in PROTOCOL_ARGUMENTS[sequence]) + (1.0,)
+        map_values, params = as_protocol_batch(map_values, params)
+        return map_values + params
+
+    copy_src = torch.rand(shape, generator=generator)
+    copy_dst = torch.empty_like(copy_src)
+
+    def copy():
+        return copy_dst.copy_(copy_src)
+
+    say("mri_ssl simulator benchmark")
+    say(f"torch {torch.__version__}, threads {torch.get_num_threads()}, python {sys.version.split()[0]}, "
+        f"CPU {cpu_summary()}")
+    say(f"shape {shape} = {voxels / 1e6:.2f} Mvoxel float32 ({bytes_per_map / 1e6:.1f} MB per map), "
+        f"repeats {args.repeats} (batched: fused {args.batch_repeats}, eager {args.eager_batch_repeats}), "
+        f"inductor cache {'on-disk (warm)' if args.warm_cache else 'fresh (cold)'}, "
+        f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}")
+    say(f"kernels called through run_kernel(sequence, *maps, *protocol as 0-d float32 tensors, b1) -- no "
+        f"validation, no .abs(); {fused_module.DISABLE_ENV} set: {compile_disabled()}")
+    say()
+
+    # ---------------------------------------------------------------------------------------------------------
+    # 1. One protocol per call. Everything is compiled first; then every round times every sequence's variants,
+    # so a burst of load from elsewhere spreads over all sequences instead of ruining one.
+    variants = {}
+    single = {}
+    for sequence in args.sequences:
+        protocol = TYPICAL_PROTOCOLS[sequence]
+        arguments = kernel_arguments(sequence, protocol)
+        eager_out = run_kernel(sequence, *arguments, fused=False)
+        compile_seconds, fused_out = timed(lambda: run_kernel(sequence, *arguments, fused=True))
+        single[sequence] = {
+            "first_call_s": compile_seconds,
+            "error": relative_error(fused_out, eager_out),
+            "compiled": fused_available(sequence),
+            "inputs": len(MAP_ARGUMENTS[sequence]),
+        }
+        del eager_out, fused_out
+        variants[f"{sequence}/copy"] = copy  # one copy per kernel timing, right before it
+        variants[f"{sequence}/eager"] = lambda sequence=sequence, arguments=arguments: run_kernel(
+            sequence, *arguments, fused=False)
+        variants[f"{sequence}/fused"] = lambda sequence=sequence, arguments=arguments: run_kernel(
+            sequence, *arguments, fused=True)
+        variants[f"{sequence}/simulate"] = lambda sequence=sequence, protocol=protocol: simulate(
+            maps, sequence, protocol, fused=True, validate=False)
+    times = interleaved(variants, args.repeats, args.warmup)
+    copy_times = [seconds for name, values in times.items() if name.endswith("/copy") for seconds in values]
+    for sequence, row in single.items():
+        for variant in ("eager", "fused", "simulate"):
+            row[variant] = median_ms(times[f"{sequence}/{variant}"])
+        row["compile_s"] = row["first_call_s"] - row["fused"] / 1e3
+
+    validation_ms = median_ms(interleaved(
+        {"validate": lambda: (check_maps(maps, spatial_dims=3), check_protocol("gre", TYPICAL_PROTOCOLS["gre"]))},
+        max(3, args.repeats // 2),
+        0,
+    )["validate"])
+    copy_ms = median_ms(copy_times)
+    bandwidth = 2 * bytes_per_map / (copy_ms / 1e3)  # bytes read + written per second
+
+    say(f"copy bandwidth: dst.copy_(src) on one map-sized buffer, median {copy_ms:.2f} ms over {len(copy_times)} "
+        f"rounds interleaved with the kernels -> {bandwidth / 1e9:.1f} GB/s (read + write)")
+    say("mem-bound = (input maps + 1 output) x voxels x 4 B / copy bandwidth; goal: fused / mem-bound <= goal")
+    say()
+    header = (f"{'sequence':8s} {'maps':>4s} {'mem-bound':>9s} {'eager':>8s} {'fused':>8s} {'eager':>7s} "
+              f"{'fused':>7s} {'eager/':>6s} {'fused/':>6s} {'goal':>5s} {'':4s} {'compile':>7s} "
+              f"{'simulate':>8s} {'rel.err':>8s} {'compiled':>8s}")
+    units = (f"{'':8s} {'':>4s} {'ms':>9s} {'ms':>8s} {'ms':>8s} {'Mvox/s':>7s} {'Mvox/s':>7s} {'membnd':>6s} "
+             f"{'membnd':>6s} {'':>5s} {'':4s} {'s':>7s} {'ms':>8s} {'':>8s} {'':>8s}")
+    say(header)
+    say(units)
+    say("-" * len(header))
+    for sequence, row in single.items():
+        memory_bound_ms = (row["inputs"] + 1) * bytes_per_map / bandwidth * 1e3
+        fused_ratio = round(row["fused"] / memory_bound_ms, 2)  # the verdict agrees with the printed figure
+        goal = MEMORY_BOUND_GOALS[sequence]
+        say(f"{sequence:8s} {row['inputs']:4d} {memory_bound_ms:9.2f} {row['eager']:8.2f} {row['fused']:8.2f} "
+            f"{voxels / row['eager'] / 1e3:7.0f} {voxels / row['fused'] / 1e3:7.0f} "
+            f"{row['eager'] / memory_bound_ms:6.1f} {fused_ratio:6.2f} {'<=' + format(goal, 'g') + 'x':>5s} "
+            f"{'PASS' if fused_ratio <= goal else 'MISS':4s} {row['compile_s']:7.1f} {row['simulate']:8.2f} "
+            f"{row['error']:8.1e} {str(row['compiled']):>8s}")
+    say()
+    say("compile = first fused call minus the steady median (the first sequence also pays inductor's start-up); "
+        "simulate = simulate(maps, seq, TYPICAL_PROTOCOLS[seq], fused=True, validate=False) = kernel + .abs(); "
+        "rel.err = max|fused - eager| / max|eager|")
+    say(f"validation alone (check_maps on the 4 maps + check_protocol), as simulate(validate=True) adds it: "
+        f"median {validation_ms:.1f} ms")
+
+    if "fse" in args.sequences:
+        # A protocol sample_protocol can draw (TE up to 3 s): exp(-R2 TE) underflows into float32's denormal range
+        # for the fast-decaying voxels, where x86 arithmetic takes a slow microcode path.
+        slow_protocol = {"tr": 3.0, "te": 2.5}
+        slow_arguments = kernel_arguments("fse", slow_protocol)
+        typical_arguments = kernel_arguments("fse", TYPICAL_PROTOCOLS["fse"])
+        denormal = denormal_fraction(run_kernel("fse", *slow_arguments, fused=True))
+        probe = {name: median_ms(values) for name, values in interleaved(
+            {
+                "typical": lambda: run_kernel("fse", *typical_arguments, fused=True),
+                "slow": lambda: run_kernel("fse", *slow_arguments, fused=True),
+                "slow_eager": lambda: run_kernel("fse", *slow_arguments, fused=False),
+            },
+            args.repeats,
+            args.warmup,
+        ).items()}
+        say(f"denormal probe, FSE TR 3 s TE 2.5 s: {100 * denormal:.1f} % of output voxels denormal; fused "
+            f"{probe['slow']:.1f} ms vs {probe['typical']:.1f} ms for the typical protocol "
+            f"({probe['slow'] / probe['typical']:.1f}x), eager {probe['slow_eager']:.1f} ms")
+    say()
+
+    # ---------------------------------------------------------------------------------------------------------
+    # 2. B protocols from one set of maps: one batched call vs B calls.
+    batch = args.protocols
+    say(f"{batch} protocols from one set of maps (sample_protocol): one call with 1-D protocol tensors -> "
+        f"({batch}, {', '.join(map(str, shape))}) vs {batch} calls with 0-d tensors (outputs kept in a list); "
+        f"median ms")
+    header = (f"{'sequence':8s} {'fused 1x' + str(batch):>10s} {'fused ' + str(batch) + 'x1':>10s} "
+              f"{'speed-up':>8s} {'goal':>6s} {'':4s} {'eager 1x' + str(batch):>10s} "
+              f"{'eager ' + str(batch) + 'x1':>10s} {'speed-up':>8s} {'fused Mvox/s':>12s} {'compile':>7s} "
+              f"{'rel.err':>8s} {'denorm%':>7s}")
+    say(header)
+    say("-" * len(header))
+    allocation_times: dict[str, list[float]] = {"fresh_batched": [], "fresh_separate": [], "reused": []}
+    reused = torch.empty((batch, *shape))
+    for sequence in args.sequences:
+        protocols = sample_protocol(sequence, batch, generator=generator)
+        batched = kernel_arguments(sequence, protocols)
+        separate = [
+            kernel_arguments(sequence, {key: float(values[index]) for key, values in protocols.items()})
+            for index in range(batch)
+        ]
+
+        def fused_batched():
+            return run_kernel(sequence, *batched, fused=True)
+
+        def fused_separate():
+            return [run_kernel(sequence, *arguments, fused=True) for arguments in separate]
+
+        def eager_batched():
+            return run_kernel(sequence, *batched, fused=False)
+
+        def eager_separate():
+            return [run_kernel(sequence, *arguments, fused=False) for arguments in separate]
+
+        compile_seconds, fused_out = timed(fused_batched)
+        separate_out = torch.stack(fused_separate())
+        error = relative_error(fused_out, separate_out)
+        denormal = denormal_fraction(fused_out)
+        del fused_out, separate_out
+        times = interleaved(
+            {
+                "fused_batched": fused_batched,
+                "fused_separate": fused_separate,
+                # What the outputs cost before any arithmetic: allocation, page faults, first touch.
+                "fresh_batched": lambda: torch.empty((batch, *shape)).fill_(1.0),
+                "fresh_separate": lambda: [torch.empty(shape).fill_(1.0) for _ in range(batch)],
+                "reused": lambda: reused.fill_(1.0),
+            },
+            args.batch_repeats,
+            args.warmup,
+        )
+        for name in allocation_times:
+            allocation_times[name] += times[name]
+        if args.eager_batch_repeats > 0:
+            times.update(interleaved(
+                {"eager_batched": eager_batched, "eager_separate": eager_separate}, args.eager_batch_repeats, 0
+            ))
+        medians = {name: median_ms(values) for name, values in times.items()}
+        speedup = round(medians["fused_separate"] / medians["fused_batched"], 2)
+        if args.eager_batch_repeats > 0:
+            eager_text = (f"{medians['eager_batched']:10.1f} {medians['eager_separate']:10.1f} "
+                          f"{medians['eager_separate'] / medians['eager_batched']:7.2f}x")
+        else:
+            eager_text = f"{'-':>10s} {'-':>10s} {'-':>8s}"
+        verdict = "PASS" if speedup >= BATCH_SPEEDUP_GOAL else "MISS"
+        say(f"{sequence:8s} {medians['fused_batched']:10.1f} {medians['fused_separate']:10.1f} {speedup:7.2f}x "
+            f"{'>=' + format(BATCH_SPEEDUP_GOAL, 'g') + 'x':>6s} {verdict:4s} "
+            f"{eager_text} {batch * voxels / medians['fused_batched'] / 1e3:12.0f} "
+            f"{compile_seconds - medians['fused_batched'] / 1e3:7.1f} {error:8.1e} {100 * denormal:7.2f}")
+    del reused
+    say()
+    if allocation_times["reused"]:
+        alloc = {name: median_ms(values) for name, values in allocation_times.items()}
+        say(f"output memory alone (torch.empty(...).fill_(1), no arithmetic): one fresh ({batch}, "
+            f"{', '.join(map(str, shape))}) tensor {alloc['fresh_batched']:.1f} ms, {batch} fresh single-map tensors "
+            f"{alloc['fresh_separate']:.1f} ms, refilling an existing ({batch}, ...) tensor {alloc['reused']:.1f} ms")
+    say("rel.err (batched) = max|one batched call - stacked separate calls| / max|separate|; denorm% = output "
+        "voxels in float32's denormal range (slow arithmetic on x86; see the probe above)")
+    say()
+    say("fused_available: " + ", ".join(f"{s}={fused_available(s)}" for s in args.sequences))
+    try:
+        from torch._dynamo.utils import counters
+
+        say(f"dynamo graphs compiled in this run: {counters['stats'].get('unique_graphs', 'n/a')} "
+            f"(2 per sequence expected: 0-d protocols and batched protocols; more would mean recompilation)")
+    except Exception:  # counters are private API; their absence only loses this line
+        pass
+    return 0
+
+
+def denormal_fraction(values) -> float:
+    """Fraction of non-zero values below the smallest normal float, where x86 arithmetic takes a slow path."""
+    import torch
+
+    tiny = torch.finfo(values.dtype).tiny
+    return float(((values != 0) & (values.abs() < tiny)).float().mean())
+
+
+def cpu_summary() -> str:
+    """Core count and last-level cache size, which decide whether the maps stay in cache between calls."""
+    cores = os.cpu_count()
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index3/size") as handle:
+            return f"{cores} cores, L3 {handle.read().strip()}"
+    except OSError:
+        return f"{cores} cores"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
