@@ -176,9 +176,11 @@ class _SimulateMapBase(MapTransform):
         self.map_names_by_key = dict(zip(self.keys, map_names if map_names is not None else self.keys))
         self.output_key = output_key
 
-    def _present(self, data: Mapping) -> tuple[list[Hashable], tuple[str, ...]]:
-        present = [k for k in self.key_iterator(data)]
-        return present, tuple(str(self.map_names_by_key[k]) for k in present)
+    def _stacked_maps(self, data: Mapping) -> torch.Tensor:
+        """The maps present in ``data`` stacked channel-first; the simulator is told which map each channel is."""
+        present = list(self.key_iterator(data))
+        self.simulator.map_names = _check_map_names([str(self.map_names_by_key[k]) for k in present])
+        return _stack_maps(data, present)
 
 
 class SimulateSequenced(_SimulateMapBase):
@@ -207,9 +209,7 @@ class SimulateSequenced(_SimulateMapBase):
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
-        keys, names = self._present(d)
-        self.simulator.map_names = _check_map_names(names)
-        d[self.output_key] = self.simulator(_stack_maps(d, keys))
+        d[self.output_key] = self.simulator(self._stacked_maps(d))
         return d
 
 
@@ -242,8 +242,7 @@ class RandSimulateSequenced(Randomizable, _SimulateMapBase):
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
-        keys, names = self._present(d)
-        self.simulator.map_names = _check_map_names(names)
+        maps = self._stacked_maps(d)
         self.randomize()
-        d[self.output_key] = self.simulator(_stack_maps(d, keys), randomize=False)
+        d[self.output_key] = self.simulator(maps, randomize=False)
         return d
