@@ -326,7 +326,7 @@ def run(args: argparse.Namespace) -> int:
             f"{'>=' + format(BATCH_SPEEDUP_GOAL, 'g') + 'x':>6s} {verdict:4s} "
             f"{eager_text} {batch * voxels / medians['fused_batched'] / 1e3:12.0f} "
             f"{compile_seconds - medians['fused_batched'] / 1e3:7.1f} {error:8.1e} {100 * denormal:7.2f}")
-    del reused
+    reused = None  # release the buffer before the next sequence
     say()
     if allocation_times["reused"]:
         alloc = {name: median_ms(values) for name, values in allocation_times.items()}

@@ -61,7 +61,8 @@ def load_nifti(path: str | os.PathLike, spatial_dims: int | None = 3) -> tuple[n
         # Read every byte now: nibabel maps lazily, and a truncated gzip stream only fails on access.
         data = np.asarray(image.dataobj, dtype=np.float32)
     except Exception as error:
-        raise InputError(path, f"cannot read NIfTI ({type(error).__name__}: {error}); is the file truncated?") from error
+        problem = f"cannot read NIfTI ({type(error).__name__}: {error}); is the file truncated?"
+        raise InputError(path, problem) from error
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if spatial_dims is not None and data.ndim != spatial_dims:
@@ -125,8 +126,8 @@ def find_map_files(directory: str | os.PathLike) -> dict[str, Path]:
                 found[name] = path
                 break
     if not found:
-        raise InputError(directory, f"no qMRI maps found; expected NIfTI files named like pd.nii.gz, r1.nii.gz, "
-                                    f"r2s.nii.gz, mt.nii.gz (or ending in _PD, _R1, _R2s, _MT)")
+        raise InputError(directory, "no qMRI maps found; expected NIfTI files named like pd.nii.gz, r1.nii.gz, "
+                                    "r2s.nii.gz, mt.nii.gz (or ending in _PD, _R1, _R2s, _MT)")
     return found
 
 

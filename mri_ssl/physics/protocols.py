@@ -123,9 +123,9 @@ def check_protocol(sequence: str, protocol: Mapping) -> None:
     """Raise ``ProtocolError`` naming the first inconsistent parameter and its value; return None when all is well.
 
     Rules: every parameter given and finite; times positive; TE < TR; flip angle in (0, pi]; FLAIR TI + TE < TR
-    (so TI < TR); MPRAGE TE < TX, ``n`` an even number >= 2 (the centre is excitation n/2), a positive delay between inversion and the first excitation
-    (TI > n TX / 2) and between the last excitation and the next inversion (TR > TI + n TX / 2), inversion
-    efficiency in (0, 1].
+    (so TI < TR); MPRAGE TE < TX, ``n`` an even number >= 2 (the centre is excitation n/2), a positive delay
+    between inversion and the first excitation (TI > n TX / 2) and between the last excitation and the next
+    inversion (TR > TI + n TX / 2), inversion efficiency in (0, 1].
     """
     sequence = check_sequence(sequence)
     expected = PROTOCOL_PARAMETERS[sequence]

@@ -10,4 +10,9 @@ from mri_ssl.transforms.views import VIEW_MODES, ContrastiveViewPair
 
 __all__ = [
     "VIEW_MODES",
-    "ContrastiveViewPair","RandSimulateSequence", "RandSimulateSequenced", "SimulateSequence", "SimulateSequenced"]
+    "ContrastiveViewPair",
+    "RandSimulateSequence",
+    "RandSimulateSequenced",
+    "SimulateSequence",
+    "SimulateSequenced",
+]

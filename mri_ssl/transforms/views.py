@@ -401,8 +401,8 @@ class ContrastiveViewPair(Randomizable):
             self.randomize(maps.shape[0])
         self._set_device(maps.device)
         self._set_crop_position_range(maps.shape[2:])
-        out: dict[str, list] = {key: [] for key in ("view1", "view2", "target1", "target2", "sequence1",
-                                                     "sequence2", "protocol1", "protocol2")}
+        keys = ("view1", "view2", "target1", "target2", "sequence1", "sequence2", "protocol1", "protocol2")
+        out: dict[str, list] = {key: [] for key in keys}
         for volume, acquisitions in zip(maps, self.acquisitions):
             for index, (sequence, protocol) in enumerate(acquisitions, start=1):
                 view, target = self._view(volume, sequence, protocol)
