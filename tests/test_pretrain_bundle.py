@@ -80,7 +80,14 @@ def test_each_view_mode_trains_through_monai_bundle_run(tmp_path, demo_data_dir,
     assert has_reconstructor == (extra.get("reconstruction_weight", 1.0) > 0)
     encoder = load_encoder(models / "encoder_final.pt")
     assert encoder.features == tuple(TINY["features"])
-    assert encoder(torch.randn(1, 1, 16, 16, 16)).shape == (1, 8)
+    assert encoder(torch.randn(1, 1, 16, 16, 16)).shape == (1, TINY["features"][-1])
+    if mode == "seqaug":  # inference.json: one CSV row of encoder features per validation volume
+        result = run_bundle(tmp_path, [str(BUNDLE / "configs" / "inference.json"), CONFIGS[1], str(tiny)])
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows = (tmp_path / "features" / "features.csv").read_text().splitlines()
+        assert len(rows) == 1 + TINY["demo_validation_subjects"]
+        assert len(rows[1].split(",")) == 1 + TINY["features"][-1]
+        assert rows[1].split(",")[0].endswith("t1.nii.gz")
 
 
 def _workflow(tmp_path, demo_data_dir, **overrides):
