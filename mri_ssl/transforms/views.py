@@ -263,6 +263,9 @@ class ContrastiveViewPair(Randomizable):
             self.spatial = RandAffine(
                 prob=1.0, spatial_size=self.crop_size, mode="bilinear", padding_mode="zeros", **affine_ranges
             )
+        # MONAI resamples in float64 by default: 1.5-2.3x slower on CPU (benchmarks/pretrain_pipeline.py) and far
+        # slower on consumer GPUs, for differences of ~1e-5 on unit-range maps.
+        self.spatial.resampler.dtype = torch.float32
         self.flips = [RandFlip(prob=_check_probability("flip_prob", flip_prob), spatial_axis=a) for a in range(3)]
         self.bias_field = RandBiasField(
             degree=3, coeff_range=(-bias_field_coeff, bias_field_coeff),
