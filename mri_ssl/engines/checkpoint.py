@@ -26,6 +26,18 @@ LATEST, BEST, FINAL = "latest.pt", "best.pt", "final.pt"
 ENCODER_BEST, ENCODER_FINAL = "encoder_best.pt", "encoder_final.pt"
 
 
+def as_flag(value: Any, name: str = "flag") -> bool:
+    """A bundle switch as a bool: ``python -m monai.bundle run --resume true`` passes the string "true"."""
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise InputError(name, f"expected true or false, got {value!r}")
+
+
 def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file beside ``path``, fsync, then rename onto ``path``."""
     with atomic_output(path) as temporary:
@@ -119,8 +131,14 @@ class AtomicCheckpointer:
         if encoder is not None:
             export_encoder(encoder, self.save_dir / ENCODER_FINAL)
 
-    def resume(self, engine: Engine, path: str | os.PathLike) -> None:
-        """Load ``path`` (e.g. ``latest.pt``) into the network, optimizer, scheduler and trainer counters."""
+    def resume(self, engine: Engine, path: str | os.PathLike, when: Any = True) -> None:
+        """Load ``path`` (e.g. ``latest.pt``) into the network, optimizer, scheduler and trainer counters.
+
+        ``when`` is the bundle's ``resume`` switch (a bool or "true"/"false" from the command line); when it is
+        false nothing happens.
+        """
+        if not as_flag(when, "resume"):
+            return
         device = next(self._network().parameters()).device
         payload = load_checkpoint(path, map_location=device)
         self._network().load_state_dict(payload["network"])

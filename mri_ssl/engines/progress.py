@@ -11,7 +11,9 @@ def attach_progress_bar(engine: Engine, enabled: bool = True) -> Engine:
     """Attach ignite's tqdm bar showing ``loss`` (only on rank 0, and only when ``enabled``); return the engine."""
     import torch.distributed as dist
 
-    if not enabled or (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0):
+    from mri_ssl.engines.checkpoint import as_flag
+
+    if not as_flag(enabled, "progress_bar") or (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0):
         return engine
     from ignite.handlers import ProgressBar
 
