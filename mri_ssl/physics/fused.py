@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from mri_ssl.physics.sequences import KERNELS
+from mri_ssl.physics.sequences import KERNELS, MAP_ARGUMENTS, SPLIT_KERNELS
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,10 @@ def run_kernel(sequence: str, *args: torch.Tensor, fused: bool = True) -> torch.
     kernel = KERNELS[sequence]
     if not fused or compile_disabled() or sequence in _failed:
         return kernel(*args)
+    if sequence in SPLIT_KERNELS:
+        protocol_constants, kernel = SPLIT_KERNELS[sequence]
+        n_maps = len(MAP_ARGUMENTS[sequence])
+        args = (*args[:n_maps], *protocol_constants(*args[n_maps:]))
     try:
         compiled = _compiled.get(sequence)
         if compiled is None:
@@ -52,7 +56,7 @@ def run_kernel(sequence: str, *args: torch.Tensor, fused: bool = True) -> torch.
         logger.debug("torch.compile of the %s kernel failed, using eager: %s", sequence, error)
         _failed.add(sequence)
         _compiled.pop(sequence, None)
-        return kernel(*args)
+        return kernel(*args)  # the (voxel) kernel on the prepared arguments, eagerly
 
 
 def fused_available(sequence: str) -> bool:

@@ -105,20 +105,30 @@ def flair_kernel(pd, r1, r2, tr, te, ti, b1):
     return b1 * pd * decay(r2, te) * (1.0 - 2.0 * decay(r1, ti) + decay(r1, tr))
 
 
-def mprage_kernel(pd, r1, r2s, tr, ti, tx, te, flip_angle, n, inversion_efficiency, b1):
-    # Timing of one inversion cycle (Marques et al. 2010, with a single readout train whose k-space centre is
-    # excitation n/2): inversion -> delay ta -> n excitations spaced tx -> delay tb -> next inversion.
+def mprage_protocol_constants(tr, ti, tx, te, flip_angle, n, inversion_efficiency, b1):
+    """The per-protocol numbers of the MPRAGE signal, computed once rather than once per voxel.
+
+    Timing of one inversion cycle (Marques et al. 2010, with a single readout train whose k-space centre is
+    excitation n/2): inversion -> delay ta -> n excitations spaced tx -> delay tb -> next inversion. Returns the
+    arguments of ``mprage_voxel_kernel`` after the maps.
+    """
     half_train = 0.5 * n
+    cos_a = torch.cos(flip_angle)
     ta = ti - half_train * tx
     tb = tr - ti - half_train * tx
-    cos_a = torch.cos(flip_angle)
+    # (cos(a) * E1)^k is written as cos(a)^k * exp(-k tx R1): cos(a)^k is one number per protocol, and no log of a
+    # per-voxel quantity is needed.
+    return (tx, ta, tb, n * tx, half_train * tx, cos_a, torch.pow(cos_a, n), torch.pow(cos_a, half_train),
+            inversion_efficiency, torch.sin(flip_angle), te, b1)
+
+
+def mprage_voxel_kernel(pd, r1, r2s, tx, ta, tb, train_s, half_train_s, cos_a, cos_a_n, cos_a_half,
+                        inversion_efficiency, sin_a, te, b1):
     e1 = decay(r1, tx)
     ea = decay(r1, ta)
     eb = decay(r1, tb)
-    # (cos(a) * E1)^k written as cos(a)^k * exp(-k tx R1): cos(a)^k is one number per protocol, and no log of a
-    # per-voxel quantity is needed.
-    decay_train = torch.pow(cos_a, n) * decay(r1, n * tx)
-    decay_half = torch.pow(cos_a, half_train) * decay(r1, half_train * tx)
+    decay_train = cos_a_n * decay(r1, train_s)
+    decay_half = cos_a_half * decay(r1, half_train_s)
     # Longitudinal magnetisation (in units of M0) that a long GRE train approaches.
     mz_train_limit = (1.0 - e1) / (1.0 - cos_a * e1)
     # Steady state just before each inversion pulse: solve m = f(m) for one cycle.
@@ -128,10 +138,20 @@ def mprage_kernel(pd, r1, r2s, tr, ti, tx, te, flip_angle, n, inversion_efficien
     mz_train_start = (1.0 - ea) - inversion_efficiency * mz_before_inversion * ea
     mz_centre = mz_train_start * decay_half + mz_train_limit * (1.0 - decay_half)
     # PD multiplies last: the magnetisation is computed per unit M0, so PD = 0 gives 0, never 0/0.
-    return b1 * pd * torch.sin(flip_angle) * mz_centre * decay(r2s, te)
+    return b1 * pd * sin_a * mz_centre * decay(r2s, te)
+
+
+def mprage_kernel(pd, r1, r2s, tr, ti, tx, te, flip_angle, n, inversion_efficiency, b1):
+    constants = mprage_protocol_constants(tr, ti, tx, te, flip_angle, n, inversion_efficiency, b1)
+    return mprage_voxel_kernel(pd, r1, r2s, *constants)
 
 
 KERNELS = {"fse": fse_kernel, "gre": gre_kernel, "flair": flair_kernel, "mprage": mprage_kernel}
+
+# Kernels split into a per-protocol part (run eagerly, a few numbers) and a per-voxel part (what the fused path
+# compiles): inside a compiled loop, trigonometry and powers of protocol scalars are recomputed for every voxel
+# block (measured: MPRAGE fused 12-24 % faster split). GRE's sin/cos gained nothing, so it is not split.
+SPLIT_KERNELS = {"mprage": (mprage_protocol_constants, mprage_voxel_kernel)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
