@@ -112,7 +112,7 @@ def test_two_ranks_give_the_global_batch_loss_and_gradients(tmp_path):
                str(WORKER), str(tmp_path)]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-4000:]
-    results = torch.load(tmp_path / "results.pt", weights_only=False)
+    results = torch.load(tmp_path / "results.pt", weights_only=True)
     world, ranks = results["world_size"], results["ranks"]
     assert world == 2
 

@@ -95,27 +95,45 @@ def _first_bad(values: torch.Tensor, bad: torch.Tensor) -> str:
     return f"{float(values[index]):.6g}{where}"
 
 
+def _rules(sequence: str, v: dict[str, torch.Tensor]):
+    """Every physical rule of ``sequence`` as ``(parameter, mask of the protocols that break it, sentence)``.
+
+    The one list behind both ``consistency_mask`` (which protocols pass) and ``check_protocol`` (the first
+    failure, in this order, as an error).
+    """
+    expected = PROTOCOL_PARAMETERS[sequence]
+    for key, values in v.items():
+        yield key, ~torch.isfinite(values), f"{expected[key]} must be finite"
+    for key in ("tr", "te", "ti", "tx"):
+        if key in v:
+            yield key, v[key] <= 0, f"{expected[key]} must be > 0"
+    yield "te", v["te"] >= v["tr"], "echo time must be shorter than the repetition time tr"
+    if "flip_angle" in v:
+        flip = v["flip_angle"]
+        yield "flip_angle", (flip <= 0) | (flip > math.pi), "flip angle must be in (0, pi] radians"
+    if sequence == "flair":
+        yield "ti", v["ti"] >= v["tr"], "inversion time must be shorter than the repetition time tr"
+        yield "ti", v["ti"] + v["te"] >= v["tr"], "ti + te must be shorter than tr (echo before the next inversion)"
+    if sequence == "mprage":
+        half_train = 0.5 * v["n"] * v["tx"]
+        yield "n", (v["n"] < 2) | (torch.remainder(v["n"], 2) != 0), (
+            "the readout train needs an even number of excitations (>= 2) so that its k-space centre is excitation n/2")
+        yield "te", v["te"] >= v["tx"], "echo time must be shorter than the excitation spacing tx"
+        yield "ti", v["ti"] - half_train <= 0, (
+            "ti must exceed half the readout train (n * tx / 2) so the preparation delay is positive")
+        yield "tr", v["tr"] - v["ti"] - half_train <= 0, (
+            "tr must exceed ti + n * tx / 2 so the recovery delay is positive")
+        efficiency = v["inversion_efficiency"]
+        yield "inversion_efficiency", (efficiency <= 0) | (efficiency > 1), "inversion efficiency must be in (0, 1]"
+
+
 def consistency_mask(sequence: str, protocol: Mapping) -> torch.Tensor:
     """A boolean tensor, one per protocol of a batch: True where the protocol is physically consistent."""
     sequence = check_sequence(sequence)
     v = _broadcast_values(sequence, protocol)
     ok = torch.ones_like(v["tr"], dtype=torch.bool)
-    for key, values in v.items():
-        ok &= torch.isfinite(values)
-    for key in ("tr", "te", "ti", "tx"):
-        if key in v:
-            ok &= v[key] > 0
-    ok &= v["te"] < v["tr"]
-    if "flip_angle" in v:
-        ok &= (v["flip_angle"] > 0) & (v["flip_angle"] <= math.pi)
-    if sequence == "flair":
-        # The echo must come before the next inversion.
-        ok &= v["ti"] + v["te"] < v["tr"]
-    if sequence == "mprage":
-        half_train = 0.5 * v["n"] * v["tx"]
-        ok &= (v["n"] >= 2) & (torch.remainder(v["n"], 2) == 0) & (v["te"] < v["tx"])
-        ok &= (v["ti"] - half_train > 0) & (v["tr"] - v["ti"] - half_train > 0)
-        ok &= (v["inversion_efficiency"] > 0) & (v["inversion_efficiency"] <= 1)
+    for _, bad, _ in _rules(sequence, v):
+        ok &= ~bad
     return ok
 
 
@@ -135,39 +153,9 @@ def check_protocol(sequence: str, protocol: Mapping) -> None:
             missing[0], f"{sequence} needs {', '.join(missing)} ({'; '.join(expected[k] for k in missing)})"
         )
     v = _broadcast_values(sequence, protocol)
-    for key, values in v.items():
-        bad = ~torch.isfinite(values)
+    for key, bad, sentence in _rules(sequence, v):
         if bad.any():
-            raise ProtocolError(key, f"{expected[key]} must be finite, got {_first_bad(values, bad)}")
-    for key in ("tr", "te", "ti", "tx"):
-        if key in v and (v[key] <= 0).any():
-            raise ProtocolError(key, f"{expected[key]} must be > 0, got {_first_bad(v[key], v[key] <= 0)}")
-    rules = [
-        ("te", v["te"] >= v["tr"], "echo time must be shorter than the repetition time tr"),
-    ]
-    if "flip_angle" in v:
-        fa = v["flip_angle"]
-        rules.append(("flip_angle", (fa <= 0) | (fa > math.pi), "flip angle must be in (0, pi] radians"))
-    if sequence == "flair":
-        rules.append(("ti", v["ti"] >= v["tr"], "inversion time must be shorter than the repetition time tr"))
-        rules.append(("ti", v["ti"] + v["te"] >= v["tr"], "ti + te must be shorter than tr (echo before the "
-                      "next inversion)"))
-    if sequence == "mprage":
-        half_train = 0.5 * v["n"] * v["tx"]
-        rules += [
-            ("n", (v["n"] < 2) | (torch.remainder(v["n"], 2) != 0), "the readout train needs an even number of "
-             "excitations (>= 2) so that its k-space centre is excitation n/2"),
-            ("te", v["te"] >= v["tx"], "echo time must be shorter than the excitation spacing tx"),
-            ("ti", v["ti"] - half_train <= 0, "ti must exceed half the readout train (n * tx / 2) so the "
-             "preparation delay is positive"),
-            ("tr", v["tr"] - v["ti"] - half_train <= 0, "tr must exceed ti + n * tx / 2 so the recovery delay "
-             "is positive"),
-            ("inversion_efficiency", (v["inversion_efficiency"] <= 0) | (v["inversion_efficiency"] > 1),
-             "inversion efficiency must be in (0, 1]"),
-        ]
-    for key, bad, message in rules:
-        if bad.any():
-            raise ProtocolError(key, f"{sequence}: {message}; got {key} = {_first_bad(v[key], bad)}")
+            raise ProtocolError(key, f"{sequence}: {sentence}; got {key} = {_first_bad(v[key], bad)}")
 
 
 def _log_uniform(n: int, low: float, high: float, generator: torch.Generator | None) -> torch.Tensor:
