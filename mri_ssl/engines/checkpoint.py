@@ -18,6 +18,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from mri_ssl.atomic import atomic_output
+from mri_ssl.distributed import is_main_process
 from mri_ssl.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -106,12 +107,8 @@ class AtomicCheckpointer:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
         engine.add_event_handler(Events.COMPLETED, self.completed)
 
-    def _is_main_process(self) -> bool:
-        return not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
-            or torch.distributed.get_rank() == 0
-
     def epoch_completed(self, engine: Engine) -> None:
-        if not self._is_main_process():
+        if not is_main_process():
             return
         metric = engine.state.metrics.get(self.metric_name) if self.metric_name else None
         if metric is not None and math.isfinite(float(metric)) and float(metric) < self.best_metric:
@@ -124,7 +121,7 @@ class AtomicCheckpointer:
         save_checkpoint(self.state(engine), self.save_dir / LATEST)
 
     def completed(self, engine: Engine) -> None:
-        if not self._is_main_process():
+        if not is_main_process():
             return
         save_checkpoint(self.state(engine), self.save_dir / FINAL)
         encoder = getattr(self._network(), "encoder", None)

@@ -16,6 +16,7 @@ from ignite.engine import Engine, Events
 from monai.engines import Trainer
 from monai.utils import CommonKeys
 
+from mri_ssl.distributed import rank
 from mri_ssl.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -117,9 +118,7 @@ class ContrastiveTrainer(Trainer):
         # loader's random transforms. Re-creating the data iterator here makes the shuffle order depend on the
         # epoch only, so a run resumed at epoch k sees exactly what an uninterrupted run sees from epoch k + 1.
         # Ranks of a distributed run draw different augmentations from the same seed.
-        rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() \
-            else 0
-        epoch_seed = int(self.seed) + int(engine.state.epoch) + 100_003 * rank
+        epoch_seed = int(self.seed) + int(engine.state.epoch) + 100_003 * rank()
         torch.manual_seed(epoch_seed)
         if hasattr(self.view_pair, "set_random_state"):
             self.view_pair.set_random_state(seed=epoch_seed)

@@ -6,14 +6,13 @@ import sys
 
 from ignite.engine import Engine
 
+from mri_ssl.distributed import is_main_process
+from mri_ssl.engines.checkpoint import as_flag
+
 
 def attach_progress_bar(engine: Engine, enabled: bool = True) -> Engine:
     """Attach ignite's tqdm bar showing ``loss`` (only on rank 0, and only when ``enabled``); return the engine."""
-    import torch.distributed as dist
-
-    from mri_ssl.engines.checkpoint import as_flag
-
-    if not as_flag(enabled, "progress_bar") or (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0):
+    if not as_flag(enabled, "progress_bar") or not is_main_process():
         return engine
     from ignite.handlers import ProgressBar
 

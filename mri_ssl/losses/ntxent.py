@@ -23,14 +23,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from mri_ssl.distributed import world_size
 from mri_ssl.errors import InputError
-
-
-def _world_size_if_distributed() -> int:
-    """World size of the default process group, or 1 when torch.distributed is absent or not initialised."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
 
 
 class NTXentLoss(nn.Module):
@@ -67,7 +61,7 @@ class NTXentLoss(nn.Module):
         """
         _check_pair(z1, z2)
         batch = z1.shape[0]
-        world = _world_size_if_distributed() if self.gather_distributed else 1
+        world = world_size() if self.gather_distributed else 1
 
         # Logits at bf16/fp16 lose the small differences between similarities that the softmax feeds on, and
         # autocast would silently drop the matmul back to low precision, so it is turned off here.
