@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 
@@ -13,6 +13,8 @@ from mri_ssl.physics.sequences import MAP_ARGUMENTS, PROTOCOL_ARGUMENTS, as_prot
 
 MAP_NAMES = ("pd", "r1", "r2s", "r2", "mt", "b1")
 REQUIRED_MAPS = ("pd", "r1", "r2s")
+# The maps transforms read when not told otherwise: the four the sequence-invariant paper's qMRI data hold.
+DEFAULT_MAP_NAMES = ("pd", "r1", "r2s", "mt")
 
 # The physical range of each map: (lowest allowed, highest allowed or None, sentence for errors).
 MAP_RANGES = {
@@ -23,6 +25,22 @@ MAP_RANGES = {
     "mt": (0.0, 1.0, "MT saturation must be a fraction in [0, 1) (divide a map in percent units by 100)"),
     "b1": (0.0, None, "the receive field must be >= 0"),
 }
+
+
+def check_map_names(map_names: Sequence[str] | str, source: str = "map_names") -> tuple[str, ...]:
+    """Return the names as a tuple, or raise ``InputError`` (naming ``source``) for an unknown, missing or repeated
+    map name; for transforms that receive maps stacked as channels and must be told which channel is which."""
+    names = (map_names,) if isinstance(map_names, str) else tuple(map_names)
+    unknown = [n for n in names if n not in MAP_NAMES]
+    if unknown:
+        raise InputError(source, f"unknown map name {unknown[0]!r}; expected some of {', '.join(MAP_NAMES)}")
+    missing = [n for n in REQUIRED_MAPS if n not in names]
+    if missing:
+        raise InputError(source, f"{', '.join(missing)} is required; got {names} (simulation needs "
+                                 f"{', '.join(REQUIRED_MAPS)})")
+    if len(set(names)) != len(names):
+        raise InputError(source, f"a map name appears twice in {names}")
+    return names
 
 
 def check_maps(maps: Mapping[str, torch.Tensor], spatial_dims: int | None = 3) -> None:

@@ -27,9 +27,8 @@ from mri_ssl.physics.protocols import (
     protocol_size,
     sample_protocol,
 )
-from mri_ssl.physics.simulate import MAP_NAMES, simulate
+from mri_ssl.physics.simulate import DEFAULT_MAP_NAMES, check_map_names, simulate
 
-DEFAULT_MAP_NAMES = ("pd", "r1", "r2s", "mt")
 
 __all__ = ["SimulateSequence", "SimulateSequenced", "RandSimulateSequence", "RandSimulateSequenced"]
 
@@ -37,17 +36,6 @@ __all__ = ["SimulateSequence", "SimulateSequenced", "RandSimulateSequence", "Ran
 def _protocol_metadata(protocol: Mapping) -> dict | list[dict]:
     items = [protocol_item(protocol, i) for i in range(protocol_size(protocol))]
     return items[0] if len(items) == 1 else items
-
-
-def _check_map_names(map_names: Sequence[str]) -> tuple[str, ...]:
-    names = tuple(map_names)
-    for name in names:
-        if name not in MAP_NAMES:
-            raise InputError("map_names", f"unknown map name {name!r}; expected some of {', '.join(MAP_NAMES)}")
-    for name in ("pd", "r1", "r2s"):
-        if name not in names:
-            raise InputError("map_names", f"{name} is required; got {names}")
-    return names
 
 
 def _simulate_stack(
@@ -95,7 +83,7 @@ class SimulateSequence(Transform):
         self.sequence = check_sequence(sequence)
         self.protocol = dict(TYPICAL_PROTOCOLS[self.sequence] if protocol is None else protocol)
         check_protocol(self.sequence, self.protocol)  # fail at construction, before any data are read
-        self.map_names = _check_map_names(map_names)
+        self.map_names = check_map_names(map_names)
         self.fused = fused
         self.validate = validate
 
@@ -132,7 +120,7 @@ class RandSimulateSequence(Randomizable, Transform):
                 raise InputError("sequence_probs", f"need {len(self.sequences)} non-negative numbers summing to 1, "
                                                    f"got {list(sequence_probs)}")
         self.sequence_probs = probs
-        self.map_names = _check_map_names(map_names)
+        self.map_names = check_map_names(map_names)
         self.fused = fused
         self.validate = validate
         self.sequence: str = self.sequences[0]
@@ -179,7 +167,7 @@ class _SimulateMapBase(MapTransform):
     def _stacked_maps(self, data: Mapping) -> torch.Tensor:
         """The maps present in ``data`` stacked channel-first; the simulator is told which map each channel is."""
         present = list(self.key_iterator(data))
-        self.simulator.map_names = _check_map_names([str(self.map_names_by_key[k]) for k in present])
+        self.simulator.map_names = check_map_names([str(self.map_names_by_key[k]) for k in present])
         return _stack_maps(data, present)
 
 

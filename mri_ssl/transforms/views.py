@@ -56,13 +56,11 @@ from monai.transforms import (
 
 from mri_ssl.errors import InputError
 from mri_ssl.physics.protocols import SEQUENCES, check_sequence, protocol_item, sample_protocol
-from mri_ssl.physics.simulate import MAP_NAMES, check_maps, simulate
+from mri_ssl.physics.simulate import DEFAULT_MAP_NAMES, check_map_names, check_maps, simulate
 
 __all__ = ["ContrastiveViewPair", "VIEW_MODES"]
 
 VIEW_MODES = ("base", "seqaug", "seqinv")
-DEFAULT_MAP_NAMES = ("pd", "r1", "r2s", "mt")
-REQUIRED_MAP_NAMES = ("pd", "r1", "r2s")
 
 # The sequence and protocol recorded for views of real images, which carry no simulated acquisition.
 REAL_IMAGE_SEQUENCE = "image"
@@ -119,21 +117,6 @@ def _check_crop_size(crop_size: Sequence[int] | int) -> tuple[int, int, int]:
                                  for s in size):
         raise InputError("crop_size", f"expected 3 positive integers (voxels along x, y, z), got {crop_size!r}")
     return tuple(int(s) for s in size)
-
-
-def _check_map_names(map_names: Sequence[str], input_is_image: bool) -> tuple[str, ...]:
-    names = (map_names,) if isinstance(map_names, str) else tuple(map_names)
-    if input_is_image:
-        return names
-    unknown = [n for n in names if n not in MAP_NAMES]
-    if unknown:
-        raise InputError("map_names", f"unknown map name {unknown[0]!r}; expected some of {', '.join(MAP_NAMES)}")
-    missing = [n for n in REQUIRED_MAP_NAMES if n not in names]
-    if missing:
-        raise InputError("map_names", f"{', '.join(missing)} missing from {names}; simulation needs pd, r1 and r2s")
-    if len(set(names)) != len(names):
-        raise InputError("map_names", f"a map name appears twice in {names}")
-    return names
 
 
 class ContrastiveViewPair(Randomizable):
@@ -223,7 +206,9 @@ class ContrastiveViewPair(Randomizable):
         self.mode = mode
         self.input_is_image = bool(input_is_image)
         self.crop_size = _check_crop_size(crop_size)
-        self.map_names = _check_map_names(map_names, self.input_is_image)
+        names = (map_names,) if isinstance(map_names, str) else tuple(map_names)
+        # Real images are one channel of whatever name; maps must say which channel is which.
+        self.map_names = names if self.input_is_image else check_map_names(names)
         names = (sequences,) if isinstance(sequences, str) else tuple(sequences)
         if not names:
             raise InputError("sequences", "at least one sequence is needed")
