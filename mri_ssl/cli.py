@@ -118,7 +118,8 @@ def _command_simulate(args: argparse.Namespace) -> int:
     sequence = check_sequence(args.sequence)
     protocol = _protocol_from_args(args)
     check_protocol(sequence, protocol)
-    maps, affine = load_maps(_parse_map_files(args.maps))
+    map_files = _parse_map_files(args.maps)
+    maps, affine = load_maps(map_files)
     image = simulate(maps, sequence, protocol, fused=args.fused, validate=False)
     if args.noise_sigma:
         generator = torch.Generator().manual_seed(args.seed)
@@ -133,7 +134,7 @@ def _command_simulate(args: argparse.Namespace) -> int:
         "random": bool(args.random),
         "seed": args.seed if (args.random or args.noise_sigma) else None,
         "noise_sigma": args.noise_sigma,
-        "maps": {name: str(path) for name, path in _parse_map_files(args.maps).items()},
+        "maps": {name: str(path) for name, path in map_files.items()},
         "software": f"mri_ssl {__version__}",
     }
     save_json(sidecar, sidecar_path)
