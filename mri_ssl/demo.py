@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mri_ssl.atomic import atomic_output
+from mri_ssl.data.demo_data import write_phantom_files
 from mri_ssl.data.nifti import save_json, save_nifti
 from mri_ssl.physics.phantom import TISSUE_CLASSES, mni152_phantom, mprage_fidelity
 from mri_ssl.physics.protocols import SEQUENCES, TYPICAL_PROTOCOLS, protocol_item, sample_protocol
@@ -107,9 +108,7 @@ def run_demo(
 
     bar.set_postfix_str("building MNI152 phantom")
     phantom = mni152_phantom(resolution_mm)
-    for name, volume in phantom.maps.items():
-        save_nifti(volume, phantom.affine, out_dir / "phantom" / f"{name}.nii.gz", description=f"mri_ssl {name}")
-    save_nifti(phantom.labels.to(torch.uint8), phantom.affine, out_dir / "phantom" / "label.nii.gz")
+    write_phantom_files(out_dir / "phantom", phantom.maps, phantom.labels, phantom.affine)
     bar.update()
 
     generator = torch.Generator().manual_seed(int(seed))

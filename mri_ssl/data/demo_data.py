@@ -22,6 +22,22 @@ from mri_ssl.physics.phantom import TISSUE_CLASSES, mni152_phantom
 MAP_KEYS = ("pd", "r1", "r2", "r2s", "mt")
 
 
+def write_phantom_files(folder: str | os.PathLike, volumes: dict[str, torch.Tensor], labels: torch.Tensor,
+                        affine) -> dict[str, str]:
+    """Write each volume as ``<name>.nii.gz`` and the labels as ``label.nii.gz`` (uint8) in ``folder``.
+
+    Returns the file name of each key, ``label`` included.
+    """
+    folder = Path(folder)
+    names = {}
+    for key, volume in volumes.items():
+        save_nifti(volume, affine, folder / f"{key}.nii.gz", description=f"mri_ssl {key}")
+        names[key] = f"{key}.nii.gz"
+    save_nifti(labels.to(torch.uint8), affine, folder / "label.nii.gz")
+    names["label"] = "label.nii.gz"
+    return names
+
+
 def write_demo_data(
     out_dir: str | os.PathLike = "demo_data",
     subjects: int = 4,
@@ -56,16 +72,14 @@ def write_demo_data(
         displacement = smooth_displacement(tuple(phantom.labels.shape), float(resolution_mm), float(deformation_mm),
                                            generator)
         subject = f"sub-{index:02d}"
-        subject_dir = out_dir / subject
-        entry = {"subject": subject}
-        volumes = {**phantom.maps, "t1": phantom.reference_t1}
-        for key in (*MAP_KEYS, "t1"):
-            volume = warp(volumes[key], displacement) if deformation_mm > 0 else volumes[key]
-            save_nifti(volume, phantom.affine, subject_dir / f"{key}.nii.gz", description=f"mri_ssl {key}")
-            entry[key] = f"{subject}/{key}.nii.gz"
-        labels = warp(phantom.labels, displacement, mode="nearest") if deformation_mm > 0 else phantom.labels
-        save_nifti(labels.to(torch.uint8), phantom.affine, subject_dir / "label.nii.gz")
-        entry["label"] = f"{subject}/label.nii.gz"
+        volumes = {key: volume for key, volume in phantom.maps.items() if key in MAP_KEYS}
+        volumes["t1"] = phantom.reference_t1
+        labels = phantom.labels
+        if deformation_mm > 0:
+            volumes = {key: warp(volume, displacement) for key, volume in volumes.items()}
+            labels = warp(labels, displacement, mode="nearest")
+        files = write_phantom_files(out_dir / subject, volumes, labels, phantom.affine)
+        entry = {"subject": subject, **{key: f"{subject}/{name}" for key, name in files.items()}}
         entries.append(entry)
     split = len(entries) - int(validation_subjects)
     datalist = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import os
 from pathlib import Path
@@ -16,7 +17,8 @@ from mri_ssl.engines.checkpoint import load_checkpoint
 from mri_ssl.errors import InputError
 from mri_ssl.networks.encoder import CNNEncoder3D
 
-ENCODER_CONFIG_KEYS = {"spatial_dims", "in_channels", "features", "dropout"}
+# What an exported config may hold: the encoder's constructor arguments, and nothing else.
+ENCODER_CONFIG_KEYS = frozenset(inspect.signature(CNNEncoder3D).parameters)
 
 
 def load_encoder(path: str | os.PathLike, device: str | torch.device = "cpu") -> CNNEncoder3D:
