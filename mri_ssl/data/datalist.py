@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Iterable, Sequence
 
 from mri_ssl.errors import InputError
 
 DATALIST_NAME = "datalist.json"
+
+
+DEMO_KINDS = ("pretrain", "downstream")
 
 
 def resolve_datalist(
@@ -18,15 +22,19 @@ def resolve_datalist(
     subjects: int = 4,
     validation_subjects: int = 1,
     seed: int = 0,
+    demo: str = "pretrain",
+    test_subjects: int = 2,
 ) -> str:
     """Path of the datalist JSON to train on.
 
     Args:
-        dataset_dir: a datalist JSON file, or a folder holding ``datalist.json`` (as ``mri-ssl manifest`` writes).
+        dataset_dir: a datalist JSON file (as ``mri-ssl manifest`` writes), or a folder holding ``datalist.json``.
             None (or "") means: use the embedded MNI152 phantom subjects.
         demo_data_dir: where the embedded subjects are written; reused when its ``datalist.json`` was written with
-            the same resolution, subject count and seed, rewritten otherwise.
-        resolution_mm, subjects, validation_subjects, seed: passed to ``write_demo_data`` on first use.
+            the same kind, resolution, subject counts and seed, rewritten otherwise.
+        resolution_mm, subjects, validation_subjects, seed: passed to the demo writer on first use.
+        demo: ``pretrain`` writes qMRI maps (``write_demo_data``); ``downstream`` writes simulated images with tissue
+            labels and a test split (``write_downstream_demo``, using ``test_subjects``).
     """
     if dataset_dir not in (None, ""):
         path = Path(dataset_dir)
@@ -36,25 +44,39 @@ def resolve_datalist(
             raise InputError(path, "datalist not found; give a datalist JSON or a folder holding datalist.json, "
                                    "or leave dataset_dir empty to use the embedded demo data")
         return str(path)
+    if demo not in DEMO_KINDS:
+        raise InputError("demo", f"unknown demo data kind {demo!r}; expected one of {', '.join(DEMO_KINDS)}")
     demo_datalist = Path(demo_data_dir) / DATALIST_NAME
-    if not _demo_matches(demo_datalist, resolution_mm, subjects, validation_subjects, seed):
-        from mri_ssl.data.demo_data import write_demo_data
+    test_subjects = int(test_subjects) if demo == "downstream" else 0
+    if not _demo_matches(demo_datalist, demo, resolution_mm, subjects, validation_subjects, test_subjects, seed):
+        from mri_ssl.data.demo_data import write_demo_data, write_downstream_demo
 
-        write_demo_data(demo_data_dir, subjects=subjects, validation_subjects=validation_subjects,
-                        resolution_mm=resolution_mm, seed=seed)
+        if demo == "pretrain":
+            write_demo_data(demo_data_dir, subjects=subjects, validation_subjects=validation_subjects,
+                            resolution_mm=resolution_mm, seed=seed)
+        else:
+            write_downstream_demo(demo_data_dir, subjects=subjects, test_subjects=test_subjects,
+                                  validation_subjects=validation_subjects, resolution_mm=resolution_mm, seed=seed)
     return str(demo_datalist)
 
 
-def _demo_matches(datalist: Path, resolution_mm: float, subjects: int, validation_subjects: int, seed: int) -> bool:
+def _demo_matches(datalist: Path, demo: str, resolution_mm: float, subjects: int, validation_subjects: int,
+                  test_subjects: int, seed: int) -> bool:
     if not datalist.is_file():
         return False
     try:
         content = json.loads(datalist.read_text())
     except (OSError, ValueError):
         return False
-    return (content.get("resolution_mm") == float(resolution_mm) and content.get("seed") == int(seed)
-            and len(content.get("training", [])) + len(content.get("validation", [])) == int(subjects)
-            and len(content.get("validation", [])) == int(validation_subjects))
+    kind = {"pretrain": "pretrain", "downstream": "demo"}[demo]
+
+    def count(split: str) -> int:
+        return len({entry.get("subject") for entry in content.get(split, [])})
+
+    return (content.get("kind", "pretrain") == kind and content.get("resolution_mm") == float(resolution_mm)
+            and content.get("seed") == int(seed)
+            and count("training") + count("validation") + count("test") == int(subjects)
+            and count("validation") == int(validation_subjects) and count("test") == int(test_subjects))
 
 
 def check_datalist(datalist: str | os.PathLike, keys, maps: bool = True,
@@ -70,10 +92,7 @@ def check_datalist(datalist: str | os.PathLike, keys, maps: bool = True,
     from mri_ssl.data.nifti import load_maps, load_nifti
 
     datalist = Path(datalist)
-    try:
-        content = json.loads(datalist.read_text())
-    except (OSError, ValueError) as error:
-        raise InputError(datalist, f"cannot read the datalist JSON ({error})") from error
+    content = _read_datalist(datalist)
     checked = 0
     for split in splits:
         if not content.get(split):
@@ -91,3 +110,88 @@ def check_datalist(datalist: str | os.PathLike, keys, maps: bool = True,
     if checked == 0:
         raise InputError(datalist, f"no cases in {' or '.join(splits)}")
     return checked
+
+
+def check_labelled_datalist(datalist: str | os.PathLike, splits: Sequence[str] = ("training", "validation"),
+                            image_key: str = "image", label_key: str | None = "label",
+                            label_values: Iterable[int] | None = None, progress: bool = False) -> int:
+    """Read every image (and label) a datalist names in ``splits`` before training starts; return the case count.
+
+    Each file is read completely. A label must have its image's shape and affine (within ``AFFINE_TOLERANCE_MM``)
+    and, when ``label_values`` is given, hold only those values. ``label_key=None`` checks images only (denoising).
+    Raises ``InputError`` naming the file and the problem. A split that is absent or empty is skipped, but at least
+    one case must be found.
+    """
+    import numpy as np
+    from monai.data import load_decathlon_datalist
+    from tqdm.auto import tqdm
+
+    from mri_ssl.data.nifti import AFFINE_TOLERANCE_MM, load_nifti
+
+    datalist = Path(datalist)
+    content = _read_datalist(datalist)
+    allowed = None if label_values is None else {int(v) for v in label_values}
+    keys = [image_key] + ([label_key] if label_key else [])
+    entries = []
+    for split in splits:
+        if content.get(split):
+            entries += [(split, i, e) for i, e in enumerate(load_decathlon_datalist(datalist, data_list_key=split))]
+    for split, index, entry in tqdm(entries, desc="checking data", unit="case", disable=not progress):
+        missing = [key for key in keys if key not in entry]
+        if missing:
+            raise InputError(datalist, f"{split} entry {index} lacks {missing}; every entry needs {keys}")
+        image, image_affine = load_nifti(entry[image_key])
+        if not label_key:
+            continue
+        label, label_affine = load_nifti(entry[label_key])
+        if label.shape != image.shape:
+            raise InputError(entry[label_key], f"label shape {label.shape} differs from its image "
+                                               f"{entry[image_key]} {image.shape}")
+        if not np.allclose(label_affine, image_affine, atol=AFFINE_TOLERANCE_MM):
+            raise InputError(entry[label_key], f"label affine differs from that of its image {entry[image_key]}:\n"
+                                               f"{label_affine}\nvs\n{image_affine}")
+        if allowed is not None:
+            # Compared as floats, so a fractional value (an interpolated label) is caught too.
+            unexpected = [int(v) if float(v).is_integer() else float(v)
+                          for v in np.unique(label).tolist() if v not in allowed]
+            if unexpected:
+                raise InputError(entry[label_key], f"label values {unexpected[:10]} are not among the declared "
+                                                   f"classes {sorted(allowed)}")
+    if not entries:
+        raise InputError(datalist, f"no cases in {' or '.join(splits)}")
+    return len(entries)
+
+
+def _read_datalist(datalist: Path) -> dict:
+    try:
+        return json.loads(datalist.read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(datalist, f"cannot read the datalist JSON ({error})") from error
+
+
+def inference_inputs(input_dir: str | os.PathLike | None, datalist: str | os.PathLike | None = None,
+                     split: str = "test", image_key: str = "image") -> list[dict]:
+    """The images an inference config runs on, as ``[{"image": path}, ...]``.
+
+    Every NIfTI file in ``input_dir`` (sorted by name); with no ``input_dir`` (None or ""), the ``split`` images of
+    ``datalist`` (each image once). Raises ``InputError`` when the folder is missing or holds no NIfTI files.
+    """
+    from monai.data import load_decathlon_datalist
+
+    from mri_ssl.data.nifti import is_nifti
+
+    if input_dir not in (None, ""):
+        folder = Path(input_dir)
+        if not folder.is_dir():
+            raise InputError(folder, "input folder not found")
+        files = sorted(str(path) for path in folder.iterdir() if is_nifti(path))
+        if not files:
+            raise InputError(folder, "no NIfTI files (.nii or .nii.gz) in the input folder")
+        return [{image_key: path} for path in files]
+    if datalist in (None, ""):
+        raise InputError("input_dir", "give a folder of NIfTI images (input_dir) or a datalist")
+    entries = load_decathlon_datalist(str(datalist), data_list_key=split)
+    files = list(dict.fromkeys(entry[image_key] for entry in entries))
+    if not files:
+        raise InputError(datalist, f"no {split} images")
+    return [{image_key: path} for path in files]

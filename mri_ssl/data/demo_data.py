@@ -7,6 +7,7 @@ smooth random deformation (applied alike to its maps, labels and its copy of the
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from mri_ssl.data.deformation import smooth_displacement, warp
 from mri_ssl.data.nifti import save_json, save_nifti
 from mri_ssl.errors import InputError
 from mri_ssl.physics.phantom import TISSUE_CLASSES, mni152_phantom
+from mri_ssl.physics.protocols import TYPICAL_PROTOCOLS
+from mri_ssl.physics.sequences import rician_noise
+from mri_ssl.physics.simulate import simulate
 
 MAP_KEYS = ("pd", "r1", "r2", "r2s", "mt")
 
@@ -36,6 +40,26 @@ def write_phantom_files(folder: str | os.PathLike, volumes: dict[str, torch.Tens
     save_nifti(labels.to(torch.uint8), affine, folder / "label.nii.gz")
     names["label"] = "label.nii.gz"
     return names
+
+
+def phantom_subject(index: int, seed: int, resolution_mm: float, deformation_mm: float
+                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, object]:
+    """One seeded phantom subject: ``(volumes, labels, affine)``.
+
+    ``volumes`` holds the maps of ``MAP_KEYS`` and ``t1`` (the real MNI152 T1 image), all deformed alike by a smooth
+    random displacement of standard deviation ``deformation_mm``; ``labels`` are ``TISSUE_CLASSES`` indices.
+    """
+    generator = torch.Generator().manual_seed(int(seed) * 1000 + int(index))
+    phantom = mni152_phantom(resolution_mm, generator=generator)
+    displacement = smooth_displacement(tuple(phantom.labels.shape), float(resolution_mm), float(deformation_mm),
+                                       generator)
+    volumes = {key: volume for key, volume in phantom.maps.items() if key in MAP_KEYS}
+    volumes["t1"] = phantom.reference_t1
+    labels = phantom.labels
+    if deformation_mm > 0:
+        volumes = {key: warp(volume, displacement) for key, volume in volumes.items()}
+        labels = warp(labels, displacement, mode="nearest")
+    return volumes, labels, phantom.affine
 
 
 def write_demo_data(
@@ -67,18 +91,9 @@ def write_demo_data(
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = []
     for index in tqdm(range(int(subjects)), desc="demo subjects", unit="subject", disable=not progress):
-        generator = torch.Generator().manual_seed(int(seed) * 1000 + index)
-        phantom = mni152_phantom(resolution_mm, generator=generator)
-        displacement = smooth_displacement(tuple(phantom.labels.shape), float(resolution_mm), float(deformation_mm),
-                                           generator)
         subject = f"sub-{index:02d}"
-        volumes = {key: volume for key, volume in phantom.maps.items() if key in MAP_KEYS}
-        volumes["t1"] = phantom.reference_t1
-        labels = phantom.labels
-        if deformation_mm > 0:
-            volumes = {key: warp(volume, displacement) for key, volume in volumes.items()}
-            labels = warp(labels, displacement, mode="nearest")
-        files = write_phantom_files(out_dir / subject, volumes, labels, phantom.affine)
+        volumes, labels, affine = phantom_subject(index, seed, resolution_mm, deformation_mm)
+        files = write_phantom_files(out_dir / subject, volumes, labels, affine)
         entry = {"subject": subject, **{key: f"{subject}/{name}" for key, name in files.items()}}
         entries.append(entry)
     split = len(entries) - int(validation_subjects)
@@ -87,6 +102,7 @@ def write_demo_data(
         "description": "qMRI maps (PD fraction, R1/R2/R2* in 1/s, MT fraction) built from nilearn's MNI152 2009 "
                        "T1/GM/WM templates with per-subject tissue jitter; written by `mri-ssl demo-data`.",
         "reference": "ICBM 2009c nonlinear symmetric template (Fonov et al. 2011), as shipped by nilearn",
+        "kind": "pretrain",
         "tensorImageSize": "3D",
         "resolution_mm": float(resolution_mm),
         "seed": int(seed),
@@ -96,5 +112,105 @@ def write_demo_data(
         "numTraining": split,
         "training": entries[:split],
         "validation": entries[split:],
+    }
+    return save_json(datalist, out_dir / DATALIST_NAME)
+
+
+# The downstream demo: segment tissue on a T1w-like simulated contrast, test on contrasts never seen in training and
+# on the real MNI152 T1 image. Labels follow IXI's order so the demo and IXI configs share class names.
+TISSUE_LABELS = {"0": "background", "1": "grey_matter", "2": "white_matter", "3": "csf"}
+_PHANTOM_TO_TISSUE_LABEL = {"background": 0, "gm": 1, "wm": 2, "csf": 3, "non_brain": 0}
+TRAINING_CONTRAST = "T1w"
+DOWNSTREAM_CONTRASTS = {  # sequence name in the manifest -> (simulated sequence, protocol; times in s, angles in rad)
+    "T1w": ("mprage", TYPICAL_PROTOCOLS["mprage"]),
+    "T2w": ("fse", {"tr": 4.0, "te": 0.09}),
+    "PDw": ("fse", {"tr": 4.0, "te": 0.012}),
+    "FLAIR": ("flair", TYPICAL_PROTOCOLS["flair"]),
+    "GRE": ("gre", {"tr": 0.6, "te": 0.02, "flip_angle": math.radians(20.0)}),  # T2*-weighted gradient echo
+}
+SIMULATED_SITE, REAL_SITE = "phantom", "mni152"
+NOISE_FRACTION = 0.02  # Rician sigma as a fraction of the 99th percentile of the brain's signal
+
+
+def tissue_labels(phantom_labels: torch.Tensor) -> torch.Tensor:
+    """Map phantom classes (``TISSUE_CLASSES``) to ``TISSUE_LABELS``: non-brain tissue becomes background."""
+    lookup = torch.zeros(len(TISSUE_CLASSES), dtype=torch.uint8)
+    for name, value in _PHANTOM_TO_TISSUE_LABEL.items():
+        lookup[TISSUE_CLASSES.index(name)] = value
+    return lookup[phantom_labels.long()]
+
+
+def simulate_contrast(maps: dict[str, torch.Tensor], contrast: str, brain: torch.Tensor,
+                      generator: torch.Generator) -> torch.Tensor:
+    """The ``contrast`` image of ``DOWNSTREAM_CONTRASTS`` with Rician noise at ``NOISE_FRACTION`` of brain signal."""
+    sequence, protocol = DOWNSTREAM_CONTRASTS[contrast]
+    image = simulate(maps, sequence, protocol)
+    sigma = NOISE_FRACTION * float(torch.quantile(image[brain].float()[::7], 0.99))
+    return rician_noise(image, sigma, generator=generator)
+
+
+def write_downstream_demo(
+    out_dir: str | os.PathLike = "demo_data/downstream",
+    subjects: int = 8,
+    test_subjects: int = 2,
+    validation_subjects: int = 1,
+    resolution_mm: float = 2.0,
+    seed: int = 0,
+    deformation_mm: float = 3.0,
+    progress: bool = True,
+) -> Path:
+    """Write phantom subjects as images plus tissue labels and a segmentation datalist; return the datalist's path.
+
+    Training and validation subjects get the ``TRAINING_CONTRAST`` (T1w, an MPRAGE) image; each test subject gets
+    every contrast of ``DOWNSTREAM_CONTRASTS`` (site ``phantom``: the T1w row is in-domain, the others are unseen
+    contrasts) and its deformed copy of the real MNI152 T1 image (site ``mni152``, sequence ``T1w``). Entries hold
+    ``image``, ``label`` (``TISSUE_LABELS``), ``subject``, ``site`` and ``sequence``, paths relative to ``out_dir``::
+
+        out_dir/datalist.json
+        out_dir/sub-XX/{T1w,T2w,PDw,FLAIR,GRE,mni152_T1w,label}.nii.gz
+    """
+    subjects, test_subjects, validation_subjects = int(subjects), int(test_subjects), int(validation_subjects)
+    if test_subjects < 1 or validation_subjects < 0 or subjects - test_subjects - validation_subjects < 1:
+        raise InputError("subjects", f"need at least one training and one test subject; got {subjects} subjects, "
+                                     f"{test_subjects} for test and {validation_subjects} for validation")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n_training = subjects - test_subjects - validation_subjects
+    splits = {"training": [], "validation": [], "test": []}
+    for index in tqdm(range(subjects), desc="downstream demo subjects", unit="subject", disable=not progress):
+        split = "training" if index < n_training else "validation" if index < n_training + validation_subjects \
+            else "test"
+        subject = f"sub-{index:02d}"
+        volumes, phantom_labels, affine = phantom_subject(index, seed, resolution_mm, deformation_mm)
+        maps = {key: volumes[key] for key in MAP_KEYS}
+        brain = phantom_labels > 0
+        generator = torch.Generator().manual_seed(int(seed) * 1000 + index + 500)
+        contrasts = list(DOWNSTREAM_CONTRASTS) if split == "test" else [TRAINING_CONTRAST]
+        images = {contrast: simulate_contrast(maps, contrast, brain, generator) for contrast in contrasts}
+        if split == "test":
+            images[f"{REAL_SITE}_T1w"] = volumes["t1"]
+        files = write_phantom_files(out_dir / subject, images, tissue_labels(phantom_labels), affine)
+        for key, name in files.items():
+            if key == "label":
+                continue
+            site, sequence = (REAL_SITE, "T1w") if key.startswith(REAL_SITE) else (SIMULATED_SITE, key)
+            splits[split].append({"image": f"{subject}/{name}", "label": f"{subject}/{files['label']}",
+                                  "subject": subject, "site": site, "sequence": sequence})
+    datalist = {
+        "name": "mri_ssl MNI152 phantom, downstream tissue segmentation",
+        "description": f"Simulated {TRAINING_CONTRAST} images for training; unseen simulated contrasts and the real "
+                       f"MNI152 T1 image for testing; tissue labels from the MNI152 GM/WM templates. Written by "
+                       f"`mri-ssl manifest demo`.",
+        "reference": "ICBM 2009c nonlinear symmetric template (Fonov et al. 2011), as shipped by nilearn",
+        "kind": "demo",
+        "tensorImageSize": "3D",
+        "resolution_mm": float(resolution_mm),
+        "seed": int(seed),
+        "deformation_mm": float(deformation_mm),
+        "contrasts": {name: {"sequence": sequence, "protocol": dict(protocol)}
+                      for name, (sequence, protocol) in DOWNSTREAM_CONTRASTS.items()},
+        "labels": dict(TISSUE_LABELS),
+        "numTraining": len(splits["training"]),
+        **splits,
     }
     return save_json(datalist, out_dir / DATALIST_NAME)

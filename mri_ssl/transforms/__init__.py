@@ -1,5 +1,6 @@
 """MONAI-style transforms the library adds (array transform + dictionary wrapper, like MONAI's own)."""
 
+from mri_ssl.transforms.noise import AddGaussianNoised
 from mri_ssl.transforms.simulate_sequence import (
     RandSimulateSequence,
     RandSimulateSequenced,
@@ -10,6 +11,7 @@ from mri_ssl.transforms.views import VIEW_MODES, ContrastiveViewPair
 
 __all__ = [
     "VIEW_MODES",
+    "AddGaussianNoised",
     "ContrastiveViewPair",
     "RandSimulateSequence",
     "RandSimulateSequenced",
