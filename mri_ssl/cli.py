@@ -1,4 +1,4 @@
-"""The `mri-ssl` command line: `demo`, `demo-data`, `simulate`.
+"""The `mri-ssl` command line: `demo`, `demo-data`, `simulate`, `manifest`.
 
 Every command validates its input before doing expensive work, prints a one-line error naming the file or parameter
 on bad input and exits with status 2, and writes its outputs atomically (no partial files on failure).
@@ -7,6 +7,7 @@ on bad input and exits with status 2, and writes its outputs atomically (no part
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import sys
@@ -143,6 +144,27 @@ def _command_simulate(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# manifest
+
+
+def _command_manifest(args: argparse.Namespace) -> int:
+    from mri_ssl.data.manifests import manifest_summary, write_manifest
+
+    options = {}
+    if args.kind == "ixi" and args.label_dir:
+        options["label_dir"] = args.label_dir
+    if args.kind == "demo":
+        options.update(subjects=args.subjects, test_subjects=args.test_subjects,
+                       validation_subjects=args.validation_subjects, resolution_mm=args.resolution_mm,
+                       progress=not args.quiet)
+    out = args.out or str(Path("data_manifests") / f"{args.kind}.json")
+    path = write_manifest(args.kind, args.directory, out, seed=args.seed, **options)
+    print(manifest_summary(json.loads(Path(path).read_text())))
+    print(f"wrote {path}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,6 +231,28 @@ def build_parser() -> argparse.ArgumentParser:
                           help="add Rician noise of this standard deviation (signal units)")
     simulate.add_argument("--fused", action="store_true", help="use the compiled kernel (worth it for big volumes)")
     simulate.set_defaults(handler=_command_simulate)
+
+    manifest = commands.add_parser(
+        "manifest", help="scan a local dataset copy and write a decathlon-style datalist (manifest)",
+        description="Scan DIR and write a datalist JSON with training / validation / test entries (image, label, "
+                    "subject, site, sequence) and deterministic subject-level splits. Kinds: ixi (IXI T1/T2/PD with "
+                    "tissue labels of your own; GST split 226/31/65 like the paper, HH and IOP as out-of-domain "
+                    "test sites), arc (BIDS T1w/T2w/FLAIR with lesion masks), qmri (one folder of PD/R1/R2*/MT maps "
+                    "per subject, for pretraining), demo (writes the embedded MNI152 phantom images into DIR). "
+                    "See data_manifests/README.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    manifest.add_argument("kind", choices=["ixi", "arc", "qmri", "demo"], help="dataset layout")
+    manifest.add_argument("directory", metavar="DIR", help="the dataset folder (for demo: where to write it)")
+    manifest.add_argument("--out", default=None, help="manifest path (default: data_manifests/KIND.json)")
+    manifest.add_argument("--seed", type=int, default=0, help="seed of the subject-level splits")
+    manifest.add_argument("--label-dir", default=None, help="ixi: a folder of tissue label files")
+    manifest.add_argument("--subjects", type=int, default=8, help="demo: number of phantom subjects")
+    manifest.add_argument("--test-subjects", type=int, default=2, help="demo: of which test subjects")
+    manifest.add_argument("--validation-subjects", type=int, default=1, help="demo: of which validation subjects")
+    manifest.add_argument("--resolution-mm", type=float, default=2.0, help="demo: voxel size in mm")
+    manifest.add_argument("--quiet", action="store_true", help="no progress bars")
+    manifest.set_defaults(handler=_command_manifest)
     return parser
 
 

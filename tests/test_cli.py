@@ -115,3 +115,26 @@ def test_console_script_help_runs():
     result = subprocess.run([sys.executable, "-m", "mri_ssl", "simulate", "--help"], capture_output=True, text=True,
                             check=True)
     assert "--flip-angle-deg" in result.stdout and "--maps" in result.stdout
+
+
+def test_manifest_command_writes_and_summarises_an_ixi_manifest(tmp_path, capsys):
+    data = tmp_path / "IXI"
+    data.mkdir()
+    for number, site in ((2, "Guys"), (12, "Guys"), (13, "Guys"), (14, "HH")):
+        stem = f"IXI{number:03d}-{site}-{1000 + number}-T1"
+        for name in (stem, f"{stem}_label"):
+            nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(data / f"{name}.nii.gz"))
+    out = tmp_path / "manifests" / "ixi.json"
+    assert main(["manifest", "ixi", str(data), "--out", str(out), "--seed", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "GST" in printed and "HH" in printed and str(out) in printed
+    manifest = json.loads(out.read_text())
+    assert {e["site"] for e in manifest["test"]} >= {"HH"}
+    assert all(e["site"] == "GST" for e in manifest["training"] + manifest["validation"])
+    assert all(os.path.isabs(e["image"]) and e["label"].endswith("_label.nii.gz") for e in manifest["training"])
+
+
+def test_manifest_command_names_a_missing_folder(tmp_path, capsys):
+    assert main(["manifest", "arc", str(tmp_path / "nope"), "--out", str(tmp_path / "arc.json")]) == EXIT_BAD_INPUT
+    assert "nope" in capsys.readouterr().err
+    assert not (tmp_path / "arc.json").exists()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from monai.data import load_decathlon_datalist
 
-from mri_ssl.data.datalist import check_labelled_datalist, inference_inputs, resolve_datalist
+from mri_ssl.data.datalist import check_labelled_datalist, inference_inputs, labelled_entries, resolve_datalist
 from mri_ssl.data.demo_data import DOWNSTREAM_CONTRASTS, TISSUE_LABELS, write_downstream_demo
 from mri_ssl.errors import InputError
 
@@ -59,11 +59,26 @@ def test_missing_file_and_missing_key_are_named(tmp_path):
     (tmp_path / "img.nii.gz").unlink()
     with pytest.raises(InputError, match=r"img\.nii\.gz: file not found"):
         check_labelled_datalist(datalist)
-    datalist.write_text(json.dumps({"training": [{"image": "x.nii.gz"}]}))
-    with pytest.raises(InputError, match="lacks"):
+    datalist.write_text(json.dumps({"training": [{"label": "x.nii.gz"}]}))
+    with pytest.raises(InputError, match="training entry 0 has no 'image'"):
         check_labelled_datalist(datalist)
     with pytest.raises(InputError, match="no cases"):
         check_labelled_datalist(datalist, splits=["test"])
+
+
+def test_unlabelled_images_are_skipped_for_segmentation_but_used_for_denoising(tmp_path):
+    datalist = labelled_case(tmp_path)
+    content = json.loads(datalist.read_text())
+    content["training"].append({"image": "img.nii.gz", "subject": "s2"})  # e.g. an IXI T2 without a tissue label
+    datalist.write_text(json.dumps(content))
+    assert [e["subject"] for e in labelled_entries(datalist, "training")] == ["s1"]
+    assert len(labelled_entries(datalist, "training", ["image"])) == 2
+    assert check_labelled_datalist(datalist, ["training"]) == 1
+    assert check_labelled_datalist(datalist, ["training"], label_key=None) == 2
+    content["training"] = [content["training"][1]]
+    datalist.write_text(json.dumps(content))
+    with pytest.raises(InputError, match="no cases with"):
+        check_labelled_datalist(datalist, ["training"])
 
 
 def test_images_only_for_denoising(tmp_path):

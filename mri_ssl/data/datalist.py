@@ -117,29 +117,22 @@ def check_labelled_datalist(datalist: str | os.PathLike, splits: Sequence[str] =
                             label_values: Iterable[int] | None = None, progress: bool = False) -> int:
     """Read every image (and label) a datalist names in ``splits`` before training starts; return the case count.
 
-    Each file is read completely. A label must have its image's shape and affine (within ``AFFINE_TOLERANCE_MM``)
-    and, when ``label_values`` is given, hold only those values. ``label_key=None`` checks images only (denoising).
+    The cases are those ``labelled_entries`` gives (what the bundles train on). Each file is read completely. A
+    label must have its image's shape and affine (within ``AFFINE_TOLERANCE_MM``) and, when ``label_values`` is
+    given, hold only those values. ``label_key=None`` checks images only (denoising).
     Raises ``InputError`` naming the file and the problem. A split that is absent or empty is skipped, but at least
     one case must be found.
     """
     import numpy as np
-    from monai.data import load_decathlon_datalist
     from tqdm.auto import tqdm
 
     from mri_ssl.data.nifti import AFFINE_TOLERANCE_MM, load_nifti
 
     datalist = Path(datalist)
-    content = _read_datalist(datalist)
     allowed = None if label_values is None else {int(v) for v in label_values}
     keys = [image_key] + ([label_key] if label_key else [])
-    entries = []
-    for split in splits:
-        if content.get(split):
-            entries += [(split, i, e) for i, e in enumerate(load_decathlon_datalist(datalist, data_list_key=split))]
-    for split, index, entry in tqdm(entries, desc="checking data", unit="case", disable=not progress):
-        missing = [key for key in keys if key not in entry]
-        if missing:
-            raise InputError(datalist, f"{split} entry {index} lacks {missing}; every entry needs {keys}")
+    entries = [(split, entry) for split in splits for entry in labelled_entries(datalist, split, keys)]
+    for split, entry in tqdm(entries, desc="checking data", unit="case", disable=not progress):
         image, image_affine = load_nifti(entry[image_key])
         if not label_key:
             continue
@@ -158,8 +151,27 @@ def check_labelled_datalist(datalist: str | os.PathLike, splits: Sequence[str] =
                 raise InputError(entry[label_key], f"label values {unexpected[:10]} are not among the declared "
                                                    f"classes {sorted(allowed)}")
     if not entries:
-        raise InputError(datalist, f"no cases in {' or '.join(splits)}")
+        raise InputError(datalist, f"no cases with {keys} in {' or '.join(splits)}")
     return len(entries)
+
+
+def labelled_entries(datalist: str | os.PathLike, split: str, keys: Sequence[str] = ("image", "label")) -> list[dict]:
+    """The entries of ``split`` that have every key in ``keys``, paths resolved (``load_decathlon_datalist``).
+
+    Manifests list images without a label too (``mri-ssl manifest ixi`` keeps them for denoising and counts them as
+    ``unlabeled``); segmentation trains and is scored on the labelled ones. An entry with no ``image`` at all is an
+    error naming its index. An absent or empty split gives an empty list.
+    """
+    from monai.data import load_decathlon_datalist
+
+    datalist = Path(datalist)
+    if not _read_datalist(datalist).get(split):
+        return []
+    entries = load_decathlon_datalist(datalist, data_list_key=split)
+    for index, entry in enumerate(entries):
+        if keys and keys[0] not in entry:
+            raise InputError(datalist, f"{split} entry {index} has no {keys[0]!r}; every entry needs one")
+    return [entry for entry in entries if all(key in entry for key in keys)]
 
 
 def _read_datalist(datalist: Path) -> dict:
