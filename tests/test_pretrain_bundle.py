@@ -2,9 +2,7 @@
 
 import json
 import math
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
+from bundle_runner import run_bundle
 from mri_ssl.data.datalist import resolve_datalist
 from mri_ssl.engines import NonFiniteLossError, load_checkpoint, load_encoder
 
@@ -49,14 +48,6 @@ def tiny_config(tmp_path, demo_data_dir, **overrides):
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(config))
     return path
-
-
-def run_bundle(tmp_path, config_files, timeout=600, launcher=None):
-    files = "[" + ",".join(f"'{f}'" for f in config_files) + "]"
-    command = (launcher or [sys.executable]) + ["-m", "monai.bundle", "run", "--config_file", files,
-                                                "--bundle_root", str(tmp_path)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(BUNDLE.parents[1])}
-    return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.mark.slow

@@ -65,30 +65,47 @@ def export_encoder(encoder: torch.nn.Module, path: str | os.PathLike) -> Path:
 
 
 class AtomicCheckpointer:
-    """Keep ``latest.pt`` (every epoch), ``best.pt`` (lowest ``metric_name``) and ``final.pt`` in ``save_dir``.
+    """Keep ``latest.pt`` (every epoch), ``best.pt`` (best ``metric_name``) and ``final.pt`` in ``save_dir``.
 
     Args:
         save_dir: folder of the checkpoints.
         network: the trained model; its ``encoder`` attribute (if any) is also exported as ``encoder_*.pt``.
         optimizer, lr_scheduler: saved and restored with the network, so a resumed run continues exactly.
-        metric_name: ``engine.state.metrics`` key to rank checkpoints by (lower is better); None keeps no best.
+        metric_name: ``state.metrics`` key to rank checkpoints by; None keeps no best.
+        mode: ``min`` (lower is better, e.g. a loss) or ``max`` (e.g. Dice).
+        export_encoder: also write the network's ``encoder`` as ``encoder_best.pt`` / ``encoder_final.pt`` (for
+            pretraining; downstream bundles whose encoder is frozen turn it off).
+        metric_engine: the engine whose ``state.metrics`` hold ``metric_name`` (e.g. a validation evaluator run by
+            MONAI's ``ValidationHandler``); default: the trainer the checkpointer is attached to.
 
     ``attach(trainer)`` saves at every epoch end and at completion. ``resume(trainer, path)`` restores a checkpoint
     into the network, optimizer, scheduler and the trainer's epoch / iteration counters before the run starts.
     """
 
     def __init__(self, save_dir: str | os.PathLike, network: torch.nn.Module, optimizer=None, lr_scheduler=None,
-                 metric_name: str | None = "val_loss"):
+                 metric_name: str | None = "val_loss", mode: str = "min", metric_engine: Engine | None = None,
+                 export_encoder: bool = True):
+        if mode not in ("min", "max"):
+            raise InputError("mode", f"expected 'min' or 'max', got {mode!r}")
         self.save_dir = Path(save_dir)
         self.network = network
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.metric_name = metric_name
-        self.best_metric = math.inf
+        self.mode = mode
+        self.metric_engine = metric_engine
+        self.export_encoder = bool(export_encoder)
+        self.best_metric = math.inf if mode == "min" else -math.inf
+
+    def _improves(self, metric: float) -> bool:
+        return metric < self.best_metric if self.mode == "min" else metric > self.best_metric
 
     def _network(self) -> torch.nn.Module:
         # Unwrap DistributedDataParallel so checkpoints load into a plain model.
         return getattr(self.network, "module", self.network)
+
+    def _encoder(self) -> torch.nn.Module | None:
+        return getattr(self._network(), "encoder", None) if self.export_encoder else None
 
     def state(self, engine: Engine) -> dict[str, Any]:
         payload = {
@@ -110,11 +127,12 @@ class AtomicCheckpointer:
     def epoch_completed(self, engine: Engine) -> None:
         if not is_main_process():
             return
-        metric = engine.state.metrics.get(self.metric_name) if self.metric_name else None
-        if metric is not None and math.isfinite(float(metric)) and float(metric) < self.best_metric:
+        source = self.metric_engine if self.metric_engine is not None else engine
+        metric = source.state.metrics.get(self.metric_name) if self.metric_name else None
+        if metric is not None and math.isfinite(float(metric)) and self._improves(float(metric)):
             self.best_metric = float(metric)
             save_checkpoint(self.state(engine), self.save_dir / BEST)
-            encoder = getattr(self._network(), "encoder", None)
+            encoder = self._encoder()
             if encoder is not None:
                 export_encoder(encoder, self.save_dir / ENCODER_BEST)
             logger.info("epoch %d: new best %s = %.5f", engine.state.epoch, self.metric_name, self.best_metric)
@@ -124,7 +142,7 @@ class AtomicCheckpointer:
         if not is_main_process():
             return
         save_checkpoint(self.state(engine), self.save_dir / FINAL)
-        encoder = getattr(self._network(), "encoder", None)
+        encoder = self._encoder()
         if encoder is not None:
             export_encoder(encoder, self.save_dir / ENCODER_FINAL)
 
@@ -143,7 +161,7 @@ class AtomicCheckpointer:
             self.optimizer.load_state_dict(payload["optimizer"])
         if self.lr_scheduler is not None and "lr_scheduler" in payload:
             self.lr_scheduler.load_state_dict(payload["lr_scheduler"])
-        self.best_metric = float(payload.get("best_metric", math.inf))
+        self.best_metric = float(payload.get("best_metric", self.best_metric))
         epoch, iteration = int(payload["epoch"]), int(payload["iteration"])
 
         def restore_counters(engine: Engine) -> None:

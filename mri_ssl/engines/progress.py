@@ -16,6 +16,14 @@ def attach_progress_bar(engine: Engine, enabled: bool = True) -> Engine:
         return engine
     from ignite.handlers import ProgressBar
 
-    ProgressBar(persist=True, file=sys.stderr).attach(
-        engine, output_transform=lambda output: {"loss": output["loss"]} if isinstance(output, dict) else output)
+    ProgressBar(persist=True, file=sys.stderr).attach(engine, output_transform=_loss)
     return engine
+
+
+def _loss(output) -> dict:
+    # MONAI engines decollate by default: the output is then a list of per-item dicts, each holding the batch loss.
+    if isinstance(output, list) and output and isinstance(output[0], dict):
+        output = output[0]
+    if isinstance(output, dict) and "loss" in output:
+        return {"loss": float(output["loss"])}
+    return {}
