@@ -1,0 +1,158 @@
+"""Figures of an experiment: bar charts of every metric per method and contrast, segmentation overlays per method.
+
+Both read only what the runs wrote (evaluation summaries, per-case CSVs, the inference stage's label NIfTIs), so a
+figure shows exactly the numbers in ``results.md``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from mri_ssl.atomic import atomic_output
+from mri_ssl.experiments.grid import Grid
+from mri_ssl.experiments.runner import STATUS_OK, RunResult
+from mri_ssl.experiments.tables import MODE_TITLES, row_title
+
+MODE_COLOURS = {"random": "#9e9e9e", "base": "#1f77b4", "seqaug": "#ff7f0e", "seqinv": "#2ca02c"}
+METRIC_TITLES = {"dice_mean": "Dice (mean over tissues)", "hd95_mm_mean": "HD95 (mm, mean over tissues)",
+                 "psnr_db": "PSNR (dB, peak = clean data range)", "psnr_peak1_db": "PSNR (dB, peak 1 on z-scores)"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_output(path) as temporary:
+        fig.savefig(temporary, dpi=110, format="png")
+    _pyplot().close(fig)
+    return path
+
+
+def plot_metric_bars(records: Sequence[Mapping], grid: Grid, path: str | os.PathLike) -> Path | None:
+    """One panel per task and metric at the largest label fraction: a bar per method for each evaluated group
+    (site [sequence]), in-domain groups first, with the standard deviation over seeds as an error bar."""
+    plt = _pyplot()
+    fraction = max(grid.label_fractions)
+    panels = [(spec.name, metric) for spec in grid.downstream for metric in spec.metrics
+              if any(r["task"] == spec.name and r["metric"] == metric and r["n_seeds"] for r in records)]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(7.0, 1.3 * 7), 2.8 * len(panels)), squeeze=False)
+    for ax, (task, metric) in zip(axes[:, 0], panels):
+        mine = [r for r in records if r["task"] == task and r["metric"] == metric and r["fraction"] == fraction]
+        in_domain = {r["group"] for r in mine if r["domain"] == "in domain"}
+        groups = sorted({r["group"] for r in mine}, key=lambda g: (g not in in_domain, g))
+        width = 0.8 / len(grid.modes)
+        for position, mode in enumerate(grid.modes):
+            cells = {r["group"]: r for r in mine if r["mode"] == mode}
+            means = [cells[g]["mean"] if g in cells and cells[g]["n_seeds"] else np.nan for g in groups]
+            stds = [cells[g]["std"] if g in cells and cells[g]["n_seeds"] > 1 else 0.0 for g in groups]
+            x = np.arange(len(groups)) + (position - (len(grid.modes) - 1) / 2) * width
+            ax.bar(x, means, width, yerr=stds, capsize=2, label=MODE_TITLES.get(mode, mode),
+                   color=MODE_COLOURS.get(mode))
+        labels = [row_title(g) + ("\n(in domain)" if g in in_domain else "") for g in groups]
+        ax.set_xticks(np.arange(len(groups)), labels, fontsize=8)
+        direction = next(r["direction"] for r in mine)
+        ax.set_ylabel(METRIC_TITLES.get(metric, metric), fontsize=8)
+        ax.set_title(f"{task}: {metric} ({direction} is better), {fraction:.0%} of labels, "
+                     f"seeds {list(grid.seeds)}", fontsize=9)
+        if metric.startswith("dice"):
+            ax.set_ylim(0, 1)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].legend(ncol=len(grid.modes), fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+def _per_case_dice(folder: Path) -> dict[str, float]:
+    """Image path -> mean Dice, from a run's evaluation per-case CSV."""
+    try:
+        with open(folder / "logs" / "evaluation" / "per_case.csv") as handle:
+            return {row["image"]: float(row["dice_mean"]) for row in csv.DictReader(handle) if row.get("dice_mean")}
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def _axial(volume: np.ndarray, z: int) -> np.ndarray:
+    # NIfTI (x, y, z) in RAS: anterior up, the patient's left on the image's right, as radiologists read.
+    return np.rot90(volume[:, :, z])
+
+
+def plot_segmentation_overlays(results: Sequence[RunResult], grid: Grid, task: str, datalist: str | os.PathLike,
+                               path: str | os.PathLike, split: str = "test") -> Path | None:
+    """A grid of axial slices of one test subject: a column per test image (the in-domain contrast, unseen contrasts,
+    the real image), a row for the reference labels and one per method (its first seed), each prediction drawn over
+    its image with the case's Dice in the title. Needs the task's inference stage (label NIfTIs in the run folders).
+    """
+    import nibabel as nib
+
+    plt = _pyplot()
+    datalist = Path(datalist)
+    entries = json.loads(datalist.read_text()).get(split, [])
+    if not entries:
+        return None
+    subject = entries[0].get("subject")
+    entries = [e for e in entries if e.get("subject") == subject]
+    first_seed = min(grid.seeds)
+    fraction = max(grid.label_fractions)
+    runs = {r.run.mode: r for r in results if r.run.task == task and r.run.seed == first_seed
+            and r.run.fraction == fraction and r.status == STATUS_OK}
+    methods = [mode for mode in grid.modes if mode in runs]
+    if not methods:
+        return None
+    label = np.asarray(nib.load(str(datalist.parent / entries[0]["label"])).dataobj).astype(np.int64)
+    z = int(np.argmax((label > 0).sum(axis=(0, 1))))
+    colours = plt.get_cmap("tab10")
+    n_classes = int(label.max()) + 1
+
+    def overlay(ax, image: np.ndarray, labels: np.ndarray | None, title: str) -> None:
+        slice_ = _axial(image, z)
+        top = np.percentile(slice_[_axial(label, z) > 0], 99.5) if (label[:, :, z] > 0).any() else slice_.max()
+        ax.imshow(slice_, cmap="gray", vmin=0 if slice_.min() >= 0 else slice_.min(), vmax=top)
+        if labels is not None:
+            rgba = np.zeros(slice_.shape + (4,))
+            classes = _axial(labels, z)
+            for value in range(1, max(n_classes, int(classes.max()) + 1)):
+                rgba[classes == value] = (*colours(value)[:3], 0.45)
+            ax.imshow(rgba, interpolation="nearest")
+        ax.set_title(title, fontsize=7)
+        ax.axis("off")
+
+    rows = 1 + len(methods)
+    fig, axes = plt.subplots(rows, len(entries), figsize=(1.9 * len(entries), 2.0 * rows), squeeze=False)
+    dice = {mode: _per_case_dice(runs[mode].folder) for mode in methods}
+    for column, entry in enumerate(entries):
+        image_path = datalist.parent / entry["image"]
+        image = np.asarray(nib.load(str(image_path)).dataobj, dtype=np.float32)
+        name = f"{entry.get('site', '')} {entry.get('sequence', '')}".strip()
+        overlay(axes[0, column], image, label, f"reference\n{name}")
+        relative = Path(entry["image"])
+        stem = relative.name.split(".nii")[0]
+        for row, mode in enumerate(methods, start=1):
+            prediction_path = runs[mode].folder / "predictions" / relative.parent / f"{stem}_seg.nii.gz"
+            title = MODE_TITLES.get(mode, mode)
+            if prediction_path.is_file():
+                prediction = np.asarray(nib.load(str(prediction_path)).dataobj).astype(np.int64)
+                score = dice[mode].get(str(image_path)) or dice[mode].get(str(image_path.resolve()))
+                overlay(axes[row, column], image, prediction,
+                        f"{title}\nDice {score:.3f}" if score is not None and math.isfinite(score) else title)
+            else:
+                axes[row, column].axis("off")
+                axes[row, column].set_title(f"{title}\n(no prediction)", fontsize=7)
+    fig.suptitle(f"{task}: test subject {subject}, axial slice {z}; trained on the in-domain contrast only "
+                 f"(seed {first_seed})", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, Path(path))

@@ -1,0 +1,300 @@
+"""An experiment grid: which bundle runs compare pretraining strategies, read from a YAML file and checked.
+
+A grid crosses pretraining modes x label fractions x seeds x downstream datasets. Every run is a plain bundle
+invocation (``python -m monai.bundle run``) with a JSON file of overrides, so a grid is nothing a user could not
+type by hand. The YAML format (``experiments/demo.yaml`` is a commented example)::
+
+    name: demo
+    bundles: ../bundles                 # the folder holding the bundles, relative to this file
+    seeds: [0, 1, 2]
+    label_fractions: [0.1, 1.0]
+    modes: [random, base, seqaug, seqinv]   # `random` is the random-init baseline: no pretraining run
+    overrides: {...}                    # given to every run (e.g. where the embedded demo data are written)
+    pretraining:
+      bundle: mri_ssl_pretrain
+      configs: [train.json, cpu_demo.json]   # files in the bundle's configs/ folder, in order
+      encoder: encoder_best.pt          # the exported encoder the downstream runs load (from the run's models/)
+      overrides: {...}
+      mode_overrides: {base: {...}}     # optional, per mode
+    downstream:
+      - name: tissue                    # a dataset and task: one table
+        bundle: mri_segmentation
+        configs: [train.json, cpu_demo.json]
+        evaluate: [evaluate.json]       # added after `configs` for the evaluation run
+        inference: [inference.json]     # optional: also write predictions (the demo's overlays use them)
+        metrics: {dice_mean: higher, hd95_mm_mean: lower}
+        in_domain: {site: [phantom], sequence: [T1w]}   # rows matching every given key are "in domain"
+        overrides: {...}
+
+Values in ``overrides`` are bundle config ids and values. In strings, ``{grid_dir}`` is replaced by the grid file's
+folder when the grid is read, and ``{out_dir}`` by the experiment's output folder when a run starts (so runs can
+share data written once, e.g. ``demo_data_dir: "{out_dir}/data/downstream"``; the hash keeps the placeholder, so
+the same grid in another folder is the same experiment). The runner sets ``seed`` and the run's folder as
+``bundle_root`` itself, with ``view_mode`` (pretraining), ``label_fraction``, ``encoder_path`` and ``pretrained``
+(downstream).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from mri_ssl.errors import InputError
+
+RANDOM_INIT = "random"
+PRETRAINING_MODES = ("base", "seqaug", "seqinv")
+METRIC_DIRECTIONS = ("higher", "lower")
+# Overrides a grid may not set itself: the runner owns them, so a run's folder and identity stay consistent.
+RESERVED_KEYS = ("bundle_root", "seed", "view_mode", "label_fraction", "encoder_path", "pretrained")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One bundle: its folder, the config files of each stage (paths), and the overrides common to its runs."""
+
+    name: str
+    bundle_dir: Path
+    configs: tuple[Path, ...]
+    overrides: dict = field(default_factory=dict)
+    evaluate: tuple[Path, ...] = ()
+    inference: tuple[Path, ...] = ()
+    metrics: dict = field(default_factory=dict)
+    in_domain: dict = field(default_factory=dict)
+    mode_overrides: dict = field(default_factory=dict)
+    encoder: str = "encoder_best.pt"
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    path: Path
+    seeds: tuple[int, ...]
+    label_fractions: tuple[float, ...]
+    modes: tuple[str, ...]
+    pretraining: StageSpec | None
+    downstream: tuple[StageSpec, ...]
+
+
+@dataclass
+class Run:
+    """One bundle run of the grid (pretraining of a mode, or a downstream task for a mode / fraction / seed)."""
+
+    kind: str                      # "pretrain" or "downstream"
+    task: str                      # "pretrain" or the downstream entry's name
+    mode: str
+    seed: int
+    fraction: float | None
+    spec: StageSpec
+    overrides: dict
+    upstream: "Run | None" = None  # the pretraining run a downstream run loads its encoder from
+    config_hash: str = ""
+
+    @property
+    def label(self) -> str:
+        parts = [self.task, self.mode]
+        if self.fraction is not None:
+            parts.append(f"frac{self.fraction:g}")
+        parts.append(f"seed{self.seed}")
+        return "-".join(parts)
+
+    def stages(self, infer: bool = True) -> list[tuple[str, tuple[Path, ...]]]:
+        """``(stage name, config files)`` in the order they run."""
+        stages = [("train", self.spec.configs)]
+        if self.spec.evaluate:
+            stages.append(("evaluate", _with_extra(self.spec.configs, self.spec.evaluate)))
+        if infer and self.spec.inference:
+            stages.append(("inference", _with_extra(self.spec.configs, self.spec.inference)))
+        return stages
+
+
+def _with_extra(configs: tuple[Path, ...], extra: tuple[Path, ...]) -> tuple[Path, ...]:
+    # A stage file goes right after the bundle's base config (train.json), before the slim-size overrides such as
+    # cpu_demo.json, exactly as the bundles' docs order them: sizes set by cpu_demo.json must win over it.
+    return configs[:1] + extra + configs[1:]
+
+
+def _require(mapping: Mapping, key: str, where: str, kind: type | tuple[type, ...]):
+    if key not in mapping:
+        raise InputError(where, f"missing {key!r}")
+    value = mapping[key]
+    if not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise InputError(where, f"{key!r} must be a {names}, got {value!r}")
+    return value
+
+
+def expand_placeholders(value: Any, replacements: Mapping[str, str]) -> Any:
+    """Replace each ``{name}`` of ``replacements`` in strings, recursively through lists and mappings."""
+    if isinstance(value, str):
+        for name, text in replacements.items():
+            value = value.replace("{" + name + "}", str(text))
+        return value
+    if isinstance(value, list):
+        return [expand_placeholders(v, replacements) for v in value]
+    if isinstance(value, dict):
+        return {k: expand_placeholders(v, replacements) for k, v in value.items()}
+    return value
+
+
+def _overrides(mapping: Mapping, key: str, where: str, grid_dir: Path) -> dict:
+    value = mapping.get(key) or {}
+    if not isinstance(value, dict):
+        raise InputError(where, f"{key!r} must be a mapping of config ids to values, got {value!r}")
+    reserved = sorted(set(value) & set(RESERVED_KEYS))
+    if reserved:
+        raise InputError(where, f"{key!r} sets {reserved}, which the experiment runner sets for each run")
+    return expand_placeholders(dict(value), {"grid_dir": grid_dir})
+
+
+def _config_files(bundle_dir: Path, names, where: str, key: str) -> tuple[Path, ...]:
+    if names is None:
+        return ()
+    if isinstance(names, str) or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise InputError(where, f"{key!r} must be a list of config file names, got {names!r}")
+    files = []
+    for name in names:
+        path = bundle_dir / "configs" / name
+        if not path.is_file():
+            raise InputError(path, f"config file named in {where} {key!r} not found")
+        files.append(path)
+    return tuple(files)
+
+
+def _stage(entry: Mapping, where: str, bundles: Path, grid_dir: Path, downstream: bool) -> StageSpec:
+    if not isinstance(entry, dict):
+        raise InputError(where, f"must be a mapping, got {entry!r}")
+    bundle = _require(entry, "bundle", where, str)
+    bundle_dir = bundles / bundle
+    if not (bundle_dir / "configs").is_dir():
+        raise InputError(bundle_dir, f"bundle named in {where} not found (no configs/ folder)")
+    configs = _config_files(bundle_dir, _require(entry, "configs", where, list), where, "configs")
+    if not configs:
+        raise InputError(where, "'configs' is empty; give at least the bundle's train.json")
+    metrics, in_domain = {}, {}
+    if downstream:
+        metrics = _require(entry, "metrics", where, dict)
+        bad = {m: d for m, d in metrics.items() if d not in METRIC_DIRECTIONS}
+        if not metrics or bad:
+            raise InputError(where, f"'metrics' maps metric names to one of {METRIC_DIRECTIONS}, got {metrics!r}")
+        in_domain = entry.get("in_domain") or {}
+        if not isinstance(in_domain, dict) or not all(isinstance(v, list) for v in in_domain.values()):
+            raise InputError(where, f"'in_domain' maps site / sequence to lists of values, got {in_domain!r}")
+    mode_overrides = entry.get("mode_overrides") or {}
+    if not isinstance(mode_overrides, dict):
+        raise InputError(where, f"'mode_overrides' must map modes to overrides, got {mode_overrides!r}")
+    return StageSpec(
+        name=str(entry.get("name", "pretrain")), bundle_dir=bundle_dir, configs=configs,
+        overrides=_overrides(entry, "overrides", where, grid_dir),
+        evaluate=_config_files(bundle_dir, entry.get("evaluate"), where, "evaluate"),
+        inference=_config_files(bundle_dir, entry.get("inference"), where, "inference"),
+        metrics=dict(metrics), in_domain=dict(in_domain),
+        mode_overrides={mode: _overrides(mode_overrides, mode, where, grid_dir) for mode in mode_overrides},
+        encoder=str(entry.get("encoder", "encoder_best.pt")))
+
+
+def load_grid(path: str | os.PathLike, bundles_dir: str | os.PathLike | None = None) -> Grid:
+    """Read and check a grid YAML file; every problem is an ``InputError`` naming the file and the key.
+
+    ``bundles_dir`` overrides the grid's ``bundles`` folder.
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        content = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise InputError(path, f"cannot read the grid file ({error.strerror or error})") from error
+    except yaml.YAMLError as error:
+        raise InputError(path, f"not valid YAML ({error})") from error
+    if not isinstance(content, dict):
+        raise InputError(path, "a grid file must hold a mapping (name, seeds, modes, pretraining, downstream, ...)")
+    grid_dir = path.resolve().parent
+    where = str(path)
+    bundles = (Path(bundles_dir) if bundles_dir else grid_dir / str(content.get("bundles", "../bundles"))).resolve()
+    if not bundles.is_dir():
+        raise InputError(bundles, "bundles folder not found; set 'bundles' in the grid or pass --bundles-dir")
+
+    seeds = _require(content, "seeds", where, list)
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != \
+            len(seeds):
+        raise InputError(where, f"'seeds' must be a non-empty list of distinct integers, got {seeds!r}")
+    fractions = content.get("label_fractions", [1.0])
+    if not isinstance(fractions, list) or not fractions or not all(
+            isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1 for f in fractions):
+        raise InputError(where, f"'label_fractions' must be a non-empty list of numbers in (0, 1], got {fractions!r}")
+    modes = _require(content, "modes", where, list)
+    unknown = [m for m in modes if m not in (RANDOM_INIT,) + PRETRAINING_MODES]
+    if not modes or unknown or len(set(modes)) != len(modes):
+        raise InputError(where, f"'modes' must be distinct values of {(RANDOM_INIT,) + PRETRAINING_MODES}, "
+                                f"got {modes!r}")
+    common = _overrides(content, "overrides", where, grid_dir)
+    pretraining = None
+    if any(mode != RANDOM_INIT for mode in modes):
+        pretraining = _stage(_require(content, "pretraining", where, dict), f"{where} pretraining", bundles,
+                             grid_dir, downstream=False)
+        pretraining = _with_common(pretraining, common)
+    entries = _require(content, "downstream", where, list)
+    if not entries:
+        raise InputError(where, "'downstream' lists no dataset / task")
+    downstream = tuple(_with_common(_stage(entry, f"{where} downstream[{index}]", bundles, grid_dir, True), common)
+                       for index, entry in enumerate(entries))
+    names = [spec.name for spec in downstream]
+    if len(set(names)) != len(names) or "pretrain" in names:
+        raise InputError(where, f"downstream names must be distinct and not 'pretrain', got {names}")
+    return Grid(name=str(content.get("name", path.stem)), path=path.resolve(), seeds=tuple(seeds),
+                label_fractions=tuple(float(f) for f in fractions), modes=tuple(modes), pretraining=pretraining,
+                downstream=downstream)
+
+
+def _with_common(spec: StageSpec, common: dict) -> StageSpec:
+    from dataclasses import replace
+
+    return replace(spec, overrides={**common, **spec.overrides})
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_hash(run: Run, infer: bool = True) -> str:
+    """A digest of everything that decides a run's result: the config files' contents, the overrides, the stages
+    and, for a downstream run, the hash of the pretraining run it loads. Unchanged hash = reuse the finished run."""
+    identity = {
+        "bundle": run.spec.bundle_dir.name,
+        "stages": [(stage, [[path.name, _file_digest(path)] for path in files]) for stage, files in run.stages(infer)],
+        "overrides": run.overrides,
+        "upstream": run.upstream.config_hash if run.upstream else None,
+        "encoder": run.spec.encoder if run.upstream else None,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def expand_runs(grid: Grid, infer: bool = True) -> list[Run]:
+    """Every run of the grid, pretraining runs first (a downstream run needs its encoder), hashes filled in."""
+    runs: list[Run] = []
+    pretrain_runs: dict[tuple[str, int], Run] = {}
+    for seed in grid.seeds:
+        for mode in grid.modes:
+            if mode == RANDOM_INIT:
+                continue
+            spec = grid.pretraining
+            overrides = {**spec.overrides, **spec.mode_overrides.get(mode, {}), "view_mode": mode, "seed": seed}
+            run = Run("pretrain", "pretrain", mode, seed, None, spec, overrides)
+            run.config_hash = run_hash(run, infer)
+            pretrain_runs[(mode, seed)] = run
+            runs.append(run)
+    for spec in grid.downstream:
+        for fraction in grid.label_fractions:
+            for seed in grid.seeds:
+                for mode in grid.modes:
+                    upstream = pretrain_runs.get((mode, seed))
+                    overrides = {**spec.overrides, **spec.mode_overrides.get(mode, {}), "seed": seed,
+                                 "label_fraction": fraction, "pretrained": upstream is not None}
+                    run = Run("downstream", spec.name, mode, seed, fraction, spec, overrides, upstream)
+                    run.config_hash = run_hash(run, infer)
+                    runs.append(run)
+    return runs

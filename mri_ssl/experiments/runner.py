@@ -1,0 +1,226 @@
+"""Run an experiment grid: each run is `python -m monai.bundle run` in its own folder, cached by config hash.
+
+Layout of the output folder::
+
+    OUT/grid.yaml                       the grid as read (a copy, for the record)
+    OUT/runs/<label>-<hash10>/          one folder per run, the bundle's ``bundle_root``
+        overrides.json                  the overrides given after the bundle's config files
+        <stage>.log                     what the bundle printed, per stage (train / evaluate / inference)
+        models/, logs/evaluation/...    what the bundle wrote (checkpoints, the evaluation report)
+        result.json                     written last: status, seconds, config hash, the evaluation summary
+    OUT/runs.csv                        every run with its status
+
+A run whose ``result.json`` says ``ok`` with the same config hash is skipped on a re-run. A failed run is reported
+(its ``result.json`` holds the stage and the end of its log) and the grid goes on; the downstream runs of a failed
+pretraining run are reported as skipped. Each run is a subprocess, so a crash or leak stays inside it and its
+memory goes back to the system when it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from mri_ssl.data.nifti import save_json
+from mri_ssl.experiments.grid import Grid, Run, expand_placeholders, expand_runs
+
+STATUS_OK, STATUS_FAILED, STATUS_SKIPPED = "ok", "failed", "skipped"
+RESULT_FILE = "result.json"
+LOG_TAIL_CHARS = 3000
+EPOCH_PATTERN = re.compile(r"Epoch\[(\d+)\] Complete")
+
+
+@dataclass
+class RunResult:
+    run: Run
+    status: str
+    folder: Path
+    seconds: float = 0.0
+    cached: bool = False
+    error: str = ""
+    summary: dict | None = None
+
+    def row(self) -> dict:
+        return {"label": self.run.label, "kind": self.run.kind, "task": self.run.task, "mode": self.run.mode,
+                "fraction": self.run.fraction, "seed": self.run.seed, "status": self.status,
+                "cached": self.cached, "seconds": round(self.seconds, 1), "hash": self.run.config_hash[:10],
+                "folder": str(self.folder), "error": error_summary(self.error)}
+
+
+def run_folder(out_dir: Path, run: Run) -> Path:
+    return out_dir / "runs" / f"{run.label}-{run.config_hash[:10]}"
+
+
+def _read_result(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / RESULT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def bundle_command(bundle_dir: Path, config_files, bundle_root: Path) -> list[str]:
+    """`python -m monai.bundle run` of ``config_files`` (later ones override earlier ones) in ``bundle_root``; the
+    bundle's own metadata and logging config are named, as the overrides file lives outside its configs folder."""
+    files = "[" + ",".join(f"'{path}'" for path in config_files) + "]"
+    configs = bundle_dir / "configs"
+    return [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, "--bundle_root", str(bundle_root),
+            "--meta_file", str(configs / "metadata.json"), "--logging_file", str(configs / "logging.conf")]
+
+
+def _run_stage(command: list[str], log_path: Path, on_epoch: Callable[[int], None] | None,
+               timeout_s: float | None) -> int:
+    """Run one bundle stage with its output in ``log_path``; report finished epochs from the log as it grows."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent, env=env)
+    started, seen = time.monotonic(), 0
+    while True:
+        try:
+            return_code = process.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            return_code = None
+        if on_epoch is not None:
+            try:
+                epochs = [int(m) for m in EPOCH_PATTERN.findall(log_path.read_text(errors="replace"))]
+            except OSError:
+                epochs = []
+            if epochs and max(epochs) != seen:
+                seen = max(epochs)
+                on_epoch(seen)
+        if return_code is not None:
+            return return_code
+        if timeout_s is not None and time.monotonic() - started > timeout_s:
+            process.kill()
+            process.wait()
+            with open(log_path, "a") as log:
+                log.write(f"\nmri-ssl experiment: killed after the time limit of {timeout_s:.0f} s\n")
+            return -9
+
+
+ERROR_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*:")
+
+
+def error_summary(text: str) -> str:
+    """The most telling line of a failed run's output: mri_ssl's own ``InputError`` (it names the file and the
+    problem), else the first exception line (with chained tracebacks, the root cause comes first), else the last
+    line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if ERROR_LINE.match(line)]
+    ours = [line for line in errors if "InputError" in line]
+    if ours or errors:
+        return (ours or errors)[-1 if ours else 0]
+    return lines[-1] if lines else ""
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+    except OSError:
+        return ""
+
+
+def execute_run(run: Run, folder: Path, infer: bool = True, on_epoch: Callable[[int], None] | None = None,
+                timeout_s: float | None = None) -> RunResult:
+    """Run every stage of ``run`` in ``folder`` (emptied first); write and return its result."""
+    if folder.exists():
+        shutil.rmtree(folder)  # a stale or failed attempt: start clean so no old checkpoint is resumed by mistake
+    folder.mkdir(parents=True)
+    out_dir = folder.parents[1]
+    overrides = expand_placeholders(dict(run.overrides), {"out_dir": out_dir.resolve()})
+    if run.upstream is not None:
+        overrides["encoder_path"] = str(run_folder(out_dir, run.upstream).resolve() / "models" / run.spec.encoder)
+    overrides_path = save_json(overrides, folder / "overrides.json")
+    started = time.perf_counter()
+    result = RunResult(run, STATUS_OK, folder)
+    for stage, files in run.stages(infer):
+        log_path = folder / f"{stage}.log"
+        command = bundle_command(run.spec.bundle_dir, [*files, overrides_path], folder)
+        code = _run_stage(command, log_path, on_epoch if stage == "train" else None, timeout_s)
+        if code != 0:
+            result.status = STATUS_FAILED
+            result.error = f"{stage} exited with status {code}; end of {log_path.name}:\n{_log_tail(log_path)}"
+            break
+    result.seconds = time.perf_counter() - started
+    if result.status == STATUS_OK and run.spec.evaluate:
+        summary_path = folder / "logs" / "evaluation" / "summary.json"
+        try:
+            result.summary = json.loads(summary_path.read_text())
+        except (OSError, ValueError) as error:
+            result.status = STATUS_FAILED
+            result.error = f"the evaluation wrote no readable {summary_path} ({error})"
+    save_json({"label": run.label, "status": result.status, "config_hash": run.config_hash,
+               "seconds": round(result.seconds, 2), "error": result.error, "overrides": overrides,
+               "summary": result.summary}, folder / RESULT_FILE)
+    return result
+
+
+def cached_result(run: Run, folder: Path) -> RunResult | None:
+    """The finished result of an identical earlier run in ``folder``, or None."""
+    content = _read_result(folder)
+    if not content or content.get("status") != STATUS_OK or content.get("config_hash") != run.config_hash:
+        return None
+    return RunResult(run, STATUS_OK, folder, seconds=float(content.get("seconds", 0.0)), cached=True,
+                     summary=content.get("summary"))
+
+
+def run_grid(grid: Grid, out_dir: str | os.PathLike, infer: bool = True, progress: bool = True,
+             timeout_s: float | None = None, only: Callable[[Run], bool] | None = None) -> list[RunResult]:
+    """Run (or reuse) every run of ``grid`` under ``out_dir``; return one result per run, in grid order.
+
+    ``only`` selects a subset of the runs (the others are left out of the results); ``timeout_s`` bounds each stage.
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(grid.path, out_dir / "grid.yaml")
+    runs = [run for run in expand_runs(grid, infer) if only is None or only(run)]
+    results: dict[int, RunResult] = {}
+    bar = tqdm(total=len(runs), desc=f"experiment {grid.name}", unit="run", disable=not progress)
+    for run in runs:
+        folder = run_folder(out_dir, run)
+        upstream = results.get(id(run.upstream)) if run.upstream is not None else None
+        if run.upstream is not None and (upstream is None or upstream.status != STATUS_OK):
+            result = RunResult(run, STATUS_SKIPPED, folder,
+                               error=f"its pretraining run {run.upstream.label} did not finish")
+        else:
+            result = cached_result(run, folder)
+            if result is None:
+                bar.set_postfix_str(run.label)
+                epochs = run.overrides.get("num_epochs")
+
+                def show_epoch(epoch: int, label: str = run.label, total=epochs) -> None:
+                    bar.set_postfix_str(f"{label} epoch {epoch}" + (f"/{total}" if total else ""))
+
+                result = execute_run(run, folder, infer, show_epoch if progress else None, timeout_s)
+                if result.status != STATUS_OK:
+                    bar.write(f"run {run.label} failed: {error_summary(result.error)}")
+        results[id(run)] = result
+        bar.update()
+    bar.close()
+    ordered = [results[id(run)] for run in runs]
+    write_runs_csv(ordered, out_dir / "runs.csv")
+    return ordered
+
+
+def write_runs_csv(results: list[RunResult], path: Path) -> Path:
+    import csv
+    import io
+
+    from mri_ssl.atomic import atomic_write_text
+
+    stream = io.StringIO()
+    rows = [result.row() for result in results]
+    writer = csv.DictWriter(stream, fieldnames=list(rows[0]) if rows else ["label"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, stream.getvalue())
+    return path

@@ -1,0 +1,213 @@
+"""Gather a grid's evaluation summaries into the paper's table layout (Chalcroft et al. 2025, Tables 1-3).
+
+One table per downstream task and metric: rows are the evaluated ``site [sequence]`` groups, split into *In domain*
+and *Out of domain* by the task's ``in_domain`` rule; columns are label fractions x pretraining modes. A cell is the
+mean +/- sample standard deviation **over seeds** of the run's mean over the group's test cases (``(n=k)`` when
+only k seeds finished; ``failed`` when none did). As in the paper, the best cell of each row within a fraction is
+bold and the second best underlined, using the metric's direction (higher / lower is better).
+
+``results.csv`` has one line per task, metric, group, fraction and mode, with the per-seed values, so any other
+layout can be built from it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from mri_ssl.atomic import atomic_write_text
+from mri_ssl.experiments.grid import Grid, StageSpec
+from mri_ssl.experiments.runner import STATUS_OK, RunResult, error_summary
+
+MODE_TITLES = {"random": "Random init", "base": "Base", "seqaug": "SeqAug", "seqinv": "SeqInv"}
+IN_DOMAIN, OUT_OF_DOMAIN = "in domain", "out of domain"
+GROUPING = "by_site_sequence"
+
+
+def group_values(summary: Mapping, metric: str) -> dict[str, float]:
+    """``{"SITE/SEQUENCE": mean}`` of one metric from an evaluation summary (``mri_ssl.metrics.report``)."""
+    groups = summary.get(GROUPING) or {"(all)/(all)": summary.get("overall", {})}
+    values = {}
+    for name, stats in groups.items():
+        mean = (stats.get(metric) or {}).get("mean")
+        if mean is not None and math.isfinite(mean):
+            values[name] = float(mean)
+    return values
+
+
+def row_title(group: str) -> str:
+    site, _, sequence = group.partition("/")
+    return f"{site} [{sequence}]" if sequence else site
+
+
+def domain_of(group: str, in_domain: Mapping[str, Sequence[str]]) -> str:
+    """In domain when the group's site and sequence are each among the listed ones (an absent key allows any)."""
+    site, _, sequence = group.partition("/")
+    fields = {"site": site, "sequence": sequence}
+    ok = all(str(fields.get(key, "")) in [str(v) for v in allowed] for key, allowed in in_domain.items())
+    return IN_DOMAIN if ok else OUT_OF_DOMAIN
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.mean()), float(array.std(ddof=1)) if array.size > 1 else 0.0
+
+
+def collect(grid: Grid, results: Sequence[RunResult]) -> list[dict]:
+    """One record per task, metric, group, fraction and mode: the per-seed values and their mean / std."""
+    records = []
+    for spec in grid.downstream:
+        task_results = [r for r in results if r.run.kind == "downstream" and r.run.task == spec.name]
+        for metric in spec.metrics:
+            per_cell: dict[tuple[str, float, str], dict[int, float]] = {}
+            attempted: dict[tuple[float, str], int] = {}
+            for result in task_results:
+                key = (result.run.fraction, result.run.mode)
+                attempted[key] = attempted.get(key, 0) + 1
+                if result.status != STATUS_OK or not result.summary:
+                    continue
+                for group, value in group_values(result.summary, metric).items():
+                    per_cell.setdefault((group, *key), {})[result.run.seed] = value
+            groups = sorted({group for group, _, _ in per_cell})
+            for group in groups:
+                for fraction in grid.label_fractions:
+                    for mode in grid.modes:
+                        by_seed = per_cell.get((group, fraction, mode), {})
+                        values = [by_seed[s] for s in sorted(by_seed)]
+                        mean, std = mean_std(values) if values else (float("nan"), float("nan"))
+                        records.append({
+                            "task": spec.name, "metric": metric, "direction": spec.metrics[metric],
+                            "domain": domain_of(group, spec.in_domain), "group": group, "fraction": fraction,
+                            "mode": mode, "n_seeds": len(values), "n_runs": attempted.get((fraction, mode), 0),
+                            "mean": mean, "std": std, "seeds": sorted(by_seed), "values": values})
+    return records
+
+
+def _format_cell(record: Mapping, places: int) -> str:
+    if record["n_seeds"] == 0:
+        return "failed" if record["n_runs"] else "n/a"
+    text = f"{record['mean']:.{places}f} ± {record['std']:.{places}f}"
+    if record["n_seeds"] < record["n_runs"]:
+        text += f" (n={record['n_seeds']})"
+    return text
+
+
+def _places(metric: str) -> int:
+    return 3 if metric.startswith("dice") else 2
+
+
+def _ranks(records: Sequence[Mapping]) -> dict[int, int]:
+    """Rank (0 best, 1 second) of each record among those with a value, by the metric's direction."""
+    scored = [(i, r["mean"]) for i, r in enumerate(records) if r["n_seeds"] > 0 and math.isfinite(r["mean"])]
+    if len(scored) < 2:
+        return {}
+    reverse = records[0]["direction"] == "higher"
+    ordered = sorted(scored, key=lambda item: item[1], reverse=reverse)
+    return {index: rank for rank, (index, _) in enumerate(ordered[:2])}
+
+
+def markdown_table(records: Sequence[Mapping], grid: Grid, spec: StageSpec, metric: str) -> str:
+    """The paper-layout Markdown table of one task and metric."""
+    mine = [r for r in records if r["task"] == spec.name and r["metric"] == metric]
+    if not mine:
+        return f"### {spec.name}: {metric}\n\nNo finished runs.\n"
+    direction = "higher" if spec.metrics[metric] == "higher" else "lower"
+    lines = [f"### {spec.name}: {metric} ({direction} is better; mean ± std over seeds {list(grid.seeds)})", ""]
+    header = [""] + [f"{fraction:.0%} labels<br>{MODE_TITLES.get(mode, mode)}"
+                     for fraction in grid.label_fractions for mode in grid.modes]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    index = {(r["group"], r["fraction"], r["mode"]): r for r in mine}
+    for domain in (IN_DOMAIN, OUT_OF_DOMAIN):
+        groups = sorted({r["group"] for r in mine if r["domain"] == domain})
+        if not groups:
+            continue
+        lines.append("| **" + domain.capitalize() + "** |" + " |" * (len(header) - 1))
+        for group in groups:
+            cells = []
+            for fraction in grid.label_fractions:
+                block = [index[(group, fraction, mode)] for mode in grid.modes]
+                ranks = _ranks(block)
+                for position, record in enumerate(block):
+                    text = _format_cell(record, _places(metric))
+                    rank = ranks.get(position)
+                    cells.append(f"**{text}**" if rank == 0 else f"<u>{text}</u>" if rank == 1 else text)
+            lines.append("| " + " | ".join([row_title(group)] + cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def format_plain_tables(records: Sequence[Mapping], grid: Grid) -> str:
+    """The results as fixed-width text for a terminal: per task and metric, a row per group, a column per method
+    (the largest label fraction), mean +/- std over seeds."""
+    fraction = max(grid.label_fractions)
+    blocks = []
+    for spec in grid.downstream:
+        for metric in spec.metrics:
+            mine = {(r["group"], r["mode"]): r for r in records
+                    if r["task"] == spec.name and r["metric"] == metric and r["fraction"] == fraction}
+            if not mine:
+                continue
+            groups = sorted({group for group, _ in mine}, key=lambda g: (domain_of(g, spec.in_domain) != IN_DOMAIN, g))
+            width = max(len(row_title(g)) + 2 for g in groups) + len(" (in domain)")
+            header = f"{spec.name}: {metric} ({spec.metrics[metric]} is better), {fraction:.0%} of labels, " \
+                     f"seeds {list(grid.seeds)}"
+            lines = [header, f"{'':<{width}}" + "".join(f"{MODE_TITLES.get(m, m):>20}" for m in grid.modes)]
+            for group in groups:
+                title = row_title(group) + (" (in domain)" if domain_of(group, spec.in_domain) == IN_DOMAIN else "")
+                cells = [_format_cell(mine[(group, mode)], _places(metric)) if (group, mode) in mine else "n/a"
+                         for mode in grid.modes]
+                lines.append(f"{title:<{width}}" + "".join(f"{cell:>20}" for cell in cells))
+            blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def results_csv_text(records: Sequence[Mapping]) -> str:
+    columns = ["task", "metric", "direction", "domain", "group", "fraction", "mode", "n_seeds", "n_runs", "mean",
+               "std", "seeds", "values"]
+    stream = io.StringIO()
+    writer = csv.DictWriter(stream, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for record in records:
+        row = dict(record)
+        row["mean"] = "" if math.isnan(record["mean"]) else repr(record["mean"])
+        row["std"] = "" if math.isnan(record["std"]) else repr(record["std"])
+        row["seeds"] = " ".join(str(s) for s in record["seeds"])
+        row["values"] = " ".join(repr(v) for v in record["values"])
+        writer.writerow(row)
+    return stream.getvalue()
+
+
+def failures_markdown(results: Sequence[RunResult]) -> str:
+    bad = [r for r in results if r.status != STATUS_OK]
+    if not bad:
+        return ""
+    lines = ["### Runs that did not finish", "", "| run | status | reason |", "|---|---|---|"]
+    for result in bad:
+        reason = error_summary(result.error)
+        lines.append(f"| {result.run.label} | {result.status} | {reason.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(grid: Grid, results: Sequence[RunResult], out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write ``results.csv`` and ``results.md`` (every task and metric, then the failed runs); return the paths."""
+    out_dir = Path(out_dir)
+    records = collect(grid, results)
+    sections = [f"# Experiment `{grid.name}`", ""]
+    for spec in grid.downstream:
+        for metric in spec.metrics:
+            sections.append(markdown_table(records, grid, spec, metric))
+    failures = failures_markdown(results)
+    if failures:
+        sections.append(failures)
+    finished = sum(r.status == STATUS_OK for r in results)
+    sections.append(f"{finished} of {len(results)} runs finished ({sum(r.cached for r in results)} reused from "
+                    f"earlier runs). Regenerate with `mri-ssl experiment {grid.path.name}`.\n")
+    paths = {"csv": out_dir / "results.csv", "markdown": out_dir / "results.md"}
+    atomic_write_text(paths["csv"], results_csv_text(records))
+    atomic_write_text(paths["markdown"], "\n".join(sections))
+    return paths

@@ -1,0 +1,236 @@
+"""`mri-ssl experiment`: grid parsing and hashing, table maths, and a tiny grid end to end through the bundles."""
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mri_ssl.cli import main
+from mri_ssl.errors import InputError
+from mri_ssl.experiments import collect, expand_runs, load_grid
+from mri_ssl.experiments.runner import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, RunResult, error_summary
+from mri_ssl.experiments.tables import domain_of, markdown_table
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLES = REPO / "bundles"
+
+TINY_ENCODER = {"features": [4, 8, 8, 8], "dropout": 0.1}
+TINY_PRETRAIN = {**TINY_ENCODER, "demo_resolution_mm": 4.0, "demo_subjects": 4, "demo_validation_subjects": 2,
+                 "reconstruction_channels": [8, 8, 4], "projection_hidden": 16, "projection_dim": 8,
+                 "crop_size": [16, 16, 16], "batch_size": 2, "num_epochs": 1, "epoch_length": 2}
+TINY_DOWNSTREAM = {**TINY_ENCODER, "demo_resolution_mm": 4.0, "demo_subjects": 4, "demo_validation_subjects": 1,
+                   "demo_test_subjects": 1, "decoder_features": [8, 8, 8, 4, 4], "patch_size": [16, 16, 16],
+                   "batch_size": 2, "num_epochs": 1, "epoch_length": 2, "sw_batch_size": 8}
+
+
+def write_grid(folder: Path, extra_downstream=(), modes=("random", "seqinv"), **top) -> Path:
+    grid = {
+        "name": "tiny",
+        "bundles": str(BUNDLES),
+        "seeds": [0],
+        "label_fractions": [1.0],
+        "modes": list(modes),
+        "overrides": {"progress_bar": False, "num_workers": 0},
+        "pretraining": {"bundle": "mri_ssl_pretrain", "configs": ["train.json", "cpu_demo.json"],
+                        "overrides": {**TINY_PRETRAIN, "demo_data_dir": "{out_dir}/data/pretrain"}},
+        "downstream": [{
+            "name": "tissue", "bundle": "mri_segmentation", "configs": ["train.json", "cpu_demo.json"],
+            "evaluate": ["evaluate.json"], "metrics": {"dice_mean": "higher", "hd95_mm_mean": "lower"},
+            "in_domain": {"site": ["phantom"], "sequence": ["T1w"]},
+            "overrides": {**TINY_DOWNSTREAM, "demo_data_dir": "{out_dir}/data/downstream"}}, *extra_downstream],
+        **top,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ grid and hashing
+
+
+def test_shipped_grids_load_and_expand():
+    demo = load_grid(REPO / "experiments" / "demo.yaml")
+    runs = expand_runs(demo)
+    pretrain = [r for r in runs if r.kind == "pretrain"]
+    assert len(pretrain) == 3 * len(demo.seeds)  # base, seqaug, seqinv per seed; random needs none
+    downstream = [r for r in runs if r.kind == "downstream"]
+    assert len(downstream) == len(demo.downstream) * len(demo.modes) * len(demo.seeds) * len(demo.label_fractions)
+    assert all((r.upstream is None) == (r.mode == "random") for r in downstream)
+    assert all(r.upstream.seed == r.seed and r.upstream.mode == r.mode for r in downstream if r.upstream)
+    paper = load_grid(REPO / "experiments" / "paper_tables.yaml")
+    assert paper.label_fractions == (0.01, 0.1, 1.0)
+    assert {spec.name for spec in paper.downstream} == {"ixi_tissue", "arc_lesion", "ixi_denoising"}
+
+
+def test_hash_follows_what_decides_a_result(tmp_path):
+    grid = load_grid(write_grid(tmp_path))
+    first = {r.label: r.config_hash for r in expand_runs(grid)}
+    assert len(set(first.values())) == len(first)
+    assert first == {r.label: r.config_hash for r in expand_runs(load_grid(write_grid(tmp_path)))}
+    changed = replace(grid, pretraining=replace(grid.pretraining,
+                                                overrides={**grid.pretraining.overrides, "num_epochs": 2}))
+    second = {r.label: r.config_hash for r in expand_runs(changed)}
+    # The pretraining change reaches the downstream run that loads its encoder, not the random-init one.
+    assert second["pretrain-seqinv-seed0"] != first["pretrain-seqinv-seed0"]
+    assert second["tissue-seqinv-frac1-seed0"] != first["tissue-seqinv-frac1-seed0"]
+    assert second["tissue-random-frac1-seed0"] == first["tissue-random-frac1-seed0"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"seeds": []}, "seeds"),
+    ({"seeds": [0, 0]}, "seeds"),
+    ({"modes": ["simclr"]}, "modes"),
+    ({"label_fractions": [0.0]}, "label_fractions"),
+    ({"overrides": {"seed": 3}}, "experiment runner sets"),
+    ({"downstream": []}, "no dataset"),
+])
+def test_bad_grids_are_named(tmp_path, change, message):
+    path = write_grid(tmp_path)
+    content = yaml.safe_load(path.read_text())
+    content.update(change)
+    path.write_text(yaml.safe_dump(content))
+    with pytest.raises(InputError, match=message):
+        load_grid(path)
+
+
+def test_missing_config_file_is_named(tmp_path):
+    path = write_grid(tmp_path)
+    content = yaml.safe_load(path.read_text())
+    content["downstream"][0]["evaluate"] = ["evaluat.json"]
+    path.write_text(yaml.safe_dump(content))
+    with pytest.raises(InputError, match="evaluat.json"):
+        load_grid(path)
+
+
+# ------------------------------------------------------------------------------------------------ table maths
+
+
+def fake_summary(values_by_group, metric="dice_mean"):
+    return {"by_site_sequence": {group: {metric: {"mean": value, "std": 0.0, "n": 1, "n_excluded": 0}}
+                                 for group, value in values_by_group.items()}}
+
+
+def test_cells_are_mean_and_sample_std_over_seeds_and_failures_count(tmp_path):
+    grid = load_grid(write_grid(tmp_path))
+    grid = replace(grid, seeds=(0, 1, 2))
+    runs = [r for r in expand_runs(grid) if r.kind == "downstream"]
+    values = {("random", 0): 0.5, ("random", 1): 0.7, ("random", 2): 0.9, ("seqinv", 0): 0.8, ("seqinv", 1): 0.6}
+    results = []
+    for run in runs:
+        value = values.get((run.mode, run.seed))
+        if value is None:
+            results.append(RunResult(run, STATUS_FAILED, tmp_path, error="boom"))
+        else:
+            results.append(RunResult(run, STATUS_OK, tmp_path, summary=fake_summary(
+                {"phantom/T1w": value, "mni152/T1w": value - 0.1})))
+    records = {(r["group"], r["mode"]): r for r in collect(grid, results) if r["metric"] == "dice_mean"}
+    random_cell = records[("phantom/T1w", "random")]
+    assert random_cell["mean"] == pytest.approx(0.7)
+    assert random_cell["std"] == pytest.approx(0.2)  # sample std of 0.5, 0.7, 0.9
+    seqinv_cell = records[("phantom/T1w", "seqinv")]
+    assert (seqinv_cell["n_seeds"], seqinv_cell["n_runs"]) == (2, 3)
+    assert seqinv_cell["mean"] == pytest.approx(0.7)
+    assert seqinv_cell["std"] == pytest.approx(math.sqrt(0.02))
+    assert records[("mni152/T1w", "random")]["domain"] == "out of domain"
+    table = markdown_table(collect(grid, results), grid, grid.downstream[0], "dice_mean")
+    assert "**0.700 ± 0.200**" in table.split("phantom [T1w]")[1].splitlines()[0] or \
+        "**0.700 ± 0.141 (n=2)**" in table  # the two means tie at 0.7; either may be marked best
+    assert "(n=2)" in table
+    assert table.index("In domain") < table.index("phantom [T1w]") < table.index("Out of domain") < \
+        table.index("mni152 [T1w]")
+
+
+def test_best_and_second_follow_the_metric_direction(tmp_path):
+    grid = load_grid(write_grid(tmp_path, modes=("random", "base", "seqinv")))
+    runs = [r for r in expand_runs(grid) if r.kind == "downstream"]
+    hd95 = {"random": 9.0, "base": 3.0, "seqinv": 5.0}
+    results = [RunResult(r, STATUS_OK, tmp_path, summary=fake_summary({"phantom/T1w": hd95[r.mode]}, "hd95_mm_mean"))
+               for r in runs]
+    table = markdown_table(collect(grid, results), grid, grid.downstream[0], "hd95_mm_mean")
+    row = [line for line in table.splitlines() if line.startswith("| phantom [T1w]")][0]
+    assert "**3.00 ± 0.00**" in row and "<u>5.00 ± 0.00</u>" in row and "| 9.00 ± 0.00 |" in row
+
+
+def test_domain_rule():
+    rule = {"site": ["phantom"], "sequence": ["T1w"]}
+    assert domain_of("phantom/T1w", rule) == "in domain"
+    assert domain_of("phantom/FLAIR", rule) == "out of domain"
+    assert domain_of("mni152/T1w", rule) == "out of domain"
+    assert domain_of("GST/T2w", {"site": ["GST"]}) == "in domain"
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+
+@pytest.mark.slow
+def test_tiny_grid_runs_skips_finished_runs_and_reports_a_failure(tmp_path, capsys):
+    broken = {"name": "broken", "bundle": "mri_segmentation", "configs": ["train.json", "cpu_demo.json"],
+              "evaluate": ["evaluate.json"], "metrics": {"dice_mean": "higher"},
+              "overrides": {**TINY_DOWNSTREAM, "dataset_dir": "{out_dir}/no_such_manifest.json"}}
+    grid_path = write_grid(tmp_path / "grid", extra_downstream=[broken])
+    out = tmp_path / "out"
+    assert main(["experiment", str(grid_path), "--out", str(out), "--quiet"]) == 1  # a run failed
+
+    runs = {row["label"]: row for row in _csv_rows(out / "runs.csv")}
+    assert {label: row["status"] for label, row in runs.items()} == {
+        "pretrain-seqinv-seed0": STATUS_OK, "tissue-random-frac1-seed0": STATUS_OK,
+        "tissue-seqinv-frac1-seed0": STATUS_OK, "broken-random-frac1-seed0": STATUS_FAILED,
+        "broken-seqinv-frac1-seed0": STATUS_FAILED}
+    assert "no_such_manifest.json" in runs["broken-random-frac1-seed0"]["error"]
+    seqinv = json.loads((Path(runs["tissue-seqinv-frac1-seed0"]["folder"]) / "overrides.json").read_text())
+    assert seqinv["pretrained"] is True and seqinv["encoder_path"].endswith("models/encoder_best.pt")
+    assert Path(seqinv["encoder_path"]).is_file()
+    random_init = json.loads((Path(runs["tissue-random-frac1-seed0"]["folder"]) / "overrides.json").read_text())
+    assert random_init["pretrained"] is False and "encoder_path" not in random_init
+
+    table = (out / "results.md").read_text()
+    assert "tissue: dice_mean" in table and "phantom [T1w]" in table and "mni152 [T1w]" in table
+    broken_section = table.split("broken: dice_mean")[1]
+    assert "No finished runs" in broken_section
+    assert "broken-seqinv-frac1-seed0 | failed" in table
+    records = [r for r in _csv_rows(out / "results.csv") if r["task"] == "tissue" and r["metric"] == "dice_mean"]
+    assert records and all(0.0 <= float(r["mean"]) <= 1.0 for r in records)
+    printed = capsys.readouterr().out
+    assert "tissue: dice_mean" in printed
+
+    # Second run: the finished runs are reused (same hash), the failed ones are tried again and fail again.
+    before = {label: (Path(row["folder"]) / "result.json").stat().st_mtime_ns for label, row in runs.items()
+              if row["status"] == STATUS_OK}
+    assert main(["experiment", str(grid_path), "--out", str(out), "--quiet"]) == 1
+    again = {row["label"]: row for row in _csv_rows(out / "runs.csv")}
+    for label, mtime in before.items():
+        assert again[label]["cached"] == "True"
+        assert (Path(again[label]["folder"]) / "result.json").stat().st_mtime_ns == mtime
+    assert again["broken-random-frac1-seed0"]["cached"] == "False"
+
+
+def test_downstream_of_a_failed_pretraining_is_skipped(tmp_path):
+    grid = load_grid(write_grid(tmp_path))
+    pretrain = replace(grid.pretraining, overrides={**grid.pretraining.overrides, "dataset_dir": "/no/such/dir"})
+    grid = replace(grid, pretraining=pretrain, downstream=grid.downstream[:1])
+    from mri_ssl.experiments import run_grid
+
+    results = {r.run.label: r for r in run_grid(grid, tmp_path / "out", progress=False,
+                                                only=lambda run: run.mode == "seqinv")}
+    assert results["pretrain-seqinv-seed0"].status == STATUS_FAILED
+    assert "datalist not found" in results["pretrain-seqinv-seed0"].error
+    assert results["tissue-seqinv-frac1-seed0"].status == STATUS_SKIPPED
+
+
+def test_error_summary_prefers_our_input_error_then_the_root_cause():
+    log = ("Traceback ...\nmri_ssl.errors.InputError: /x/manifest.json: datalist not found\n\nThe above exception ...\n"
+           "RuntimeError: Failed to evaluate ConfigExpression:\n    \"$resolve_datalist(...)\"\n")
+    assert error_summary(log) == "mri_ssl.errors.InputError: /x/manifest.json: datalist not found"
+    assert error_summary("KeyError: 'a'\n\nduring handling\nRuntimeError: wrapped\n") == "KeyError: 'a'"
+    assert error_summary("killed after the time limit\n") == "killed after the time limit"
+
+
+def _csv_rows(path):
+    import csv
+
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
