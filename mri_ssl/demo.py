@@ -1,6 +1,11 @@
-"""`mri-ssl demo`, stage 1: build the MNI152 qMRI phantom, simulate every sequence, write NIfTI files and figures.
+"""`mri-ssl demo`: the whole sequence-invariant method on the embedded data, in minutes on a CPU.
 
-Later stages (pretraining, downstream training, evaluation) join this module as their bundles land.
+Stage 1 builds the MNI152 qMRI phantom, simulates every sequence and writes NIfTI files and a montage. Stage 2 runs
+the grid ``experiments/demo.yaml`` through the experiment runner, i.e. through the same bundles a user runs
+(``python -m monai.bundle run``): slim encoders pretrained in the Base, SeqAug and SeqInv modes, frozen under
+U-Net decoders for tissue segmentation and denoising trained on one simulated contrast, with a random-init
+baseline, evaluated on unseen simulated contrasts and on the real MNI152 T1 image. Stage 3 draws the figures and
+prints the results table. Every number comes from those runs.
 """
 
 from __future__ import annotations
@@ -8,7 +13,9 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -17,6 +24,12 @@ from tqdm.auto import tqdm
 from mri_ssl.atomic import atomic_output
 from mri_ssl.data.demo_data import write_phantom_files
 from mri_ssl.data.nifti import save_json, save_nifti
+from mri_ssl.errors import InputError
+from mri_ssl.experiments import collect, load_grid, run_grid, write_tables
+from mri_ssl.experiments.figures import plot_metric_bars, plot_segmentation_overlays
+from mri_ssl.experiments.grid import Grid, expand_placeholders
+from mri_ssl.experiments.runner import STATUS_OK
+from mri_ssl.experiments.tables import format_plain_tables
 from mri_ssl.physics.phantom import TISSUE_CLASSES, mni152_phantom, mprage_fidelity
 from mri_ssl.physics.protocols import SEQUENCES, TYPICAL_PROTOCOLS, protocol_item, sample_protocol
 from mri_ssl.physics.simulate import simulate
@@ -89,7 +102,7 @@ def write_montage(
     return Path(path)
 
 
-def run_demo(
+def run_simulation_stage(
     out_dir: str | os.PathLike = "demo_out",
     resolution_mm: float = 1.0,
     random_protocols: int = 3,
@@ -97,10 +110,10 @@ def run_demo(
     fused: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Stage 1 of the demo; returns the summary written to ``out_dir/summary.json``.
+    """Stage 1 of the demo; returns its summary (``run_demo`` writes it to ``out_dir/summary.json``).
 
     Writes ``phantom/{pd,r1,r2,r2s,mt,label}.nii.gz``, ``simulated/<sequence>_<k>.nii.gz`` (k = 0 is the typical
-    protocol, 1.. are random ones) each with a JSON sidecar of its protocol, ``montage.png`` and ``summary.json``.
+    protocol, 1.. are random ones) each with a JSON sidecar of its protocol, and ``montage.png``.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -155,12 +168,11 @@ def run_demo(
         "simulated": simulated,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    save_json(summary, out_dir / "summary.json")
     return summary
 
 
-def format_summary(summary: dict) -> str:
-    """The table printed at the end of the demo."""
+def format_simulation_summary(summary: dict) -> str:
+    """The table of stage 1: every simulated image and the phantom's fidelity."""
     lines = [f"{'sequence':<8} {'kind':<8} {'protocol':<36} file"]
     for item in summary["simulated"]:
         lines.append(f"{item['sequence']:<8} {item['kind']:<8} "
@@ -170,5 +182,115 @@ def format_summary(summary: dict) -> str:
         f"MPRAGE vs real MNI152 T1 inside the brain: Pearson r = {fidelity['pearson_r']:.3f}, "
         f"Spearman rho = {fidelity['spearman_r']:.3f} ({int(fidelity['voxels'])} voxels)"
     )
-    lines.append(f"montage: {summary['montage']}   ({summary['seconds']} s)")
+    lines.append(f"montage: {summary['montage']}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stages 2 and 3: the comparison of pretraining strategies, through the bundles
+
+DEMO_GRID = Path(__file__).resolve().parents[1] / "experiments" / "demo.yaml"
+
+
+def load_demo_grid(grid_path: str | os.PathLike | None = None, bundles_dir: str | os.PathLike | None = None,
+                   seeds: Sequence[int] | None = (0,)) -> Grid:
+    """The demo's grid (``experiments/demo.yaml`` of the checkout, or ``grid_path``), restricted to ``seeds``."""
+    path = Path(grid_path) if grid_path else DEMO_GRID
+    if not path.is_file():
+        raise InputError(path, "the demo's experiment grid was not found: run the demo from a checkout of mri_ssl "
+                               "(it needs experiments/ and bundles/), or pass --grid and --bundles-dir")
+    grid = load_grid(path, bundles_dir=bundles_dir)
+    return replace(grid, seeds=tuple(dict.fromkeys(int(s) for s in seeds))) if seeds else grid
+
+
+def _peak_memory_gb() -> float:
+    """The largest resident memory of this process or any finished child (the bundle runs), in GB (Linux / macOS)."""
+    import resource
+    import sys
+
+    unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is in bytes on macOS, kilobytes on Linux
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return round(peak * unit / 1e9, 2)
+
+
+def draw_figures(grid: Grid, results, records, out_dir: Path) -> list[str]:
+    """The bar charts of every metric and, for tasks with an inference stage, the segmentation overlays."""
+    figures = []
+    bars = plot_metric_bars(records, grid, out_dir / "figures" / "metrics.png")
+    if bars:
+        figures.append(str(bars.relative_to(out_dir)))
+    for spec in grid.downstream:
+        data_dir = spec.overrides.get("demo_data_dir")
+        if not spec.inference or not data_dir or spec.bundle_dir.name != "mri_segmentation":
+            continue
+        datalist = Path(expand_placeholders(data_dir, {"out_dir": out_dir.resolve()})) / "datalist.json"
+        if datalist.is_file():
+            path = plot_segmentation_overlays(results, grid, spec.name, datalist,
+                                              out_dir / "figures" / f"{spec.name}_overlays.png")
+            if path:
+                figures.append(str(path.relative_to(out_dir)))
+    return figures
+
+
+def run_demo(
+    out_dir: str | os.PathLike = "demo_out",
+    resolution_mm: float = 1.0,
+    random_protocols: int = 3,
+    seed: int = 0,
+    fused: bool = False,
+    progress: bool = True,
+    seeds: Sequence[int] = (0,),
+    grid_path: str | os.PathLike | None = None,
+    bundles_dir: str | os.PathLike | None = None,
+    simulation_only: bool = False,
+) -> dict:
+    """The demo; returns the summary written to ``out_dir/summary.json``.
+
+    Stage 1 (``run_simulation_stage``) writes the phantom, the simulated images and ``montage.png``. Unless
+    ``simulation_only``, stage 2 runs the demo grid for ``seeds`` (runs in ``out_dir/runs/``, reused when
+    unchanged), and stage 3 writes ``results.md`` / ``results.csv`` (the paper's table layout), ``runs.csv``,
+    ``grid.yaml`` (the configuration used) and ``figures/*.png``.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    grid = None if simulation_only else load_demo_grid(grid_path, bundles_dir, seeds)  # check it before any work
+    summary = run_simulation_stage(out_dir, resolution_mm, random_protocols, seed, fused, progress)
+    summary["stage_seconds"] = {"simulation": summary.pop("seconds")}
+    if grid is not None:
+        stage_started = time.perf_counter()
+        results = run_grid(grid, out_dir, progress=progress)
+        summary["stage_seconds"]["bundle_runs"] = round(time.perf_counter() - stage_started, 2)
+        stage_started = time.perf_counter()
+        tables = write_tables(grid, results, out_dir)
+        records = collect(grid, results)
+        figures = draw_figures(grid, results, records, out_dir)
+        summary["stage_seconds"]["tables_and_figures"] = round(time.perf_counter() - stage_started, 2)
+        summary["stage"] = "complete"
+        summary["experiment"] = {
+            "grid": "grid.yaml", "seeds": list(grid.seeds), "modes": list(grid.modes),
+            "runs": len(results), "finished": sum(r.status == STATUS_OK for r in results),
+            "failed": [r.run.label for r in results if r.status != STATUS_OK],
+            "results_markdown": str(tables["markdown"].relative_to(out_dir)),
+            "results_csv": str(tables["csv"].relative_to(out_dir)), "figures": figures,
+            "table": format_plain_tables(records, grid),
+        }
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    summary["peak_memory_gb"] = _peak_memory_gb()
+    save_json(summary, out_dir / "summary.json")
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """What the demo prints at the end: stage 1's table, then the results table and where everything is."""
+    lines = [format_simulation_summary(summary)]
+    experiment = summary.get("experiment")
+    if experiment:
+        lines += ["", experiment["table"]]
+        if experiment["failed"]:
+            lines.append(f"runs that did not finish: {', '.join(experiment['failed'])} (see runs.csv)")
+        lines.append(f"results: {experiment['results_markdown']}, {experiment['results_csv']}; figures: "
+                     f"{', '.join(experiment['figures'] + [summary['montage']])}")
+    stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in summary["stage_seconds"].items())
+    lines.append(f"total {summary['seconds']:.0f} s ({stages}); peak memory {summary['peak_memory_gb']} GB")
     return "\n".join(lines)

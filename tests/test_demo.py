@@ -1,11 +1,14 @@
-"""`mri-ssl demo-data` and `mri-ssl demo` (stage 1) on the embedded MNI152 phantom, at 2 mm to stay fast."""
+"""`mri-ssl demo-data` and `mri-ssl demo` on the embedded MNI152 phantom: stage 1 at 2 mm, the rest on a tiny grid."""
 
+import csv
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+import yaml
 from monai.data import load_decathlon_datalist
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
@@ -54,7 +57,8 @@ def test_demo_data_rejects_nonsense(tmp_path, capsys):
 
 def test_demo_stage_one_writes_images_montage_and_fidelity(tmp_path, capsys):
     out = tmp_path / "demo_out"
-    assert main(["demo", "--out", str(out), "--resolution-mm", "2", "--random-protocols", "2", "--quiet"]) == 0
+    assert main(["demo", "--out", str(out), "--resolution-mm", "2", "--random-protocols", "2", "--quiet",
+                 "--simulation-only"]) == 0
     printed = capsys.readouterr().out
     assert "Pearson r" in printed
     summary = json.loads((out / "summary.json").read_text())
@@ -71,3 +75,47 @@ def test_demo_stage_one_writes_images_montage_and_fidelity(tmp_path, capsys):
         np.testing.assert_allclose(np.asarray(image.dataobj), expected, rtol=1e-5, atol=1e-7)
         sidecar = json.loads((out / "simulated" / f"{sequence}_0.json").read_text())
         assert sidecar["protocol"] == pytest.approx(TYPICAL_PROTOCOLS[sequence])
+
+
+@pytest.mark.slow
+def test_full_demo_on_a_tiny_grid_writes_tables_figures_and_summary(tmp_path, capsys):
+    from test_experiment import TINY_DOWNSTREAM, write_grid
+
+    denoising = {"name": "denoising", "bundle": "mri_denoising", "configs": ["train.json", "cpu_demo.json"],
+                 "evaluate": ["evaluate.json"], "metrics": {"psnr_db": "higher"},
+                 "in_domain": {"site": ["phantom"], "sequence": ["T1w"]},
+                 "overrides": {**TINY_DOWNSTREAM, "demo_data_dir": "{out_dir}/data/downstream"}}
+    grid_path = write_grid(tmp_path / "grid", extra_downstream=[denoising])
+    grid = yaml.safe_load(grid_path.read_text())
+    grid["downstream"][0]["inference"] = ["inference.json"]
+    grid_path.write_text(yaml.safe_dump(grid))
+    out = tmp_path / "demo_out"
+    assert main(["demo", "--out", str(out), "--resolution-mm", "2", "--random-protocols", "1", "--quiet",
+                 "--grid", str(grid_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "Pearson r" in printed and "tissue: dice_mean" in printed and "denoising: psnr_db" in printed
+    assert "Random init" in printed and "SeqInv" in printed and "peak memory" in printed
+
+    summary = json.loads((out / "summary.json").read_text())
+    experiment = summary["experiment"]
+    assert experiment["runs"] == experiment["finished"] == 5 and experiment["failed"] == []
+    assert set(summary["stage_seconds"]) == {"simulation", "bundle_runs", "tables_and_figures"}
+    assert 0 < summary["peak_memory_gb"] < 6
+    for figure in experiment["figures"] + ["montage.png"]:
+        png = (out / figure).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000, figure
+    assert sorted(experiment["figures"]) == ["figures/metrics.png", "figures/tissue_overlays.png"]
+    assert (out / "grid.yaml").read_text() == grid_path.read_text()  # the configuration used
+
+    # The Markdown table holds the numbers the runs' own evaluation reports computed.
+    table = (out / "results.md").read_text()
+    runs = {row["label"]: row for row in csv.DictReader(open(out / "runs.csv"))}
+    report = json.loads((Path(runs["tissue-seqinv-frac1-seed0"]["folder"]) / "logs" / "evaluation" /
+                         "summary.json").read_text())
+    dice = report["by_site_sequence"]["mni152/T1w"]["dice_mean"]["mean"]
+    row = [line for line in table.split("tissue: dice_mean")[1].splitlines() if line.startswith("| mni152 [T1w]")][0]
+    assert f"{dice:.3f} ± 0.000" in row
+    # Predictions of both test subjects' images are kept apart (sub-folders), one per test image.
+    predictions = sorted((Path(runs["tissue-random-frac1-seed0"]["folder"]) / "predictions").rglob("*_seg.nii.gz"))
+    test_images = json.loads((out / "data" / "downstream" / "datalist.json").read_text())["test"]
+    assert len(predictions) == len(test_images)
