@@ -123,7 +123,7 @@ def test_cells_are_mean_and_sample_std_over_seeds_and_failures_count(tmp_path):
     for run in runs:
         value = values.get((run.mode, run.seed))
         if value is None:
-            results.append(RunResult(run, STATUS_FAILED, tmp_path, error="boom"))
+            results.append(RunResult(run, STATUS_FAILED, tmp_path, error="boom", reason="train: boom"))
         else:
             results.append(RunResult(run, STATUS_OK, tmp_path, summary=fake_summary(
                 {"phantom/T1w": value, "mni152/T1w": value - 0.1})))
@@ -217,7 +217,7 @@ def test_downstream_of_a_failed_pretraining_is_skipped(tmp_path):
     results = {r.run.label: r for r in run_grid(grid, tmp_path / "out", progress=False,
                                                 only=lambda run: run.mode == "seqinv")}
     assert results["pretrain-seqinv-seed0"].status == STATUS_FAILED
-    assert "datalist not found" in results["pretrain-seqinv-seed0"].error
+    assert "datalist not found" in results["pretrain-seqinv-seed0"].reason
     assert results["tissue-seqinv-frac1-seed0"].status == STATUS_SKIPPED
 
 

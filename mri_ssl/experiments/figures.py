@@ -72,8 +72,9 @@ def plot_metric_bars(records: Sequence[Mapping], grid: Grid, path: str | os.Path
         if metric.startswith("dice"):
             ax.set_ylim(0, 1)
         ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].legend(ncol=len(grid.modes), fontsize=8, loc="lower right")
-    fig.tight_layout()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, ncol=len(grid.modes), fontsize=8, loc="upper center", frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     return _save(fig, Path(path))
 
 
@@ -101,7 +102,8 @@ def plot_segmentation_overlays(results: Sequence[RunResult], grid: Grid, task: s
 
     plt = _pyplot()
     datalist = Path(datalist)
-    entries = json.loads(datalist.read_text()).get(split, [])
+    content = json.loads(datalist.read_text())
+    entries = content.get(split, [])
     if not entries:
         return None
     subject = entries[0].get("subject")
@@ -152,7 +154,10 @@ def plot_segmentation_overlays(results: Sequence[RunResult], grid: Grid, task: s
             else:
                 axes[row, column].axis("off")
                 axes[row, column].set_title(f"{title}\n(no prediction)", fontsize=7)
+    # tab10's colours in class order, as drawn by ``overlay``.
+    legend = ", ".join(f"{name} = {['blue', 'orange', 'green', 'red', 'purple', 'brown'][int(value) % 6]}"
+                       for value, name in content.get("labels", {}).items() if int(value) > 0)
     fig.suptitle(f"{task}: test subject {subject}, axial slice {z}; trained on the in-domain contrast only "
-                 f"(seed {first_seed})", fontsize=9)
+                 f"(seed {first_seed})\n{legend}", fontsize=9)
     fig.tight_layout()
     return _save(fig, Path(path))

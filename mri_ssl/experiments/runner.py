@@ -45,14 +45,15 @@ class RunResult:
     folder: Path
     seconds: float = 0.0
     cached: bool = False
-    error: str = ""
+    error: str = ""              # what went wrong, with the end of the failed stage's log
+    reason: str = ""             # the one line that says why (see ``error_summary``)
     summary: dict | None = None
 
     def row(self) -> dict:
         return {"label": self.run.label, "kind": self.run.kind, "task": self.run.task, "mode": self.run.mode,
                 "fraction": self.run.fraction, "seed": self.run.seed, "status": self.status,
                 "cached": self.cached, "seconds": round(self.seconds, 1), "hash": self.run.config_hash[:10],
-                "folder": str(self.folder), "error": error_summary(self.error)}
+                "folder": str(self.folder), "error": self.reason}
 
 
 def run_folder(out_dir: Path, run: Run) -> Path:
@@ -120,9 +121,9 @@ def error_summary(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def _log_tail(path: Path) -> str:
+def _read_log(path: Path) -> str:
     try:
-        return path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+        return path.read_text(errors="replace")
     except OSError:
         return ""
 
@@ -145,8 +146,10 @@ def execute_run(run: Run, folder: Path, infer: bool = True, on_epoch: Callable[[
         command = bundle_command(run.spec.bundle_dir, [*files, overrides_path], folder)
         code = _run_stage(command, log_path, on_epoch if stage == "train" else None, timeout_s)
         if code != 0:
+            log = _read_log(log_path)
             result.status = STATUS_FAILED
-            result.error = f"{stage} exited with status {code}; end of {log_path.name}:\n{_log_tail(log_path)}"
+            result.reason = f"{stage}: {error_summary(log) or f'exit status {code}'}"
+            result.error = f"{stage} exited with status {code}; end of {log_path.name}:\n{log[-LOG_TAIL_CHARS:]}"
             break
     result.seconds = time.perf_counter() - started
     if result.status == STATUS_OK and run.spec.evaluate:
@@ -155,10 +158,10 @@ def execute_run(run: Run, folder: Path, infer: bool = True, on_epoch: Callable[[
             result.summary = json.loads(summary_path.read_text())
         except (OSError, ValueError) as error:
             result.status = STATUS_FAILED
-            result.error = f"the evaluation wrote no readable {summary_path} ({error})"
+            result.error = result.reason = f"the evaluation wrote no readable {summary_path} ({error})"
     save_json({"label": run.label, "status": result.status, "config_hash": run.config_hash,
-               "seconds": round(result.seconds, 2), "error": result.error, "overrides": overrides,
-               "summary": result.summary}, folder / RESULT_FILE)
+               "seconds": round(result.seconds, 2), "reason": result.reason, "error": result.error,
+               "overrides": overrides, "summary": result.summary}, folder / RESULT_FILE)
     return result
 
 
@@ -189,8 +192,8 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, infer: bool = True, progres
         folder = run_folder(out_dir, run)
         upstream = results.get(id(run.upstream)) if run.upstream is not None else None
         if run.upstream is not None and (upstream is None or upstream.status != STATUS_OK):
-            result = RunResult(run, STATUS_SKIPPED, folder,
-                               error=f"its pretraining run {run.upstream.label} did not finish")
+            reason = f"its pretraining run {run.upstream.label} did not finish"
+            result = RunResult(run, STATUS_SKIPPED, folder, error=reason, reason=reason)
         else:
             result = cached_result(run, folder)
             if result is None:
@@ -202,7 +205,7 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, infer: bool = True, progres
 
                 result = execute_run(run, folder, infer, show_epoch if progress else None, timeout_s)
                 if result.status != STATUS_OK:
-                    bar.write(f"run {run.label} failed: {error_summary(result.error)}")
+                    bar.write(f"run {run.label} failed: {result.reason}")
         results[id(run)] = result
         bar.update()
     bar.close()

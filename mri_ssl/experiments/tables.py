@@ -23,7 +23,7 @@ import numpy as np
 
 from mri_ssl.atomic import atomic_write_text
 from mri_ssl.experiments.grid import Grid, StageSpec
-from mri_ssl.experiments.runner import STATUS_OK, RunResult, error_summary
+from mri_ssl.experiments.runner import STATUS_OK, RunResult
 
 MODE_TITLES = {"random": "Random init", "base": "Base", "seqaug": "SeqAug", "seqinv": "SeqInv"}
 IN_DOMAIN, OUT_OF_DOMAIN = "in domain", "out of domain"
@@ -188,7 +188,7 @@ def failures_markdown(results: Sequence[RunResult]) -> str:
         return ""
     lines = ["### Runs that did not finish", "", "| run | status | reason |", "|---|---|---|"]
     for result in bad:
-        reason = error_summary(result.error)
+        reason = result.reason
         lines.append(f"| {result.run.label} | {result.status} | {reason.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
