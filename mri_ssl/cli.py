@@ -1,4 +1,5 @@
-"""The `mri-ssl` command line: `demo`, `demo-data`, `simulate`, `manifest`.
+"""The `mri-ssl` command line: `demo`, `demo-data`, `simulate`, `manifest`, and the bundle-trust commands
+(`verify-bundle`, `fetch-weights`, `pack-bundle`, `unpack-bundle`, `run-bundle`, in mri_ssl/trust/commands.py).
 
 Every command validates its input before doing expensive work, prints a one-line error naming the file or parameter
 on bad input and exits with status 2, and writes its outputs atomically (no partial files on failure).
@@ -253,6 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     manifest.add_argument("--resolution-mm", type=float, default=2.0, help="demo: voxel size in mm")
     manifest.add_argument("--quiet", action="store_true", help="no progress bars")
     manifest.set_defaults(handler=_command_manifest)
+
+    from mri_ssl.trust.commands import add_trust_commands
+
+    add_trust_commands(commands)
     return parser
 
 
