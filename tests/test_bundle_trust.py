@@ -79,7 +79,8 @@ def test_metadata_is_checked_against_the_specification_schema(tmp_path, edit, me
     "import os; os.system('id')", "__import__('os')", "().__class__.__bases__[0].__subclasses__()",
     "open('/etc/passwd').read()", "getattr(torch, 'load')('x.pt')", "torch.load('x.pt')", "import subprocess",
     "from os import system", "eval('1')", "(lambda f: f.f_globals)(None)", "torch.hub.load('a', 'b')",
-    "numpy.load('x.npy', allow_pickle=True)", "exec('x = 1')", "@network.__class__",
+    "numpy.load('x.npy', allow_pickle=True)", "exec('x = 1')", "@network.__class__", "os.environ.update(A='1')",
+    "'{0.__init__.__globals__}'.format(torch)", "f'{torch.__spec__}'",
 ])
 def test_expressions_outside_the_allow_list_are_refused(text):
     problems, _ = expression_problems(text, {"torch": "torch", "numpy": "numpy"})
@@ -90,7 +91,7 @@ def test_expressions_outside_the_allow_list_are_refused(text):
     "os.path.join(@bundle_root, 'models')", "torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
     "[int(round(s * 1.25)) for s in @crop_size]", "lambda epoch: max(0.0, 1.0 - epoch / @num_epochs) ** 0.9",
     "@network.load_state_dict(load_checkpoint(@checkpoint)['network'])", "import torch.distributed as dist",
-    "lambda d: {**d, 'pred': d['pred'] * 2}",
+    "lambda d: {**d, 'pred': d['pred'] * 2}", "'cuda:' + os.environ['LOCAL_RANK']", "'{}_{:03d}'.format('a', 3)",
 ])
 def test_the_expressions_bundles_use_are_allowed(text):
     problems, _ = expression_problems(text, {"os": "os", "torch": "torch",
@@ -147,6 +148,11 @@ def test_a_bundle_that_fails_the_scan_is_never_parsed_or_run(tmp_path):
     assert not marker.exists()
     assert main(["run-bundle", str(bundle), "--config", "inference.json"]) == 1
     assert not marker.exists()
+    good = make_tiny_bundle(tmp_path / "good")
+    evil = f"$__import__('pathlib').Path({str(marker)!r}).touch()"
+    assert main(["run-bundle", str(good), "--config", "inference.json", "--set", f"network_def={evil}"]) == 1
+    assert not marker.exists()
+    assert main(["run-bundle", str(good), "--config", "train.json", "--set", "num_epochs=1"]) == 0  # a clean run
     # The gate is what stopped it: trusting the bundle does run its code.
     verify_bundle(bundle, trust_bundle=True, checks=["net-in-out"])
     assert marker.exists()

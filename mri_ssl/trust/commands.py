@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from mri_ssl.errors import InputError
@@ -41,7 +42,7 @@ def _command_verify_bundle(args: argparse.Namespace) -> int:
 def _command_fetch_weights(args: argparse.Namespace) -> int:
     from mri_ssl.trust.weights import fetch_weights
 
-    files = fetch_weights(args.directory, timeout_s=args.timeout_s)
+    files = fetch_weights(args.directory, timeout_s=args.timeout_s, progress=not args.quiet)
     print(f"fetch-weights: {len(files)} files in place, every one sha256-checked")
     return 0
 
@@ -84,7 +85,7 @@ def _parse_overrides(pairs: list[str]) -> dict:
 
 
 def _command_run_bundle(args: argparse.Namespace) -> int:
-    from mri_ssl.trust.scan import scan_bundle
+    from mri_ssl.trust.scan import scan_bundle, scan_config
 
     root = Path(args.directory).resolve()
     if not root.is_dir():
@@ -92,11 +93,13 @@ def _command_run_bundle(args: argparse.Namespace) -> int:
     configs = [str(root / "configs" / c) if not os.path.isabs(c) and not Path(c).exists() else c
                for c in args.config]
     overrides = _parse_overrides(args.overrides)
-    for key, value in overrides.items():  # overrides are config text too: scanned like the files
-        if isinstance(value, str) and value.startswith(("$", "%")) or key.endswith("_target_"):
-            if not args.trust_bundle:
-                raise InputError(key, "expression / target overrides run code; pass --trust-bundle to allow them")
     findings = scan_bundle(root)
+    # Command-line overrides are config text too: scanned like a config file of the bundle.
+    with tempfile.TemporaryDirectory(prefix="overrides_") as folder:
+        overrides_file = Path(folder) / "configs" / "command_line.json"
+        overrides_file.parent.mkdir()
+        overrides_file.write_text(json.dumps(overrides))
+        findings += scan_config(overrides_file, Path(folder))
     if findings and not args.trust_bundle:
         for finding in findings:
             print(f"  refused: {finding}")
@@ -134,6 +137,7 @@ def add_trust_commands(commands) -> None:
                     "are extracted after rejecting absolute paths, '..' and links.")
     fetch.add_argument("directory", metavar="DIR", help="bundle folder")
     fetch.add_argument("--timeout-s", type=float, default=60.0, help="network timeout in seconds (default 60)")
+    fetch.add_argument("--quiet", action="store_true", help="no progress bars")
     fetch.set_defaults(handler=_command_fetch_weights)
 
     pack = commands.add_parser(
@@ -157,11 +161,12 @@ def add_trust_commands(commands) -> None:
 
     run = commands.add_parser(
         "run-bundle", help="run a bundle config (monai.bundle run) after the static scan",
-        description="Scan every config of DIR, then run `monai.bundle run` with the given configs and KEY=VALUE "
-                    "overrides. A bundle that fails the scan is not run unless --trust-bundle.")
+        description="Scan every config of DIR, then run `monai.bundle run` with the given configs and --set "
+                    "KEY=VALUE overrides. A bundle that fails the scan is not run unless --trust-bundle.")
     run.add_argument("directory", metavar="DIR", help="bundle folder")
     run.add_argument("--config", action="append", required=True,
                      help="config file (a name in DIR/configs or a path); repeat to merge several")
-    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, VALUE parsed as JSON")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="a config override, VALUE parsed as JSON (scanned like the configs); repeat for several")
     run.add_argument("--trust-bundle", action="store_true", help="run even if the static scan refused something")
     run.set_defaults(handler=_command_run_bundle)

@@ -41,7 +41,8 @@ ALLOWED_ROOTS = frozenset({
     "os",  # only the parts in OS_ALLOWED below
 })
 # Every bundle uses `os` for paths and the environment; the rest of it (system, exec*, spawn*, remove...) is refused.
-OS_ALLOWED = frozenset({"os", "os.path", "os.environ", "os.sep", "os.getcwd", "os.cpu_count", "os.getenv"})
+# Reading the environment is allowed, changing it (os.environ.update, setdefault, pop) is not.
+OS_ALLOWED = frozenset({"os", "os.environ", "os.environ.get", "os.sep", "os.getcwd", "os.cpu_count", "os.getenv"})
 
 # Parts of allowed packages that load pickles, download, run other bundles or processes, or import by name.
 DENIED_PREFIXES = (
@@ -82,6 +83,8 @@ LOGGING_CLASSES = frozenset({
 # MONAI's reference syntax: `@id#sub#0` inside expressions (ReferenceResolver.id_matcher), `%file#id` macros.
 REFERENCE = re.compile(r"@\w*(?:#\w*)*")
 REFERENCE_PLACEHOLDER = "__mri_ssl_reference__"
+# "{0.__class__}".format(x) reads attributes that the ast never sees.
+FORMAT_FIELD_ACCESS = re.compile(r"\{[^{}]*[.\[][^{}]*\}")
 
 
 @dataclass(frozen=True)
@@ -104,9 +107,8 @@ def dotted_path_problem(path: str) -> str | None:
         return "private or dunder name"
     if parts[0] not in ALLOWED_ROOTS:
         return f"module {parts[0]!r} is not on the allow-list (mri_ssl, monai, torch, ignite, numpy, harmless stdlib)"
-    if parts[0] == "os" and not any(path == p or path.startswith(p + ".") for p in OS_ALLOWED if p != "os") \
-            and path != "os":
-        return "only os.path, os.environ, os.sep, os.getcwd, os.getenv and os.cpu_count are allowed from os"
+    if parts[0] == "os" and path not in OS_ALLOWED and not (path == "os.path" or path.startswith("os.path.")):
+        return "only os.path, reading os.environ, os.sep, os.getcwd, os.getenv and os.cpu_count are allowed from os"
     for prefix in DENIED_PREFIXES:
         if path == prefix or path.startswith(prefix + "."):
             return f"{prefix} is denied (loads pickles, downloads, runs bundles or processes, or imports by name)"
@@ -183,6 +185,10 @@ class _ExpressionChecker(ast.NodeVisitor):
                 self.imported[alias.asname or alias.name] = path
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
+        if node.attr == "format" and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str) \
+                and FORMAT_FIELD_ACCESS.search(node.value.value):
+            self.problems.append("str.format with attribute or item access in a field (reads any attribute)")
+            return
         if node.attr.startswith("_") or node.attr in DENIED_ATTRIBUTES:
             self.problems.append(f"attribute {node.attr!r} reaches interpreter internals")
             return

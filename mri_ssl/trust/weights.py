@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from mri_ssl.errors import InputError
 from mri_ssl.trust.files import ARCHIVE_SUFFIXES, download_verified, safe_extract, sha256_file
 from mri_ssl.trust.verify import read_large_files
 
 
-def fetch_weights(bundle_root: str | os.PathLike, timeout_s: float = 60.0, echo=print) -> list[Path]:
+def fetch_weights(bundle_root: str | os.PathLike, timeout_s: float = 60.0, echo=print,
+                  progress: bool = True) -> list[Path]:
     """Fetch every large_files.yml entry that is missing or whose local copy fails its hash.
 
     Each download goes to a temporary file beside its destination and is moved into place only when its sha256
@@ -24,7 +27,8 @@ def fetch_weights(bundle_root: str | os.PathLike, timeout_s: float = 60.0, echo=
         if target.is_file() and sha256_file(target) == entry["hash_val"].lower():
             echo(f"ok {entry['path']} (sha256 matches, not downloaded again)")
         else:
-            download_verified(entry["url"], target, entry["hash_val"], timeout_s=timeout_s)
+            with tqdm(desc=entry["path"], unit="B", unit_scale=True, disable=not progress) as bar:
+                download_verified(entry["url"], target, entry["hash_val"], timeout_s=timeout_s, progress=bar.update)
             echo(f"fetched {entry['path']} (sha256 {entry['hash_val'][:12]}... verified)")
         written.append(target)
         if target.name.lower().endswith(ARCHIVE_SUFFIXES):
