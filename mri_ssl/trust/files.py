@@ -123,7 +123,11 @@ def safe_extract(archive: str | os.PathLike, destination: str | os.PathLike) -> 
                 handle.extractall(staging)
         else:
             with tarfile.open(archive) as handle:
-                handle.extractall(staging, filter="data")
+                # Members were checked above; the "data" filter (Python >= 3.10.12 / 3.11.4) is a second guard.
+                if hasattr(tarfile, "data_filter"):
+                    handle.extractall(staging, filter="data")
+                else:
+                    handle.extractall(staging)
         written = []
         for source in sorted(staging.rglob("*")):
             if source.is_file():
