@@ -1,4 +1,5 @@
-"""The `mri-ssl` command line: `demo`, `demo-data`, `simulate`, `manifest`, `experiment`.
+"""The `mri-ssl` command line: `demo`, `demo-data`, `simulate`, `manifest`, `experiment`, and the bundle-trust
+commands (`verify-bundle`, `fetch-weights`, `pack-bundle`, `unpack-bundle`, `run-bundle`, in mri_ssl/trust/commands.py).
 
 Every command validates its input before doing expensive work, prints a one-line error naming the file or parameter
 on bad input and exits with status 2, and writes its outputs atomically (no partial files on failure).
@@ -311,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--dry-run", action="store_true", help="list the runs and their config hashes, run none")
     experiment.add_argument("--quiet", action="store_true", help="no progress bar")
     experiment.set_defaults(handler=_command_experiment)
+
+    from mri_ssl.trust.commands import add_trust_commands
+
+    add_trust_commands(commands)
     return parser
 
 

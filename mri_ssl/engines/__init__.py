@@ -1,9 +1,10 @@
 """Trainers for the non-supervised iterations, crash-safe checkpointing, gradient clipping, evaluation reports."""
 
 from mri_ssl.engines.checkpoint import AtomicCheckpointer, export_encoder, load_checkpoint, save_checkpoint
+from mri_ssl.engines.checkpoint import load_network_weights, load_safetensors, save_safetensors
 from mri_ssl.engines.clipping import GradientClipping
 from mri_ssl.engines.contrastive_trainer import ContrastiveTrainer, NonFiniteLossError, ValidationLoss
-from mri_ssl.engines.features import load_encoder, write_features
+from mri_ssl.engines.features import FeatureWriter, load_encoder, load_encoder_weights, write_features
 from mri_ssl.engines.progress import attach_progress_bar
 from mri_ssl.engines.reports import DenoisingReport, SegmentationReport
 
@@ -11,6 +12,7 @@ __all__ = [
     "AtomicCheckpointer",
     "ContrastiveTrainer",
     "DenoisingReport",
+    "FeatureWriter",
     "GradientClipping",
     "NonFiniteLossError",
     "SegmentationReport",
@@ -19,6 +21,10 @@ __all__ = [
     "export_encoder",
     "load_checkpoint",
     "load_encoder",
+    "load_encoder_weights",
+    "load_network_weights",
+    "load_safetensors",
     "save_checkpoint",
+    "save_safetensors",
     "write_features",
 ]

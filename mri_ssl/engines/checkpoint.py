@@ -4,10 +4,15 @@ MONAI's CheckpointSaver deletes the old checkpoint before writing the new one, s
 loadable. Here every file is written to a temporary name, fsynced and renamed over the old one, so the previous
 checkpoint is replaced only by a complete new one. Checkpoints hold plain state dicts and numbers only, so they load
 with ``torch.load(weights_only=True)``, which cannot run code hidden in a pickle.
+
+Released weights (the network of ``best`` / ``final`` and exported encoders) are also written as safetensors, a format
+that holds tensors and string metadata only, and loaders prefer the ``.safetensors`` file beside a ``.pt`` when it is
+present.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -58,10 +63,56 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                                f"truncated, or hold objects other than tensors and plain data") from error
 
 
+def safetensors_path(path: str | os.PathLike) -> Path:
+    """``models/best.pt`` -> ``models/best.safetensors`` (the released-weights twin of a checkpoint)."""
+    path = Path(path)
+    return path if path.suffix == ".safetensors" else path.with_suffix(".safetensors")
+
+
+def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLike,
+                     metadata: dict[str, str] | None = None) -> Path:
+    """Write a state dict (and string metadata) as safetensors, atomically; tensors are made contiguous on CPU."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    with atomic_output(path) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
+    return Path(path)
+
+
+def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict, dict[str, str]]:
+    """(state dict, metadata) of a safetensors file; ``InputError`` naming the file if it cannot be read."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "weights file not found")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as handle:
+            return {k: handle.get_tensor(k) for k in handle.keys()}, dict(handle.metadata() or {})
+    except Exception as error:
+        raise InputError(path, f"cannot read safetensors ({type(error).__name__}: {error})") from error
+
+
+def load_network_weights(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """The network state dict of a checkpoint: from ``X.safetensors`` when present beside ``X.pt``, else from
+    ``X.pt``'s ``network`` entry (read with ``weights_only=True``)."""
+    twin = safetensors_path(path)
+    if twin.is_file():
+        return load_safetensors(twin, map_location)[0]
+    payload = load_checkpoint(path, map_location=map_location)
+    if not isinstance(payload, dict) or "network" not in payload:
+        raise InputError(path, "not a training checkpoint: it has no 'network' entry")
+    return payload["network"]
+
+
 def export_encoder(encoder: torch.nn.Module, path: str | os.PathLike) -> Path:
-    """Write ``{"config": encoder.config(), "state_dict": ...}``, what downstream bundles load to rebuild it."""
+    """Write ``{"config": encoder.config(), "state_dict": ...}``, what downstream bundles load to rebuild it, and
+    the same weights with the config as JSON metadata in a ``.safetensors`` twin."""
     state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
-    return save_checkpoint({"config": encoder.config(), "state_dict": state}, path)
+    written = save_checkpoint({"config": encoder.config(), "state_dict": state}, path)
+    save_safetensors(state, safetensors_path(path), metadata={"config": json.dumps(encoder.config())})
+    return written
 
 
 class AtomicCheckpointer:
@@ -132,6 +183,7 @@ class AtomicCheckpointer:
         if metric is not None and math.isfinite(float(metric)) and self._improves(float(metric)):
             self.best_metric = float(metric)
             save_checkpoint(self.state(engine), self.save_dir / BEST)
+            save_safetensors(self._network().state_dict(), safetensors_path(self.save_dir / BEST))
             encoder = self._encoder()
             if encoder is not None:
                 export_encoder(encoder, self.save_dir / ENCODER_BEST)
@@ -142,6 +194,7 @@ class AtomicCheckpointer:
         if not is_main_process():
             return
         save_checkpoint(self.state(engine), self.save_dir / FINAL)
+        save_safetensors(self._network().state_dict(), safetensors_path(self.save_dir / FINAL))
         encoder = self._encoder()
         if encoder is not None:
             export_encoder(encoder, self.save_dir / ENCODER_FINAL)

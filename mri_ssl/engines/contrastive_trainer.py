@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from monai.engines import Trainer
+from monai.inferers import SimpleInferer
 from monai.utils import CommonKeys
 
 from mri_ssl.distributed import rank
@@ -62,6 +63,8 @@ class ContrastiveTrainer(Trainer):
         grad_clip_norm: gradient-norm clipping (paper: 12); None disables.
         amp: mixed precision (used on CUDA only; the contrastive loss is computed in float32 regardless).
         epoch_length, train_handlers: as MONAI's trainers.
+        inferer: how the network is run on the stacked views (MONAI ``Inferer``; default ``SimpleInferer``, i.e.
+            ``network(views)``), the bundle's ``train#inferer`` property.
         seed: if given, every epoch starts from ``seed + epoch`` for torch's RNG (dropout, shuffling), the view pair
             and the loader's random transforms, so a run resumed from a checkpoint reproduces an uninterrupted one
             without pickling RNG states (exactly so with ``num_workers=0``).
@@ -83,6 +86,7 @@ class ContrastiveTrainer(Trainer):
         epoch_length: int | None = None,
         train_handlers: Sequence | None = None,
         seed: int | None = 0,
+        inferer: Callable | None = None,
     ) -> None:
         if not (reconstruction_weight >= 0 and math.isfinite(reconstruction_weight)):
             raise InputError("reconstruction_weight", f"must be a finite number >= 0, got {reconstruction_weight}")
@@ -99,6 +103,7 @@ class ContrastiveTrainer(Trainer):
             decollate=False,
         )
         self.network = network
+        self.inferer = inferer if inferer is not None else SimpleInferer()
         self.optimizer = optimizer
         self.view_pair = view_pair
         self.contrastive_loss = contrastive_loss
@@ -145,7 +150,7 @@ class ContrastiveTrainer(Trainer):
                                            "negatives are the others); use drop_last=True or a larger batch")
         views = torch.cat([pair["view1"], pair["view2"]], dim=0)
         with torch.autocast(torch.device(self.state.device).type, enabled=self.amp):
-            output = self.network(views)
+            output = self.inferer(views, self.network)
         projection = output["projection"]
         contrastive = self.contrastive_loss(projection[:batch_size], projection[batch_size:])
         losses = {"contrastive": contrastive, "projection": projection}

@@ -1,0 +1,17 @@
+"""Bundle trust: static scan of configs, metadata schema, hash-checked downloads, safe archives, verify / pack."""
+
+from mri_ssl.trust.files import check_archive, download_verified, safe_extract, sha256_file
+from mri_ssl.trust.scan import Finding, scan_bundle
+from mri_ssl.trust.verify import BundleReport, CheckResult, verify_bundle
+
+__all__ = [
+    "BundleReport",
+    "CheckResult",
+    "Finding",
+    "check_archive",
+    "download_verified",
+    "safe_extract",
+    "scan_bundle",
+    "sha256_file",
+    "verify_bundle",
+]
