@@ -28,7 +28,7 @@ from mri_ssl.errors import InputError
 from mri_ssl.experiments import collect, load_grid, run_grid, write_tables
 from mri_ssl.experiments.figures import plot_metric_bars, plot_segmentation_overlays
 from mri_ssl.experiments.grid import Grid, expand_placeholders
-from mri_ssl.experiments.runner import STATUS_OK
+from mri_ssl.experiments.runner import STATUS_OK, require_trusted
 from mri_ssl.experiments.tables import format_plain_tables
 from mri_ssl.physics.phantom import TISSUE_CLASSES, mni152_phantom, mprage_fidelity
 from mri_ssl.physics.protocols import SEQUENCES, TYPICAL_PROTOCOLS, protocol_item, sample_protocol
@@ -244,6 +244,7 @@ def run_demo(
     grid_path: str | os.PathLike | None = None,
     bundles_dir: str | os.PathLike | None = None,
     simulation_only: bool = False,
+    trust_bundles: bool = False,
 ) -> dict:
     """The demo; returns the summary written to ``out_dir/summary.json``.
 
@@ -255,11 +256,13 @@ def run_demo(
     started = time.perf_counter()
     out_dir = Path(out_dir)
     grid = None if simulation_only else load_demo_grid(grid_path, bundles_dir, seeds)  # check it before any work
+    if grid is not None and not trust_bundles:
+        require_trusted(grid)
     summary = run_simulation_stage(out_dir, resolution_mm, random_protocols, seed, fused, progress)
     summary["stage_seconds"] = {"simulation": summary.pop("seconds")}
     if grid is not None:
         stage_started = time.perf_counter()
-        results = run_grid(grid, out_dir, progress=progress)
+        results = run_grid(grid, out_dir, progress=progress, trust_bundles=True)  # scanned above
         summary["stage_seconds"]["bundle_runs"] = round(time.perf_counter() - stage_started, 2)
         stage_started = time.perf_counter()
         tables = write_tables(grid, results, out_dir)

@@ -234,3 +234,18 @@ def _csv_rows(path):
 
     with open(path) as handle:
         return list(csv.DictReader(handle))
+
+
+def test_a_grid_whose_overrides_fail_the_static_scan_runs_nothing(tmp_path):
+    marker = tmp_path / "marker"
+    path = write_grid(tmp_path / "grid")
+    content = yaml.safe_load(path.read_text())
+    content["downstream"][0]["overrides"]["learning_rate"] = f"$__import__('os').system('touch {marker}')"
+    path.write_text(yaml.safe_dump(content))
+    out = tmp_path / "out"
+    assert main(["experiment", str(path), "--out", str(out), "--quiet"]) == 2
+    assert not marker.exists() and not (out / "runs").exists()
+    with pytest.raises(InputError, match="(?s)learning_rate.*--trust-bundle"):
+        from mri_ssl.experiments.runner import require_trusted
+
+        require_trusted(load_grid(path))

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from mri_ssl.data.nifti import save_json
+from mri_ssl.errors import InputError
 from mri_ssl.experiments.grid import Grid, Run, expand_placeholders, expand_runs
 
 STATUS_OK, STATUS_FAILED, STATUS_SKIPPED = "ok", "failed", "skipped"
@@ -174,14 +175,40 @@ def cached_result(run: Run, folder: Path) -> RunResult | None:
                      summary=content.get("summary"))
 
 
+def untrusted_findings(grid: Grid) -> list[str]:
+    """What the bundle static scan (``mri_ssl.trust``) refuses in the grid's bundles and in its overrides."""
+    from mri_ssl.trust.scan import scan_bundle, scan_overrides
+
+    specs = ([grid.pretraining] if grid.pretraining else []) + list(grid.downstream)
+    findings = [str(f) for bundle in dict.fromkeys(spec.bundle_dir for spec in specs) for f in scan_bundle(bundle)]
+    for spec in specs:
+        for mode, overrides in [("", spec.overrides)] + list(spec.mode_overrides.items()):
+            name = f"{grid.path.name} {spec.name} {mode} overrides".replace("  ", " ")
+            findings += [str(f) for f in scan_overrides(overrides, name.replace(" ", "_"))]
+    return findings
+
+
+def require_trusted(grid: Grid) -> None:
+    """Raise an ``InputError`` listing what the static scan refused in the grid's bundles or overrides, if anything."""
+    findings = untrusted_findings(grid)
+    if findings:
+        raise InputError(grid.path, "the bundle static scan refused:\n  " + "\n  ".join(findings) +
+                         "\nnothing was run; pass --trust-bundle to run these bundles anyway")
+
+
 def run_grid(grid: Grid, out_dir: str | os.PathLike, infer: bool = True, progress: bool = True,
-             timeout_s: float | None = None, only: Callable[[Run], bool] | None = None) -> list[RunResult]:
+             timeout_s: float | None = None, only: Callable[[Run], bool] | None = None,
+             trust_bundles: bool = False) -> list[RunResult]:
     """Run (or reuse) every run of ``grid`` under ``out_dir``; return one result per run, in grid order.
 
     ``only`` selects a subset of the runs (the others are left out of the results); ``timeout_s`` bounds each stage.
+    Before anything runs, the bundles and the grid's overrides pass the bundle static scan, or an ``InputError``
+    lists what it refused; ``trust_bundles=True`` runs them anyway.
     """
     from tqdm.auto import tqdm
 
+    if not trust_bundles:
+        require_trusted(grid)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(grid.path, out_dir / "grid.yaml")

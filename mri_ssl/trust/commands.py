@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from mri_ssl.errors import InputError
@@ -85,7 +84,7 @@ def _parse_overrides(pairs: list[str]) -> dict:
 
 
 def _command_run_bundle(args: argparse.Namespace) -> int:
-    from mri_ssl.trust.scan import scan_bundle, scan_config
+    from mri_ssl.trust.scan import scan_bundle, scan_overrides
 
     root = Path(args.directory).resolve()
     if not root.is_dir():
@@ -93,13 +92,8 @@ def _command_run_bundle(args: argparse.Namespace) -> int:
     configs = [str(root / "configs" / c) if not os.path.isabs(c) and not Path(c).exists() else c
                for c in args.config]
     overrides = _parse_overrides(args.overrides)
-    findings = scan_bundle(root)
     # Command-line overrides are config text too: scanned like a config file of the bundle.
-    with tempfile.TemporaryDirectory(prefix="overrides_") as folder:
-        overrides_file = Path(folder) / "configs" / "command_line.json"
-        overrides_file.parent.mkdir()
-        overrides_file.write_text(json.dumps(overrides))
-        findings += scan_config(overrides_file, Path(folder))
+    findings = scan_bundle(root) + scan_overrides(overrides, "command_line")
     if findings and not args.trust_bundle:
         for finding in findings:
             print(f"  refused: {finding}")

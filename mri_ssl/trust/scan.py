@@ -307,6 +307,18 @@ def scan_config(path: Path, bundle_root: Path, shared_imports: dict[str, str] | 
     return findings
 
 
+def scan_overrides(overrides: dict, name: str = "overrides") -> list[Finding]:
+    """Findings in config overrides given outside the bundle's files (command-line ``--set`` values, an experiment
+    grid's overrides): they become config text, so they are scanned like a config file named ``name``."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="overrides_") as folder:
+        path = Path(folder) / "configs" / f"{name}.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps(overrides))
+        return scan_config(path, Path(folder))
+
+
 def scan_logging_config(path: Path, bundle_root: Path) -> list[Finding]:
     """``logging.config.fileConfig`` imports ``class`` and evaluates ``args``: allow known handlers, literal args."""
     name = path.relative_to(bundle_root).as_posix()
