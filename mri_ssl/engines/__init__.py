@@ -2,8 +2,9 @@
 
 from mri_ssl.engines.checkpoint import AtomicCheckpointer, export_encoder, load_checkpoint, save_checkpoint
 from mri_ssl.engines.clipping import GradientClipping
-from mri_ssl.engines.contrastive_trainer import ContrastiveTrainer, NonFiniteLossError, ValidationLoss
+from mri_ssl.engines.contrastive_trainer import ContrastiveTrainer, ValidationLoss
 from mri_ssl.engines.features import load_encoder, write_features
+from mri_ssl.engines.guards import NonFiniteLossError, NonFiniteLossGuard
 from mri_ssl.engines.progress import attach_progress_bar
 from mri_ssl.engines.reports import DenoisingReport, SegmentationReport
 
@@ -13,6 +14,7 @@ __all__ = [
     "DenoisingReport",
     "GradientClipping",
     "NonFiniteLossError",
+    "NonFiniteLossGuard",
     "SegmentationReport",
     "ValidationLoss",
     "attach_progress_bar",
