@@ -207,7 +207,7 @@ def _nifti_header(path: Path, raw: bytes):
         raise DataIntegrityError(path, "complete", f"file ends inside the header ({len(raw)} of {needed} bytes); "
                                                    f"is it truncated?", len(raw))
     try:
-        header = klass.header_class.from_fileobj(io.BytesIO(raw[:needed]), check=True)
+        header = klass.header_class.from_fileobj(io.BytesIO(raw[:needed]), check=False)  # nibabel "fixes" zero pixdim
     except Exception as error:
         raise DataIntegrityError(path, "readable", f"invalid NIfTI header ({type(error).__name__}: {error})") from error
     if header["magic"].item() not in (b"n+1", b"n+2"):
@@ -271,16 +271,19 @@ def read_nifti(path: str | os.PathLike, spatial_dims: int | None = 3,
     klass, header = _nifti_header(path, start)
     shape = _header_shape(path, header)
     _check_axes(path, shape)
-    dtype = header.get_data_dtype()
+    try:
+        dtype, offset = header.get_data_dtype(), int(header.get_data_offset())
+    except Exception as error:
+        raise DataIntegrityError(path, "readable", f"invalid NIfTI header ({type(error).__name__}: {error})") from error
     _check_memory(path, shape, dtype.itemsize, max_bytes)
-    expected = int(header.get_data_offset()) + math.prod(shape) * dtype.itemsize
+    expected = offset + math.prod(shape) * dtype.itemsize
     if compressed:
         raw = _read_gzip_completely(path, expected)
     else:
         length = path.stat().st_size
         if length < expected:
             raise DataIntegrityError(path, "complete", f"file has {length} bytes but its header declares {expected} "
-                                                       f"(offset {int(header.get_data_offset())} + shape {shape} of "
+                                                       f"(offset {offset} + shape {shape} of "
                                                        f"{dtype}); the file is truncated", length)
         raw = path.read_bytes()[:expected]
     if len(raw) < expected:
@@ -763,3 +766,19 @@ def check_data(datalist: str | os.PathLike, splits: Sequence[str] = ("training",
         report.dataset_findings.append(Finding(str(datalist), "entry", "error",
                                                f"{datalist}: no cases{needing} in {' or '.join(splits)}"))
     return report
+
+
+def write_check_report(manifest: str | os.PathLike, report_path: str | os.PathLike | None = "data_check.json",
+                       **options) -> int:
+    """``mri-ssl check-data``: run ``check_data`` (``options`` as it takes them), print the table, write the JSON
+    report atomically; return the exit status (1 when any error was found, else 0)."""
+    from mri_ssl.atomic import atomic_write_text
+
+    if not Path(manifest).is_file():
+        raise InputError(manifest, "manifest not found")
+    report = check_data(manifest, **options)
+    print(report.table())
+    if report_path:
+        atomic_write_text(report_path, json.dumps(report.as_dict(), indent=2) + "\n")
+        print(f"wrote {report_path}")
+    return 1 if report.errors else 0
