@@ -152,12 +152,24 @@ def _read_datalist(datalist: Path) -> dict:
 
 
 def inference_inputs(input_dir: str | os.PathLike | None, datalist: str | os.PathLike | None = None,
-                     split: str = "test", image_key: str = "image") -> list[dict]:
+                     split: str = "test", image_key: str = "image", check: bool = True,
+                     spatial_dims: int | None = 3) -> list[dict]:
     """The images an inference config runs on, as ``[{"image": path}, ...]``.
 
     Every NIfTI file in ``input_dir`` (sorted by name); with no ``input_dir`` (None or ""), the ``split`` images of
-    ``datalist`` (each image once). Raises ``InputError`` when the folder is missing or holds no NIfTI files.
+    ``datalist`` (each image once). Raises ``InputError`` when the folder is missing or holds no NIfTI files. With
+    ``check`` every image is read and checked first (``integrity.check_image_files``), so a damaged file stops the
+    run with its name before any inference.
     """
+    items = _inference_inputs(input_dir, datalist, split, image_key)
+    if check:
+        from mri_ssl.data.integrity import check_image_files
+
+        check_image_files([item[image_key] for item in items], spatial_dims=spatial_dims)
+    return items
+
+
+def _inference_inputs(input_dir, datalist, split: str, image_key: str) -> list[dict]:
     from monai.data import load_decathlon_datalist
 
     from mri_ssl.data.nifti import is_nifti

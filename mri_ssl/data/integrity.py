@@ -224,26 +224,35 @@ def _header_shape(path: Path, header) -> tuple[int, ...]:
 
 
 def _read_gzip_completely(path: Path, expected_bytes: int) -> bytes:
-    """Decompress the whole gzip stream (so its CRC and length trailer are checked); never zero-fill."""
-    chunks, total = [], 0
+    """Decompress the whole gzip stream, every member, checking each CRC and length trailer; never zero-fill.
+
+    zlib in gzip mode (``wbits=31``) verifies the CRC-32 and size trailer of a member when it reaches its end; a
+    stream that stops before that end is truncated. Only the first ``expected_bytes`` are kept; the rest is
+    decompressed in bounded pieces just to reach the trailer (so a gzip bomb cannot exhaust memory).
+    """
+    kept, total = [], 0
+    pending = path.read_bytes()
     try:
-        with gzip.open(path, "rb") as stream:
+        while True:
+            inflater = zlib.decompressobj(wbits=31)
             while True:
-                # Keep what the header declares, then read the rest in pieces only to reach the CRC at the end.
-                chunk = stream.read(max(1, min(64 * 1024 ** 2, expected_bytes - total)) if total < expected_bytes
-                                    else 64 * 1024 ** 2)
-                if not chunk:
-                    break
+                limit = expected_bytes - total if total < expected_bytes else 64 * 1024 ** 2
+                piece = inflater.decompress(pending, max(1, limit))
+                pending = inflater.unconsumed_tail
                 if total < expected_bytes:
-                    chunks.append(chunk)
-                total += len(chunk)
-    except EOFError as error:
-        raise DataIntegrityError(path, "complete", f"the gzip stream ends early after {total} decompressed bytes "
-                                                   f"({error}); the file is truncated", total) from error
-    except (gzip.BadGzipFile, zlib.error, OSError) as error:
-        raise DataIntegrityError(path, "complete", f"the gzip stream is corrupt ({type(error).__name__}: {error})"
-                                 ) from error
-    return b"".join(chunks)
+                    kept.append(piece)
+                total += len(piece)
+                if inflater.eof:
+                    break
+                if not piece and not pending:
+                    raise DataIntegrityError(path, "complete", f"the gzip stream ends early after {total} "
+                                                               f"decompressed bytes; the file is truncated", total)
+            pending = inflater.unused_data
+            if not pending.strip(b"\0"):  # end of the last member (zero padding after it is tolerated)
+                break
+    except zlib.error as error:
+        raise DataIntegrityError(path, "complete", f"the gzip stream is corrupt (zlib: {error})") from error
+    return b"".join(kept)
 
 
 def read_nifti(path: str | os.PathLike, spatial_dims: int | None = 3,
@@ -458,6 +467,17 @@ def read_image(path: str | os.PathLike, spatial_dims: int | None = 3,
                max_bytes: int | None = DEFAULT_MAX_BYTES) -> CheckedImage:
     """Read and check any supported image file (``READERS`` by ``file_kind``)."""
     return READERS[file_kind(path)](path, spatial_dims=spatial_dims, max_bytes=max_bytes)
+
+
+def check_image_files(paths: Iterable[str | os.PathLike], spatial_dims: int | None = 3,
+                      max_bytes: int | None = DEFAULT_MAX_BYTES) -> int:
+    """Read and check each file on its own (inference inputs); raise the first ``DataIntegrityError``; return the
+    number of files checked."""
+    count = 0
+    for path in paths:
+        read_image(path, spatial_dims=spatial_dims, max_bytes=max_bytes)
+        count += 1
+    return count
 
 
 def is_image_path(value) -> bool:

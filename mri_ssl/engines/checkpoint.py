@@ -176,8 +176,9 @@ class AtomicCheckpointer:
     def find_resume_checkpoint(self) -> tuple[Path, dict[str, Any]] | None:
         """The checkpoint to resume from: the first of ``RESUME_CHAIN`` (final, latest, best) that loads.
 
-        A file that cannot be loaded is skipped with a warning. A ``final.pt`` older than ``latest.pt`` (fewer
-        iterations: left by an earlier, finished run before this run started afresh) is skipped too.
+        A file that cannot be loaded is skipped with a warning. A ``final.pt`` older than ``latest.pt`` (written
+        before it, or at fewer iterations: left by an earlier, finished run before this one started afresh or
+        trained on from it) is skipped too.
         """
         device = next(self._network().parameters()).device
         loaded: dict[str, dict[str, Any]] = {}
@@ -189,11 +190,14 @@ class AtomicCheckpointer:
                 loaded[name] = load_checkpoint(path, map_location=device)
             except InputError as error:
                 logger.warning("cannot resume from %s, trying the next checkpoint: %s", path, error.problem)
-        if FINAL in loaded and LATEST in loaded and loaded[FINAL]["iteration"] < loaded[LATEST]["iteration"]:
-            logger.warning("%s (iteration %d) is older than %s (iteration %d), left by an earlier run; not using it",
-                           self.save_dir / FINAL, loaded[FINAL]["iteration"], self.save_dir / LATEST,
-                           loaded[LATEST]["iteration"])
-            del loaded[FINAL]
+        if FINAL in loaded and LATEST in loaded:
+            # A finished run writes latest, then final; a final older than latest was left by an earlier run.
+            final, latest = self.save_dir / FINAL, self.save_dir / LATEST
+            if (loaded[FINAL]["iteration"] < loaded[LATEST]["iteration"]
+                    or final.stat().st_mtime_ns < latest.stat().st_mtime_ns):
+                logger.warning("%s (iteration %d) is older than %s (iteration %d), left by an earlier run; not using "
+                               "it", final, loaded[FINAL]["iteration"], latest, loaded[LATEST]["iteration"])
+                del loaded[FINAL]
         for name in RESUME_CHAIN:
             if name in loaded:
                 return self.save_dir / name, loaded[name]
