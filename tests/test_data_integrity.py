@@ -167,6 +167,8 @@ def test_nan_sform_and_zero_pixdim(tmp_path):
     path = save(tmp_path / "sform.nii.gz", volume())
     with_header(path, srow_x=[np.nan, 0, 0, -10])
     assert "sform" in str(expect("affine", path))
+    path = with_header(save(tmp_path / "qform.nii.gz", volume()), qform_code=1, quatern_b=np.nan)
+    assert "qform" in str(expect("affine", path)) or "header" in str(expect("affine", path))
     path = with_header(save(tmp_path / "pixdim.nii.gz", volume()), pixdim=[1, 2.0, 0.0, 3.0, 1, 1, 1, 1])
     expect("spacing", path)
     path = with_header(save(tmp_path / "singular.nii", volume()), srow_z=[0, 0, 0, 5])  # a flat voxel

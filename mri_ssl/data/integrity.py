@@ -309,11 +309,17 @@ def read_nifti(path: str | os.PathLike, spatial_dims: int | None = 3,
     except Exception as error:
         raise DataIntegrityError(path, "readable", f"cannot decode the voxel data ({type(error).__name__}: {error})"
                                  ) from error
-    if int(header["sform_code"]) > 0:
-        _check_affine(path, header.get_sform(), "sform")
-    if int(header["qform_code"]) > 0:
-        _check_affine(path, header.get_qform(), "qform")
-    affine = np.asarray(image.affine, dtype=np.float64)
+    try:
+        sform = header.get_sform() if int(header["sform_code"]) > 0 else None
+        qform = header.get_qform() if int(header["qform_code"]) > 0 else None
+        affine = np.asarray(image.affine, dtype=np.float64)
+    except Exception as error:  # e.g. a NaN quaternion nibabel cannot turn into a matrix
+        raise DataIntegrityError(path, "affine", f"cannot build the affine from the header ({type(error).__name__}: "
+                                                 f"{error})") from error
+    if sform is not None:
+        _check_affine(path, sform, "sform")
+    if qform is not None:
+        _check_affine(path, qform, "qform")
     _check_affine(path, affine)
     _check_finite_voxels(path, data)
     return CheckedImage(path, data, affine, len(spatial))

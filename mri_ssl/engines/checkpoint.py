@@ -237,6 +237,6 @@ class AtomicCheckpointer:
             engine.state.iteration = iteration
 
         engine.add_event_handler(Events.STARTED, restore_counters)
-        logger.warning("resuming from %s: epoch %d, iteration %d done; training continues at epoch %d", path, epoch,
-                       iteration, epoch + 1)
+        logger.info("resuming from %s: epoch %d, iteration %d done; training continues at epoch %d", path, epoch,
+                    iteration, epoch + 1)
         return path
