@@ -294,8 +294,8 @@ def read_nifti(path: str | os.PathLike, spatial_dims: int | None = 3,
             raise DataIntegrityError(path, "complete", f"file has {length} bytes but its header declares {expected} "
                                                        f"(offset {offset} + shape {shape} of "
                                                        f"{dtype}); the file is truncated", length)
-        raw = path.read_bytes()[:expected]
-    if len(raw) < expected:
+        raw = None  # read through nibabel's memory map below: no extra copy of the file
+    if raw is not None and len(raw) < expected:
         raise DataIntegrityError(path, "complete", f"decompressed data has {len(raw)} bytes but the header declares "
                                                    f"{expected}; the file is truncated", len(raw))
     spatial = shape
@@ -304,8 +304,11 @@ def read_nifti(path: str | os.PathLike, spatial_dims: int | None = 3,
     _check_dimensions(path, len(spatial), spatial, spatial_dims)
     _check_spacing(path, header["pixdim"][1: 1 + min(len(spatial), 3)], "pixdim (voxel size)")
     try:
-        image = klass.from_bytes(raw)
+        image = klass.from_bytes(raw) if raw is not None else klass.from_filename(str(path))
         data = np.asarray(image.dataobj, dtype=np.float32).reshape(spatial)
+        if isinstance(data, np.memmap) or data.base is not None:
+            # A view of a memory-mapped file: copy, so the file is read here (not later) and the caller owns it.
+            data = np.array(data)
     except Exception as error:
         raise DataIntegrityError(path, "readable", f"cannot decode the voxel data ({type(error).__name__}: {error})"
                                  ) from error
