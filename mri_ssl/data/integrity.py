@@ -770,11 +770,13 @@ def check_data(datalist: str | os.PathLike, splits: Sequence[str] = ("training",
     for split in splits:
         if not content.get(split):
             continue
+        raw_entries = content[split]
         for index, entry in enumerate(load_decathlon_datalist(datalist, data_list_key=split)):
             missing = [key for key in require_keys or () if key not in entry]
             if missing and skip_incomplete:
                 continue
-            subject = entry.get("subject")
+            # From the JSON as written: MONAI turns a subject id that names an existing folder into a path.
+            subject = raw_entries[index].get("subject") if isinstance(raw_entries[index], Mapping) else None
             case = CaseReport(split, index, None if subject is None else str(subject), [])
             if missing:
                 case.findings.append(Finding(str(datalist), "entry", "error",
