@@ -5,6 +5,7 @@ can be attached and the loss tampered with; the subprocess runs of the bundles a
 """
 
 import json
+import logging
 
 import pytest
 import torch
@@ -52,12 +53,13 @@ def demo_data_dir(tmp_path_factory):
     return folder
 
 
-def workflow(root, demo_data_dir, **overrides):
+def workflow(root, demo_data_dir, logging_file=None, **overrides):
     root.mkdir(parents=True, exist_ok=True)
     tiny = root / "tiny.json"
     tiny.write_text(json.dumps({**TINY, "demo_data_dir": str(demo_data_dir), **overrides}))
     configs = [str(bundle_dir("mri_segmentation") / "configs" / name) for name in ("train.json", "cpu_demo.json")]
-    flow = ConfigWorkflow(config_file=configs + [str(tiny)], workflow_type="train", bundle_root=str(root))
+    flow = ConfigWorkflow(config_file=configs + [str(tiny)], workflow_type="train", bundle_root=str(root),
+                          logging_file=logging_file)
     flow.initialize()
     return flow
 
@@ -111,3 +113,18 @@ def test_a_nan_loss_stops_the_segmentation_run_and_keeps_the_finite_checkpoints(
         assert all(torch.isfinite(t).all() for t in state["network"].values() if t.is_floating_point())
     # The guard stopped the iteration before backward: the network in memory is finite too.
     assert all(torch.isfinite(p).all() for p in flow.parser.get_parsed_content("network").parameters())
+
+
+def test_resume_says_what_it_used_and_trains_on_from_final(tmp_path, demo_data_dir, caplog):
+    # The bundle's logging.conf (applied by earlier in-process workflows) disables loggers that already exist, and
+    # would replace caplog's handler: keep the logging as pytest set it up.
+    logging.getLogger("mri_ssl.engines.checkpoint").disabled = False
+    caplog.set_level(logging.INFO)
+    workflow(tmp_path, demo_data_dir, logging_file=False, num_epochs=1, resume=True).run()
+    assert "resume requested, but no checkpoint (final.pt, latest.pt, best.pt)" in caplog.text
+    assert load_checkpoint(tmp_path / "models" / "final.pt")["iteration"] == 2
+    caplog.clear()
+    workflow(tmp_path, demo_data_dir, logging_file=False, num_epochs=2, resume=True).run()  # one more epoch
+    assert f"resuming from {tmp_path / 'models' / 'final.pt'}: epoch 1, iteration 2 done" in caplog.text
+    final = load_checkpoint(tmp_path / "models" / "final.pt")
+    assert (final["epoch"], final["iteration"]) == (2, 4)
