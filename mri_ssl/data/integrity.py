@@ -285,6 +285,12 @@ def read_nifti(path: str | os.PathLike, spatial_dims: int | None = 3,
     except Exception as error:
         raise DataIntegrityError(path, "readable", f"invalid NIfTI header ({type(error).__name__}: {error})") from error
     _check_memory(path, shape, dtype.itemsize, max_bytes)
+    # What the header says is checked before the (possibly long) read.
+    spatial = shape
+    while len(spatial) > 3 and spatial[-1] == 1:
+        spatial = spatial[:-1]
+    _check_dimensions(path, len(spatial), spatial, spatial_dims)
+    _check_spacing(path, header["pixdim"][1: 1 + min(len(spatial), 3)], "pixdim (voxel size)")
     expected = offset + math.prod(shape) * dtype.itemsize
     if compressed:
         raw = _read_gzip_completely(path, expected)
@@ -298,11 +304,6 @@ def read_nifti(path: str | os.PathLike, spatial_dims: int | None = 3,
     if raw is not None and len(raw) < expected:
         raise DataIntegrityError(path, "complete", f"decompressed data has {len(raw)} bytes but the header declares "
                                                    f"{expected}; the file is truncated", len(raw))
-    spatial = shape
-    while len(spatial) > 3 and spatial[-1] == 1:
-        spatial = spatial[:-1]
-    _check_dimensions(path, len(spatial), spatial, spatial_dims)
-    _check_spacing(path, header["pixdim"][1: 1 + min(len(spatial), 3)], "pixdim (voxel size)")
     try:
         image = klass.from_bytes(raw) if raw is not None else klass.from_filename(str(path))
         data = np.asarray(image.dataobj, dtype=np.float32).reshape(spatial)
