@@ -1,5 +1,6 @@
-"""The `mri-ssl` command line: `demo`, `demo-data`, `simulate`, `manifest`, `experiment`, and the bundle-trust
-commands (`verify-bundle`, `fetch-weights`, `pack-bundle`, `unpack-bundle`, `run-bundle`, in mri_ssl/trust/commands.py).
+"""The `mri-ssl` command line: `demo`, `demo-data`, `simulate`, `manifest`, `check-data`, `experiment`, and the
+bundle-trust commands (`verify-bundle`, `fetch-weights`, `pack-bundle`, `unpack-bundle`, `run-bundle`, in
+mri_ssl/trust/commands.py).
 
 Every command validates its input before doing expensive work, prints a one-line error naming the file or parameter
 on bad input and exits with status 2, and writes its outputs atomically (no partial files on failure).
@@ -193,6 +194,16 @@ def _command_experiment(args: argparse.Namespace) -> int:
     print(f"tables in {paths['markdown']} and {paths['csv']}; every run in {out / 'runs.csv'}")
     return 0 if all(result.status == STATUS_OK for result in results) else 1
 
+# check-data
+
+
+def _command_check_data(args: argparse.Namespace) -> int:
+    from mri_ssl.data.integrity import write_check_report
+
+    return write_check_report(args.manifest, args.report, splits=args.splits, keys=args.keys,
+                              label_key=args.label_key or None, spatial_dims=args.spatial_dims or None,
+                              max_bytes=int(args.max_gb * 1024 ** 3), progress=not args.quiet)
+
 
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -318,6 +329,27 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--trust-bundle", action="store_true",
                             help="run the bundles even if the static scan refused something in them or the grid")
     experiment.set_defaults(handler=_command_experiment)
+
+    check_data = commands.add_parser(
+        "check-data", help="read and check every file of a manifest; per-case table, JSON report, exit 1 on errors",
+        description="Read every file of every case of MANIFEST completely and check it before any training: gzip "
+                    "CRC, declared size vs a memory cap and the file length, dimensions, zero-size axes, NaN/Inf "
+                    "voxels, finite non-degenerate affine and voxel size, shape and affine agreement across the "
+                    "files of a case, label values within the manifest's classes, qMRI maps in physical ranges, no "
+                    "subject in two splits. Prints one row per case (ok / warning / error, the check and the value), "
+                    "writes the JSON report and exits with status 1 when any error is found (2: bad arguments).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    check_data.add_argument("manifest", metavar="MANIFEST", help="datalist / manifest JSON (mri-ssl manifest)")
+    check_data.add_argument("--report", default="data_check.json", help="where to write the JSON report")
+    check_data.add_argument("--splits", nargs="+", default=["training", "validation", "test"], help="splits to read")
+    check_data.add_argument("--keys", nargs="+", default=None,
+                            help="entry keys naming files (default: every value ending in an image suffix)")
+    check_data.add_argument("--label-key", default="label", help="key of the label map ('' for none)")
+    check_data.add_argument("--spatial-dims", type=int, default=3, help="spatial dimensions expected (0: any)")
+    check_data.add_argument("--max-gb", type=float, default=8.0, help="memory cap per file in GiB")
+    check_data.add_argument("--quiet", action="store_true", help="no progress bar")
+    check_data.set_defaults(handler=_command_check_data)
 
     from mri_ssl.trust.commands import add_trust_commands
 

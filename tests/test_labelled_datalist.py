@@ -25,7 +25,8 @@ def labelled_case(tmp_path, label=None, label_affine=AFFINE, shape=(6, 5, 4)):
     label_name = save(tmp_path / "lab.nii.gz", label, label_affine)
     datalist = tmp_path / "datalist.json"
     entry = {"image": image, "label": label_name, "subject": "s1"}
-    datalist.write_text(json.dumps({"training": [entry], "validation": [entry]}))
+    # The same files stand in for a second subject: one subject in two splits would be a split leak.
+    datalist.write_text(json.dumps({"training": [entry], "validation": [{**entry, "subject": "s2"}]}))
     return datalist
 
 
@@ -69,7 +70,7 @@ def test_missing_file_and_missing_key_are_named(tmp_path):
 def test_unlabelled_images_are_skipped_for_segmentation_but_used_for_denoising(tmp_path):
     datalist = labelled_case(tmp_path)
     content = json.loads(datalist.read_text())
-    content["training"].append({"image": "img.nii.gz", "subject": "s2"})  # e.g. an IXI T2 without a tissue label
+    content["training"].append({"image": "img.nii.gz", "subject": "s3"})  # e.g. an IXI T2 without a tissue label
     datalist.write_text(json.dumps(content))
     assert [e["subject"] for e in labelled_entries(datalist, "training")] == ["s1"]
     assert len(labelled_entries(datalist, "training", ["image"])) == 2

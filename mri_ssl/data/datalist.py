@@ -80,79 +80,49 @@ def _demo_matches(datalist: Path, demo: str, resolution_mm: float, subjects: int
 
 
 def check_datalist(datalist: str | os.PathLike, keys, maps: bool = True,
-                   splits: tuple[str, ...] = ("training", "validation")) -> int:
-    """Read every file a datalist names for ``keys`` before training starts; return the number of cases checked.
+                   splits: tuple[str, ...] = ("training", "validation"), progress: bool = False) -> int:
+    """Read and check every file a datalist names for ``keys`` before training starts; return the case count.
 
-    Each file is read completely (a truncated gzip stream fails here, naming the file, instead of minutes into
-    training). With ``maps=True`` the files of one case are checked together as qMRI maps (``load_maps``: shapes,
-    affines, finite values, physical ranges). Raises ``InputError`` naming the file and the problem.
+    Runs ``integrity.check_data``: each file is read completely (a truncated gzip stream fails here, naming the
+    file, instead of minutes into training) and checked (size, dimensions, finite voxels, geometry); the files of
+    one case must agree in shape and affine; qMRI maps must be in their physical ranges; no subject may be in two
+    splits. With ``maps=True`` the keys must also be a set of maps simulation can use (pd, r1, r2s at least).
+    Raises ``DataIntegrityError`` (an ``InputError``) naming the file and the failed check.
     """
-    from monai.data import load_decathlon_datalist
+    from mri_ssl.data.integrity import check_data
+    from mri_ssl.physics.simulate import check_map_names
 
-    from mri_ssl.data.nifti import load_maps, load_nifti
-
-    datalist = Path(datalist)
-    content = _read_datalist(datalist)
-    checked = 0
-    for split in splits:
-        if not content.get(split):
-            continue
-        for index, entry in enumerate(load_decathlon_datalist(datalist, data_list_key=split)):
-            missing = [key for key in keys if key not in entry]
-            if missing:
-                raise InputError(datalist, f"{split} entry {index} lacks {missing}; every entry needs {list(keys)}")
-            if maps:
-                load_maps({key: entry[key] for key in keys})
-            else:
-                for key in keys:
-                    load_nifti(entry[key])
-            checked += 1
-    if checked == 0:
-        raise InputError(datalist, f"no cases in {' or '.join(splits)}")
-    return checked
+    keys = list(keys)
+    if maps:
+        check_map_names(keys, source="map_keys")
+    report = check_data(datalist, splits=splits, keys=keys, label_key=None, spatial_dims=3, require_keys=keys,
+                        progress=progress)
+    report.raise_on_error()
+    return len(report.cases)
 
 
 def check_labelled_datalist(datalist: str | os.PathLike, splits: Sequence[str] = ("training", "validation"),
                             image_key: str = "image", label_key: str | None = "label",
                             label_values: Iterable[int] | None = None, progress: bool = False) -> int:
-    """Read every image (and label) a datalist names in ``splits`` before training starts; return the case count.
+    """Read and check every image (and label) a datalist names in ``splits`` before training; return the case count.
 
-    The cases are those ``labelled_entries`` gives (what the bundles train on). Each file is read completely. A
-    label must have its image's shape and affine (within ``AFFINE_TOLERANCE_MM``) and, when ``label_values`` is
-    given, hold only those values. ``label_key=None`` checks images only (denoising).
-    Raises ``InputError`` naming the file and the problem. A split that is absent or empty is skipped, but at least
-    one case must be found.
+    The cases are those ``labelled_entries`` gives (what the bundles train on). Each file is read completely and
+    checked (``integrity.check_data``). A label must have its image's shape and affine (within
+    ``AFFINE_TOLERANCE_MM``) and hold only ``label_values`` (default: the datalist's ``labels``, if any); no subject
+    may be in two splits. ``label_key=None`` checks images only (denoising).
+    Raises ``DataIntegrityError`` (an ``InputError``) naming the file and the check. A split that is absent or empty
+    is skipped, but at least one case must be found.
     """
-    import numpy as np
-    from tqdm.auto import tqdm
-
-    from mri_ssl.data.nifti import AFFINE_TOLERANCE_MM, load_nifti
+    from mri_ssl.data.integrity import check_data
 
     datalist = Path(datalist)
-    allowed = None if label_values is None else {int(v) for v in label_values}
     keys = [image_key] + ([label_key] if label_key else [])
-    entries = [(split, entry) for split in splits for entry in labelled_entries(datalist, split, keys)]
-    for split, entry in tqdm(entries, desc="checking data", unit="case", disable=not progress):
-        image, image_affine = load_nifti(entry[image_key])
-        if not label_key:
-            continue
-        label, label_affine = load_nifti(entry[label_key])
-        if label.shape != image.shape:
-            raise InputError(entry[label_key], f"label shape {label.shape} differs from its image "
-                                               f"{entry[image_key]} {image.shape}")
-        if not np.allclose(label_affine, image_affine, atol=AFFINE_TOLERANCE_MM):
-            raise InputError(entry[label_key], f"label affine differs from that of its image {entry[image_key]}:\n"
-                                               f"{label_affine}\nvs\n{image_affine}")
-        if allowed is not None:
-            # Compared as floats, so a fractional value (an interpolated label) is caught too.
-            unexpected = [int(v) if float(v).is_integer() else float(v)
-                          for v in np.unique(label).tolist() if v not in allowed]
-            if unexpected:
-                raise InputError(entry[label_key], f"label values {unexpected[:10]} are not among the declared "
-                                                   f"classes {sorted(allowed)}")
-    if not entries:
-        raise InputError(datalist, f"no cases with {keys} in {' or '.join(splits)}")
-    return len(entries)
+    for split in splits:
+        labelled_entries(datalist, split, keys)  # an entry without an image is an error naming its index
+    report = check_data(datalist, splits=splits, keys=keys, label_key=label_key, label_values=label_values,
+                        spatial_dims=3, require_keys=keys, skip_incomplete=True, progress=progress)
+    report.raise_on_error()
+    return len(report.cases)
 
 
 def labelled_entries(datalist: str | os.PathLike, split: str, keys: Sequence[str] = ("image", "label")) -> list[dict]:
@@ -182,12 +152,24 @@ def _read_datalist(datalist: Path) -> dict:
 
 
 def inference_inputs(input_dir: str | os.PathLike | None, datalist: str | os.PathLike | None = None,
-                     split: str = "test", image_key: str = "image") -> list[dict]:
+                     split: str = "test", image_key: str = "image", check: bool = True,
+                     spatial_dims: int | None = 3) -> list[dict]:
     """The images an inference config runs on, as ``[{"image": path}, ...]``.
 
     Every NIfTI file in ``input_dir`` (sorted by name); with no ``input_dir`` (None or ""), the ``split`` images of
-    ``datalist`` (each image once). Raises ``InputError`` when the folder is missing or holds no NIfTI files.
+    ``datalist`` (each image once). Raises ``InputError`` when the folder is missing or holds no NIfTI files. With
+    ``check`` every image is read and checked first (``integrity.check_image_files``), so a damaged file stops the
+    run with its name before any inference.
     """
+    items = _inference_inputs(input_dir, datalist, split, image_key)
+    if check:
+        from mri_ssl.data.integrity import check_image_files
+
+        check_image_files([item[image_key] for item in items], spatial_dims=spatial_dims)
+    return items
+
+
+def _inference_inputs(input_dir, datalist, split: str, image_key: str) -> list[dict]:
     from monai.data import load_decathlon_datalist
 
     from mri_ssl.data.nifti import is_nifti

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from mri_ssl.atomic import atomic_output, atomic_write_text
+from mri_ssl.data.integrity import AFFINE_TOLERANCE_MM, DEFAULT_MAX_BYTES, check_case, read_nifti  # noqa: F401
 from mri_ssl.errors import InputError
 from mri_ssl.physics.simulate import MAP_NAMES, check_maps
 
@@ -33,9 +34,6 @@ MAP_FILE_PATTERNS = {
     "b1": ("b1",),
 }
 
-# Affines of maps of one subject must agree to this tolerance (mm), as scanner exports differ in float rounding.
-AFFINE_TOLERANCE_MM = 1e-3
-
 
 def is_nifti(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
@@ -47,30 +45,17 @@ def nifti_stem(path: str | os.PathLike) -> str:
     return re.sub(r"\.nii(\.gz)?$", "", name, flags=re.IGNORECASE)
 
 
-def load_nifti(path: str | os.PathLike, spatial_dims: int | None = 3) -> tuple[np.ndarray, np.ndarray]:
+def load_nifti(path: str | os.PathLike, spatial_dims: int | None = 3,
+               max_bytes: int | None = DEFAULT_MAX_BYTES) -> tuple[np.ndarray, np.ndarray]:
     """Read a NIfTI file completely and return ``(float32 array, 4x4 float64 affine)``.
 
-    Trailing singleton dimensions (a 4-D file holding one volume) are dropped. Raises ``InputError`` naming the file
-    when it is missing, cannot be read to the end, has the wrong number of dimensions, or a non-finite affine.
+    Trailing singleton dimensions (a 4-D file holding one volume) are dropped. All the per-file checks of
+    ``mri_ssl.data.integrity.read_nifti`` apply (gzip CRC, size vs ``max_bytes`` and file length before allocating,
+    dimensions, zero-size axes, NaN/Inf voxels, affine and pixdim); a failure raises ``DataIntegrityError`` (an
+    ``InputError``) naming the file and the check.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file not found")
-    try:
-        image = nib.load(str(path))
-        # Read every byte now: nibabel maps lazily, and a truncated gzip stream only fails on access.
-        data = np.asarray(image.dataobj, dtype=np.float32)
-    except Exception as error:
-        problem = f"cannot read NIfTI ({type(error).__name__}: {error}); is the file truncated?"
-        raise InputError(path, problem) from error
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if spatial_dims is not None and data.ndim != spatial_dims:
-        raise InputError(path, f"image has {data.ndim} dimensions {data.shape}, expected {spatial_dims}")
-    affine = np.asarray(image.affine, dtype=np.float64)
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise InputError(path, f"affine is not finite or is degenerate:\n{affine}")
-    return data, affine
+    image = read_nifti(path, spatial_dims=spatial_dims, max_bytes=max_bytes)
+    return image.data, image.affine
 
 
 def save_nifti(
@@ -137,29 +122,23 @@ def load_maps(files: Mapping[str, str | os.PathLike]) -> tuple[dict[str, torch.T
     Args:
         files: map name (one of ``MAP_NAMES``) to NIfTI path.
 
-    Raises ``InputError`` naming the file for an unknown map name, a missing or unreadable file, a non-3-D map,
-    maps whose shapes or affines differ, non-finite voxels or values outside the physical range (``check_maps``).
+    Raises ``InputError`` naming the file for an unknown map name, and ``DataIntegrityError`` naming the file and
+    the check for a missing or unreadable file, a non-3-D map, maps whose shapes or affines differ, non-finite voxels
+    or values outside the physical range (``integrity.check_case``, then ``check_maps`` for what simulation needs).
     """
-    maps: dict[str, torch.Tensor] = {}
-    reference = None
+    if not files:
+        raise InputError("maps", "no map files given")
     for name, path in files.items():
         if name not in MAP_NAMES:
             raise InputError(path, f"unknown map name {name!r}; expected one of {', '.join(MAP_NAMES)}")
-        data, affine = load_nifti(path)
-        if reference is None:
-            reference = (path, data.shape, affine)
-        else:
-            if data.shape != reference[1]:
-                raise InputError(path, f"{name} map shape {data.shape} differs from {reference[0]} {reference[1]}")
-            if not np.allclose(affine, reference[2], atol=AFFINE_TOLERANCE_MM):
-                raise InputError(path, f"{name} map affine differs from that of {reference[0]}:\n{affine}\nvs\n"
-                                       f"{reference[2]}")
-        maps[name] = torch.from_numpy(data)
-    if reference is None:
-        raise InputError("maps", "no map files given")
+    findings, images = check_case(files, spatial_dims=3)
+    errors = [finding for finding in findings if finding.status == "error"]
+    if errors:
+        raise errors[0].as_error()
+    maps = {name: torch.from_numpy(image.data) for name, image in images.items()}
     try:
         check_maps(maps, spatial_dims=3)
     except InputError as error:
         path = files.get(error.source, error.source)
         raise InputError(path, f"{error.source} map: {error.problem}") from error
-    return maps, reference[2]
+    return maps, next(iter(images.values())).affine

@@ -3,8 +3,9 @@
 from mri_ssl.engines.checkpoint import AtomicCheckpointer, export_encoder, load_checkpoint, save_checkpoint
 from mri_ssl.engines.checkpoint import load_network_weights, load_safetensors, save_safetensors
 from mri_ssl.engines.clipping import GradientClipping
-from mri_ssl.engines.contrastive_trainer import ContrastiveTrainer, NonFiniteLossError, ValidationLoss
+from mri_ssl.engines.contrastive_trainer import ContrastiveTrainer, ValidationLoss
 from mri_ssl.engines.features import FeatureWriter, load_encoder, load_encoder_weights, write_features
+from mri_ssl.engines.guards import NonFiniteLossError, NonFiniteLossGuard
 from mri_ssl.engines.progress import attach_progress_bar
 from mri_ssl.engines.reports import DenoisingReport, SegmentationReport
 
@@ -15,6 +16,7 @@ __all__ = [
     "FeatureWriter",
     "GradientClipping",
     "NonFiniteLossError",
+    "NonFiniteLossGuard",
     "SegmentationReport",
     "ValidationLoss",
     "attach_progress_bar",

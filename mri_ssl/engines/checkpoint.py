@@ -24,11 +24,14 @@ from ignite.engine import Engine, Events
 
 from mri_ssl.atomic import atomic_output
 from mri_ssl.distributed import is_main_process
+from mri_ssl.engines.guards import NonFiniteWeightsError, non_finite_tensors
 from mri_ssl.errors import InputError
 
 logger = logging.getLogger(__name__)
 
 LATEST, BEST, FINAL = "latest.pt", "best.pt", "final.pt"
+# Where ``resume`` looks, in order: the end of a finished run (to train further), the last epoch, the best epoch.
+RESUME_CHAIN = (FINAL, LATEST, BEST)
 ENCODER_BEST, ENCODER_FINAL = "encoder_best.pt", "encoder_final.pt"
 
 
@@ -174,6 +177,30 @@ class AtomicCheckpointer:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
         engine.add_event_handler(Events.COMPLETED, self.completed)
+        if is_main_process():
+            self.remove_partial_files()
+
+    def remove_partial_files(self) -> list[Path]:
+        """Delete temporary files a killed save left behind (``.latest.*.partial.pt``); the real files are intact."""
+        removed = []
+        if self.save_dir.is_dir():
+            for path in self.save_dir.glob(".*.partial*"):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        if removed:
+            logger.warning("removed %d partial checkpoint file(s) left by an interrupted save: %s", len(removed),
+                           ", ".join(p.name for p in removed))
+        return removed
+
+    def _save(self, engine: Engine, name: str) -> None:
+        # A NaN weight must never replace a finite checkpoint (latest, best or final alike).
+        payload = self.state(engine)
+        bad = non_finite_tensors(payload["network"])
+        if bad:
+            raise NonFiniteWeightsError(f"not writing {self.save_dir / name}: weights {bad[:5]} hold NaN or Inf at "
+                                        f"epoch {engine.state.epoch}, iteration {engine.state.iteration}; the "
+                                        f"checkpoint on disk keeps the last finite weights")
+        save_checkpoint(payload, self.save_dir / name)
 
     def epoch_completed(self, engine: Engine) -> None:
         if not is_main_process():
@@ -182,33 +209,73 @@ class AtomicCheckpointer:
         metric = source.state.metrics.get(self.metric_name) if self.metric_name else None
         if metric is not None and math.isfinite(float(metric)) and self._improves(float(metric)):
             self.best_metric = float(metric)
-            save_checkpoint(self.state(engine), self.save_dir / BEST)
+            self._save(engine, BEST)
             save_safetensors(self._network().state_dict(), safetensors_path(self.save_dir / BEST))
             encoder = self._encoder()
             if encoder is not None:
                 export_encoder(encoder, self.save_dir / ENCODER_BEST)
             logger.info("epoch %d: new best %s = %.5f", engine.state.epoch, self.metric_name, self.best_metric)
-        save_checkpoint(self.state(engine), self.save_dir / LATEST)
+        self._save(engine, LATEST)
 
     def completed(self, engine: Engine) -> None:
         if not is_main_process():
             return
-        save_checkpoint(self.state(engine), self.save_dir / FINAL)
+        self._save(engine, FINAL)
         save_safetensors(self._network().state_dict(), safetensors_path(self.save_dir / FINAL))
         encoder = self._encoder()
         if encoder is not None:
             export_encoder(encoder, self.save_dir / ENCODER_FINAL)
 
-    def resume(self, engine: Engine, path: str | os.PathLike, when: Any = True) -> None:
-        """Load ``path`` (e.g. ``latest.pt``) into the network, optimizer, scheduler and trainer counters.
+    def find_resume_checkpoint(self) -> tuple[Path, dict[str, Any]] | None:
+        """The checkpoint to resume from: the first of ``RESUME_CHAIN`` (final, latest, best) that loads.
 
-        ``when`` is the bundle's ``resume`` switch (a bool or "true"/"false" from the command line); when it is
-        false nothing happens.
+        A file that cannot be loaded is skipped with a warning. A ``final.pt`` older than ``latest.pt`` (written
+        before it, or at fewer iterations: left by an earlier, finished run before this one started afresh or
+        trained on from it) is skipped too.
+        """
+        device = next(self._network().parameters()).device
+        loaded: dict[str, dict[str, Any]] = {}
+        for name in RESUME_CHAIN:
+            path = self.save_dir / name
+            if not path.is_file():
+                continue
+            try:
+                loaded[name] = load_checkpoint(path, map_location=device)
+            except InputError as error:
+                logger.warning("cannot resume from %s, trying the next checkpoint: %s", path, error.problem)
+        if FINAL in loaded and LATEST in loaded:
+            # A finished run writes latest, then final; a final older than latest was left by an earlier run.
+            final, latest = self.save_dir / FINAL, self.save_dir / LATEST
+            if (loaded[FINAL]["iteration"] < loaded[LATEST]["iteration"]
+                    or final.stat().st_mtime_ns < latest.stat().st_mtime_ns):
+                logger.warning("%s (iteration %d) is older than %s (iteration %d), left by an earlier run; not using "
+                               "it", final, loaded[FINAL]["iteration"], latest, loaded[LATEST]["iteration"])
+                del loaded[FINAL]
+        for name in RESUME_CHAIN:
+            if name in loaded:
+                return self.save_dir / name, loaded[name]
+        return None
+
+    def resume(self, engine: Engine, path: str | os.PathLike | None = None, when: Any = True) -> Path | None:
+        """Restore a checkpoint into the network, optimizer, scheduler and trainer counters; return its path.
+
+        ``path`` None (what the bundles use) follows ``RESUME_CHAIN`` in ``save_dir``: final, then latest, then
+        best; when none exists, training starts from scratch with a warning saying so. An explicit ``path`` must
+        exist. ``when`` is the bundle's ``resume`` switch (a bool or "true"/"false" from the command line); when it
+        is false nothing happens.
         """
         if not as_flag(when, "resume"):
-            return
-        device = next(self._network().parameters()).device
-        payload = load_checkpoint(path, map_location=device)
+            return None
+        if path is None:
+            found = self.find_resume_checkpoint()
+            if found is None:
+                logger.warning("resume requested, but no checkpoint (%s) in %s; training from scratch",
+                               ", ".join(RESUME_CHAIN), self.save_dir)
+                return None
+            path, payload = found
+        else:
+            path = Path(path)
+            payload = load_checkpoint(path, map_location=next(self._network().parameters()).device)
         self._network().load_state_dict(payload["network"])
         if self.optimizer is not None and "optimizer" in payload:
             self.optimizer.load_state_dict(payload["optimizer"])
@@ -223,4 +290,6 @@ class AtomicCheckpointer:
             engine.state.iteration = iteration
 
         engine.add_event_handler(Events.STARTED, restore_counters)
-        logger.info("resuming from %s at epoch %d", path, epoch)
+        logger.info("resuming from %s: epoch %d, iteration %d done; training continues at epoch %d", path, epoch,
+                    iteration, epoch + 1)
+        return path

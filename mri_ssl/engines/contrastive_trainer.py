@@ -18,13 +18,10 @@ from monai.inferers import SimpleInferer
 from monai.utils import CommonKeys
 
 from mri_ssl.distributed import rank
+from mri_ssl.engines.guards import NonFiniteLossError, check_loss  # noqa: F401 (NonFiniteLossError re-exported)
 from mri_ssl.errors import InputError
 
 logger = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(RuntimeError):
-    """Raised when a training loss is NaN or Inf; training stops before the weights are touched."""
 
 
 def stack_inputs(batch: dict, keys: Sequence[str], device: torch.device) -> torch.Tensor:
@@ -169,10 +166,7 @@ class ContrastiveTrainer(Trainer):
         self.optimizer.zero_grad(set_to_none=True)
         losses = self.compute_losses(inputs)
         loss = losses["loss"]
-        if not bool(torch.isfinite(loss)):
-            # Stop before backward/step: the weights and the last checkpoint stay finite.
-            raise NonFiniteLossError(f"non-finite loss {float(loss.detach())} at epoch {engine.state.epoch}, iteration "
-                                     f"{engine.state.iteration}; the last checkpoint holds the last finite weights")
+        check_loss(loss, engine)  # stop before backward/step: the weights and the last checkpoint stay finite
         if self.amp and self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
