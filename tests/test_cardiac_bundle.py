@@ -9,6 +9,7 @@ import torch
 from monai.bundle import ConfigWorkflow
 
 from bundle_runner import bundle_dir, run_bundle
+from dicom_writer import write_series
 from mri_ssl.data.cardiac_demo import resolve_cardiac_datalist, write_cardiac_demo
 from mri_ssl.data.sequence_labels import BRAIN_SEQUENCE_MAP, classification_entries
 from mri_ssl.engines import load_checkpoint
@@ -105,6 +106,20 @@ def test_pretrain_finetune_probe_and_evaluate_through_monai_bundle_run(tmp_path,
     assert len(rows) == 1 + metrics["images"] and metrics["images"] > 0
     assert sum(sum(row) for row in metrics["confusion_matrix"]) == metrics["images"]
 
+    # Inference on a DICOM folder (in-process): one CSV row per series, probabilities in [0, 1].
+    dicom = tmp_path / "dicom"
+    write_series(dicom, "P1", "cine", positions=5, phases=2, description="cine SSFP")
+    write_series(dicom, "P1", "lge", positions=3, description="PSIR LGE")
+    (dicom / "broken.dcm").write_bytes(b"DICM" * 10)
+    output = tmp_path / "series.csv"
+    _run_in_process(tmp_path, [CONFIGS / "train.json", CONFIGS / "inference.json", cpu, tiny],
+                    input_dir=str(dicom), output_file=str(output))
+    rows = output.read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("patient,series_uid")
+    assert {row.split(",")[4] for row in rows[1:]} == {"Cine", "LGE"}
+    assert all(0.0 <= float(v) <= 1.0 for row in rows[1:] for v in row.split(",")[6:])
+    assert "broken.dcm" in Path(str(output) + ".skipped.txt").read_text()
+
     # Linear probe (in-process, same configs): the probe's backbone is exactly the SimSiam encoder.
     _run_in_process(tmp_path, [CONFIGS / "train.json", CONFIGS / "linear_probe.json", cpu, tiny])
     probe = load_checkpoint(tmp_path / "models" / "linear_probe" / "final.pt")["network"]
@@ -116,8 +131,9 @@ def test_pretrain_finetune_probe_and_evaluate_through_monai_bundle_run(tmp_path,
     assert not torch.equal(supervised["encoder.vit.norm.weight"], probe["encoder.vit.norm.weight"])
 
 
-def _run_in_process(root: Path, configs) -> None:
-    workflow = ConfigWorkflow(config_file=[str(c) for c in configs], workflow_type="train", bundle_root=str(root))
+def _run_in_process(root: Path, configs, **overrides) -> None:
+    workflow = ConfigWorkflow(config_file=[str(c) for c in configs], workflow_type="train", bundle_root=str(root),
+                              **overrides)
     workflow.initialize()
     workflow.run()
     workflow.finalize()
