@@ -23,7 +23,8 @@ TINY = {
     "demo_subjects": 5, "demo_slices": 1, "demo_cine_frames": 2,
     "hidden_size": 32, "mlp_dim": 64, "num_layers": 1, "num_heads": 2,
     "projection_dim": 32, "predictor_hidden": 8,
-    "batch_size": 4, "num_epochs": 2, "epoch_length": 2, "num_workers": 0, "progress_bar": False,
+    "batch_size": 4, "num_epochs": 2, "pretrain_batch_size": 4, "pretrain_epochs": 2, "epoch_length": 2,
+    "num_workers": 0, "progress_bar": False,
 }
 
 

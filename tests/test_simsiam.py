@@ -118,6 +118,23 @@ def test_view_pair_is_seeded_and_makes_two_different_views():
         SimSiamViewPair(rotate_range_deg=400)
 
 
+def test_view_geometry_closed_cases():
+    images = torch.rand(2, 1, 20, 20)
+    off = {"rotate_prob": 0.0, "zoom_prob": 0.0, "elastic_prob": 0.0, "intensity_prob": 0.0}
+    identity = SimSiamViewPair(flip_prob=0.0, **off)(images)
+    torch.testing.assert_close(identity["view1"], images)
+    flipped = SimSiamViewPair(flip_prob=1.0, **off)(images)
+    torch.testing.assert_close(flipped["view2"], images.flip(-1).flip(-2))
+    # Intensity jitter alone keeps the geometry: the rank order of pixels is unchanged (monotone maps).
+    jittered = SimSiamViewPair(flip_prob=0.0, rotate_prob=0.0, zoom_prob=0.0, elastic_prob=0.0,
+                               intensity_prob=1.0)(images)["view1"]
+    assert torch.equal(jittered[0].flatten().argsort(), images[0].flatten().argsort())
+    # A small elastic field moves pixels by about its magnitude at most: the warped image stays close.
+    elastic = SimSiamViewPair(flip_prob=0.0, rotate_prob=0.0, zoom_prob=0.0, intensity_prob=0.0, elastic_prob=1.0,
+                              elastic_magnitude=(0.5, 0.5))(torch.linspace(0, 1, 20).repeat(1, 1, 20, 1))["view1"]
+    assert float((elastic[..., 2:-2, 2:-2] - torch.linspace(0, 1, 20)[2:-2]).abs().max()) < 0.1
+
+
 def test_vit_backbone_shape_and_bad_input():
     encoder = ViTEncoder2D(**TINY_VIT)
     assert encoder(torch.randn(2, 1, 24, 24)).shape == (2, 16)
