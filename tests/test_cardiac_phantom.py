@@ -10,7 +10,8 @@ from mri_ssl.errors import InputError
 from mri_ssl.physics import bssfp, bssfp_optimal_flip_angle
 from mri_ssl.physics.cardiac import (
     CARDIAC_TISSUES, OTHER_KINDS, SEQUENCE_CLASSES, TISSUE_INDEX, HeartAnatomy, contraction, lge_null_ti,
-    lv_radii_mm, render_cine, render_slice, sample_anatomy, tissue_fractions, tissue_rates,
+    lv_radii_mm, render_cine, render_series, render_slice, render_study, sample_anatomy, tissue_fractions,
+    tissue_rates,
 )
 
 
@@ -169,3 +170,26 @@ def test_bad_render_arguments_are_rejected():
         render_slice(HeartAnatomy(), "Cine", phase=1.5)
     with pytest.raises(InputError, match="view"):
         tissue_fractions(HeartAnatomy(), "axial")
+
+
+def test_noisy_cine_frames_share_the_noise_level_but_not_the_noise():
+    frames = render_cine(HeartAnatomy(), frames=2, rng=np.random.default_rng(4))
+    air_0, air_1 = frames[0][:8, :8], frames[1][:8, :8]  # the corner is air: pure Rician noise
+    assert not np.array_equal(air_0, air_1)
+    assert air_0.std() == pytest.approx(air_1.std(), rel=0.3)
+
+
+def test_a_study_has_one_series_per_class_with_one_protocol_each():
+    study = render_study(HeartAnatomy(), np.random.default_rng(0), slices=2, cine_frames=3)
+    assert list(study) == list(SEQUENCE_CLASSES)
+    for sequence_class, series in study.items():
+        assert {image.sequence_class for image in series} == {sequence_class}
+        assert len({image.kind for image in series}) == 1 and len({image.view for image in series}) == 1
+        protocols = [{k: v for k, v in image.protocol.items()} for image in series]
+        assert all(p == protocols[0] for p in protocols)
+        slices = 2 if series[0].view == "short_axis" else 1
+        assert len(series) == slices * (3 if sequence_class == "Cine" else 1)
+    cine = render_series(HeartAnatomy(), "Cine", np.random.default_rng(1), slices=1, cine_frames=4,
+                         view="short_axis")
+    phases = [image.phase for image in cine]
+    assert np.allclose(np.diff(phases), 0.25) and [image.frame for image in cine] == [0, 1, 2, 3]

@@ -24,41 +24,12 @@ from mri_ssl.data.datalist import DATALIST_NAME
 from mri_ssl.data.nifti import save_json
 from mri_ssl.data.splits import subject_level_split
 from mri_ssl.errors import InputError
-from mri_ssl.physics.cardiac import DEFAULT_MATRIX, SEQUENCE_CLASSES, HeartAnatomy, render_slice, sample_anatomy
+from mri_ssl.physics.cardiac import DEFAULT_MATRIX, SEQUENCE_CLASSES, render_study, sample_anatomy
 
 CARDIAC_DEMO_KIND = "cardiac_demo"
 CLASS_LABELS = {str(index): name for index, name in enumerate(SEQUENCE_CLASSES)}
 SPLIT_FRACTIONS = {"training": 0.7, "validation": 0.1, "test": 0.2}  # the paper's patient-level split
 MONTAGE_NAME = "montage.png"
-
-
-def _series_images(anatomy: HeartAnatomy, sequence_class: str, rng: np.random.Generator, slices: int,
-                   cine_frames: int) -> list[tuple[object, dict]]:
-    """The images of one series: ``(CardiacImage, extra entry fields)`` for each kept slice (and cine frame)."""
-    view = "short_axis" if rng.random() < 0.7 else "long_axis"
-    kind = None
-    state = int(rng.integers(2 ** 31))
-    positions = [0.0] if view == "long_axis" else list(np.linspace(-0.3, 0.3, slices) if slices > 1 else [0.0])
-    images = []
-    # Noise level of the acquisition, as a fraction of the body's 99th-percentile signal (which display scaling
-    # sets to 1); each image then gets its own noise.
-    sigma = rng.uniform(0.01, 0.05)
-    for slice_index, position in enumerate(positions):
-        if sequence_class == "Cine":
-            offset = rng.uniform(0.0, 1.0 / cine_frames)
-            phases = [offset + frame / cine_frames for frame in range(cine_frames)]
-        else:
-            phases = [rng.uniform(0.6, 0.95)]  # ECG-triggered in mid-to-late diastole
-        for frame, phase in enumerate(phases):
-            # One acquisition per series: the same protocol and coil draws (same seed) for all of its images.
-            image = render_slice(anatomy, sequence_class, phase=phase, view=view, slice_position=float(position),
-                                 rng=np.random.default_rng(state), kind=kind, noise=False)
-            kind = image.kind
-            noise = np.random.default_rng([state, slice_index, frame]).standard_normal((2, *image.image.shape))
-            image.image = np.hypot(image.image + sigma * noise[0], sigma * noise[1]).astype(np.float32)
-            image.protocol["noise_sigma_fraction"] = float(sigma)
-            images.append((image, {"slice": slice_index, "frame": frame}))
-    return images
 
 
 def write_cardiac_demo(folder: str | os.PathLike, subjects: int = 40, seed: int = 0, slices: int = 2,
@@ -88,9 +59,10 @@ def write_cardiac_demo(folder: str | os.PathLike, subjects: int = 40, seed: int 
                                          disable=not progress)):
         rng = np.random.default_rng([int(seed), index])
         anatomy = sample_anatomy(rng, disease_probability)
+        study = render_study(anatomy, rng, int(slices), int(cine_frames))
         for class_index, sequence_class in enumerate(SEQUENCE_CLASSES):
-            for image, extra in _series_images(anatomy, sequence_class, rng, int(slices), int(cine_frames)):
-                name = f"{subject}_{sequence_class.lower()}_s{extra['slice']}_f{extra['frame']}.nii.gz"
+            for image in study[sequence_class]:
+                name = f"{subject}_{sequence_class.lower()}_s{image.slice_index}_f{image.frame}.nii.gz"
                 (folder / subject).mkdir(exist_ok=True)
                 # Plain writes, not fsynced one by one (hundreds of small files): the datalist, written atomically
                 # last, is what makes the folder count as written, so an interrupted run is simply redone.

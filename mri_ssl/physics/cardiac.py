@@ -408,6 +408,9 @@ class CardiacImage:
     view: str
     phase: float
     protocol: dict
+    slice_position: float = 0.0
+    slice_index: int = 0
+    frame: int = 0
 
 
 def _coil_shading(matrix: int, rng: np.random.Generator, strength: float = 0.25) -> torch.Tensor:
@@ -471,7 +474,7 @@ def _signal(sequence_class: str, kind: str, fractions: np.ndarray, rng: np.rando
 def render_slice(anatomy: HeartAnatomy, sequence_class: str, phase: float | None = None, view: str = "short_axis",
                  slice_position: float = 0.0, rng: np.random.Generator | None = None, kind: str | None = None,
                  matrix: int = DEFAULT_MATRIX, fov_mm: float | None = None, noise: bool = True,
-                 shading: bool = True) -> CardiacImage:
+                 shading: bool = True, noise_rng: np.random.Generator | None = None) -> CardiacImage:
     """Render one slice of ``anatomy`` as an image of ``sequence_class`` at cardiac ``phase``.
 
     Args:
@@ -483,6 +486,8 @@ def render_slice(anatomy: HeartAnatomy, sequence_class: str, phase: float | None
         kind: for ``Other``, one of ``OTHER_KINDS`` (default: drawn); ignored for the other classes.
         matrix: output pixels per side. fov_mm: field of view (default 300 mm; scouts use 420-480 mm).
         noise, shading: add Rician noise and coil shading (on by default).
+        noise_rng: where the noise itself is drawn (default: ``rng``). Images of one acquisition (cine frames) share
+            ``rng`` seeds, hence protocol, shading and noise level, and differ in ``noise_rng``.
     """
     if sequence_class not in SEQUENCE_CLASSES:
         raise InputError("sequence_class", f"expected one of {', '.join(SEQUENCE_CLASSES)}, got {sequence_class!r}")
@@ -508,13 +513,13 @@ def render_slice(anatomy: HeartAnatomy, sequence_class: str, phase: float | None
     reference = reference if reference > 0 else 1.0
     if noise:
         sigma = rng.uniform(0.01, 0.05) * reference
-        generator = torch.Generator().manual_seed(int(rng.integers(2 ** 31)))
+        generator = torch.Generator().manual_seed(int((noise_rng or rng).integers(2 ** 31)))
         signal = rician_noise(signal, sigma, generator=generator)
         protocol["noise_sigma_fraction"] = sigma / reference
     image = (signal / reference).numpy().astype(np.float32)
     protocol = {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in protocol.items()}
     return CardiacImage(image=image, labels=tissue_labels(fractions), sequence_class=sequence_class, kind=kind,
-                        view=view, phase=phase, protocol=protocol)
+                        view=view, phase=phase, protocol=protocol, slice_position=float(slice_position))
 
 
 def render_cine(anatomy: HeartAnatomy, frames: int = 25, view: str = "short_axis", slice_position: float = 0.0,
@@ -530,30 +535,58 @@ def render_cine(anatomy: HeartAnatomy, frames: int = 25, view: str = "short_axis
     state = int(rng.integers(2 ** 31))
     images = []
     for index in range(int(frames)):
-        frame_rng = np.random.default_rng([state, index])
-        # Same seed for protocol and shading (first draws), different noise per frame.
-        same = np.random.default_rng(state)
         image = render_slice(anatomy, "Cine", phase=index / int(frames), view=view, slice_position=slice_position,
-                             rng=_SharedThenOwn(same, frame_rng), matrix=matrix, noise=noise)
+                             rng=np.random.default_rng(state), noise_rng=np.random.default_rng([state, index]),
+                             matrix=matrix, noise=noise)
         images.append(image.image)
     return np.stack(images)
 
 
-class _SharedThenOwn:
-    """A generator facade: protocol and shading draws come from ``shared`` (same for every frame of a series), the
-    noise draws (``integers``, the last calls ``render_slice`` makes) from ``own``."""
+def render_series(anatomy: HeartAnatomy, sequence_class: str, rng: np.random.Generator, slices: int = 2,
+                  cine_frames: int = 3, view: str | None = None, kind: str | None = None) -> list[CardiacImage]:
+    """One series as a scanner acquires it: one protocol, coil shading and noise level for all of its images.
 
-    def __init__(self, shared: np.random.Generator, own: np.random.Generator):
-        self.shared, self.own = shared, own
+    Args:
+        anatomy: the subject. sequence_class: one of ``SEQUENCE_CLASSES``.
+        rng: the source of every draw (view, protocol, phases, noise).
+        slices: short-axis slices, evenly spaced between slice positions -0.3 and 0.3 (mid-ventricle); a long-axis
+            series has one slice.
+        cine_frames: frames per cine slice, evenly spaced over the R-R interval from a random start; other classes
+            are one image per slice, triggered in mid-to-late diastole (phase 0.6-0.95).
+        view: ``short_axis`` or ``long_axis``; default drawn (70 % short axis).
+        kind: the ``Other`` subtype; default drawn once for the series.
+    Returns the images in slice, then frame order, each with ``slice_index`` and ``frame`` set.
+    """
+    if int(slices) < 1 or int(cine_frames) < 1:
+        raise InputError("slices", f"need at least one slice and one cine frame, got {slices} and {cine_frames}")
+    if view is None:
+        view = "short_axis" if rng.random() < 0.7 else "long_axis"
+    state = int(rng.integers(2 ** 31))
+    positions = [0.0] if view == "long_axis" else list(np.linspace(-0.3, 0.3, slices) if slices > 1 else [0.0])
+    # Noise level of the acquisition, as a fraction of the body's 99th-percentile signal (which display scaling sets
+    # to 1); each image then gets its own noise.
+    sigma = rng.uniform(0.01, 0.05)
+    images = []
+    for slice_index, position in enumerate(positions):
+        if sequence_class == "Cine":
+            offset = rng.uniform(0.0, 1.0 / cine_frames)
+            phases = [offset + frame / cine_frames for frame in range(cine_frames)]
+        else:
+            phases = [rng.uniform(0.6, 0.95)]  # ECG-triggered in mid-to-late diastole
+        for frame, phase in enumerate(phases):
+            # One acquisition: the same seed, hence the same subtype, protocol and coil shading, for every image.
+            image = render_slice(anatomy, sequence_class, phase=phase, view=view, slice_position=float(position),
+                                 rng=np.random.default_rng(state), kind=kind, noise=False)
+            noise = np.random.default_rng([state, slice_index, frame]).standard_normal((2, *image.image.shape))
+            image.image = np.hypot(image.image + sigma * noise[0], sigma * noise[1]).astype(np.float32)
+            image.protocol["noise_sigma_fraction"] = float(sigma)
+            image.slice_index, image.frame = slice_index, frame
+            images.append(image)
+    return images
 
-    def uniform(self, *args, **kwargs):
-        return self.shared.uniform(*args, **kwargs)
 
-    def normal(self, *args, **kwargs):
-        return self.shared.normal(*args, **kwargs)
-
-    def choice(self, *args, **kwargs):
-        return self.shared.choice(*args, **kwargs)
-
-    def integers(self, *args, **kwargs):
-        return self.own.integers(*args, **kwargs)
+def render_study(anatomy: HeartAnatomy, rng: np.random.Generator, slices: int = 2, cine_frames: int = 3
+                 ) -> dict[str, list[CardiacImage]]:
+    """One study: a series of every class in ``SEQUENCE_CLASSES`` order (``render_series``), keyed by class."""
+    return {sequence_class: render_series(anatomy, sequence_class, rng, slices, cine_frames)
+            for sequence_class in SEQUENCE_CLASSES}
