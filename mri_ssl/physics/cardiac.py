@@ -1,5 +1,15 @@
 """A 2-D beating-heart phantom rendered through the physics simulator into the five cardiac MR sequence classes.
 
+API (everything random comes from a ``numpy.random.Generator`` the caller seeds)
+    - ``HeartAnatomy(...)``: one subject's anatomy and pathology (validated); ``sample_anatomy(rng)`` draws one.
+    - ``render_slice(anatomy, sequence_class, phase, view, slice_position, rng)``: one image (``CardiacImage``: the
+      image, the tissue label map, the protocol drawn).
+    - ``render_cine(anatomy, frames, view, ...)``: ``(frames, H, W)`` bSSFP frames over one cardiac cycle.
+    - ``render_series(anatomy, sequence_class, rng, slices, cine_frames)`` / ``render_study(anatomy, rng)``: what a
+      scanner acquires, one protocol per series, a series per class per study (the bundle's demo data).
+    - ``tissue_fractions(anatomy, view, phase, ...)`` + ``tissue_rates`` + ``qmri_maps``: the geometry and the qMRI
+      maps alone, for other signal models.
+
 Anatomy (``HeartAnatomy``, one per subject; ``sample_anatomy`` draws healthy and diseased hearts)
     Slices are drawn in millimetres on a supersampled grid and area-averaged to the output matrix, so edges carry
     partial volume. The tissues (``CARDIAC_TISSUES``) are background (air), body soft tissue (skeletal muscle),
