@@ -162,8 +162,14 @@ def _command_manifest(args: argparse.Namespace) -> int:
                        validation_subjects=args.validation_subjects, resolution_mm=args.resolution_mm,
                        progress=not args.quiet)
     out = args.out or str(Path("data_manifests") / f"{args.kind}.json")
+    if args.kind == "dicom":
+        options.update(images_dir=args.images_dir or str(Path(out).with_suffix("")) + "_images",
+                       progress=not args.quiet)
     path = write_manifest(args.kind, args.directory, out, seed=args.seed, **options)
-    print(manifest_summary(json.loads(Path(path).read_text())))
+    manifest = json.loads(Path(path).read_text())
+    print(manifest_summary(manifest))
+    for skipped in manifest.get("skipped", []):
+        print(f"skipped {skipped['file']}: {skipped['problem']}")
     print(f"wrote {path}")
     return 0
 
@@ -291,11 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "subject, site, sequence) and deterministic subject-level splits. Kinds: ixi (IXI T1/T2/PD with "
                     "tissue labels of your own; GST split 226/31/65 like the paper, HH and IOP as out-of-domain "
                     "test sites), arc (BIDS T1w/T2w/FLAIR with lesion masks), qmri (one folder of PD/R1/R2*/MT maps "
-                    "per subject, for pretraining), demo (writes the embedded MNI152 phantom images into DIR). "
+                    "per subject, for pretraining), demo (writes the embedded MNI152 phantom images into DIR), "
+                    "dicom (cardiac MR DICOM series: central 20 %% of slices at 84x84 as NIfTI, sequence class "
+                    "T1/T2/Cine/LGE/Other from the headers, patient-level 70/10/20 splits; unreadable files are "
+                    "listed and skipped). "
                     "See data_manifests/README.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    manifest.add_argument("kind", choices=["ixi", "arc", "qmri", "demo"], help="dataset layout")
+    manifest.add_argument("kind", choices=["ixi", "arc", "qmri", "demo", "dicom"], help="dataset layout")
     manifest.add_argument("directory", metavar="DIR", help="the dataset folder (for demo: where to write it)")
     manifest.add_argument("--out", default=None, help="manifest path (default: data_manifests/KIND.json)")
     manifest.add_argument("--seed", type=int, default=0, help="seed of the subject-level splits")
@@ -304,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     manifest.add_argument("--test-subjects", type=int, default=2, help="demo: of which test subjects")
     manifest.add_argument("--validation-subjects", type=int, default=1, help="demo: of which validation subjects")
     manifest.add_argument("--resolution-mm", type=float, default=2.0, help="demo: voxel size in mm")
+    manifest.add_argument("--images-dir", default=None,
+                          help="dicom: where the 84x84 NIfTI slices go (default: beside --out, NAME_images/)")
     manifest.add_argument("--quiet", action="store_true", help="no progress bars")
     manifest.set_defaults(handler=_command_manifest)
 

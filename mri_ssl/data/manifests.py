@@ -352,7 +352,19 @@ def scan_demo(directory: str | os.PathLike, seed: int = 0, subjects: int = 8, re
     return content
 
 
-SCANNERS: dict[str, Callable[..., dict]] = {"ixi": scan_ixi, "arc": scan_arc, "qmri": scan_qmri, "demo": scan_demo}
+def scan_dicom_folder(directory: str | os.PathLike, seed: int = 0, images_dir: str | os.PathLike | None = None,
+                      progress: bool = True) -> dict:
+    """Cardiac MR DICOM series -> a sequence-classification manifest (``mri_ssl.data.dicom_series.scan_dicom``);
+    the kept slices are written as 84 x 84 NIfTI files under ``images_dir``."""
+    from mri_ssl.data.dicom_series import scan_dicom
+
+    if images_dir in (None, ""):
+        raise InputError("images_dir", "the DICOM scanner needs a folder to write the resampled images to")
+    return scan_dicom(directory, images_dir, seed=seed, progress=progress)
+
+
+SCANNERS: dict[str, Callable[..., dict]] = {"ixi": scan_ixi, "arc": scan_arc, "qmri": scan_qmri, "demo": scan_demo,
+                                            "dicom": scan_dicom_folder}
 
 
 # ----------------------------------------------------------------------------------------------------------------

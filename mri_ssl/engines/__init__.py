@@ -2,12 +2,19 @@
 
 from mri_ssl.engines.checkpoint import AtomicCheckpointer, export_encoder, load_checkpoint, save_checkpoint
 from mri_ssl.engines.checkpoint import load_network_weights, load_safetensors, save_safetensors
+from mri_ssl.engines.classification_report import ClassificationReport, classification_metrics
 from mri_ssl.engines.clipping import GradientClipping
 from mri_ssl.engines.contrastive_trainer import ContrastiveTrainer, ValidationLoss
 from mri_ssl.engines.features import FeatureWriter, load_encoder, load_encoder_weights, write_features
 from mri_ssl.engines.guards import NonFiniteLossError, NonFiniteLossGuard
 from mri_ssl.engines.progress import attach_progress_bar
 from mri_ssl.engines.reports import DenoisingReport, SegmentationReport
+from mri_ssl.engines.simsiam_trainer import (
+    SimSiamTrainer,
+    simsiam_learning_rate,
+    simsiam_lr_lambdas,
+    simsiam_parameter_groups,
+)
 
 __all__ = [
     "AtomicCheckpointer",
@@ -29,4 +36,10 @@ __all__ = [
     "save_checkpoint",
     "save_safetensors",
     "write_features",
+    "ClassificationReport",
+    "SimSiamTrainer",
+    "classification_metrics",
+    "simsiam_learning_rate",
+    "simsiam_lr_lambdas",
+    "simsiam_parameter_groups",
 ]

@@ -12,7 +12,17 @@ from mri_ssl.physics.protocols import (
     check_protocol,
     sample_protocol,
 )
-from mri_ssl.physics.sequences import ernst_angle, flair, flair_null_ti, fse, gre, mprage, rician_noise
+from mri_ssl.physics.sequences import (
+    bssfp,
+    bssfp_optimal_flip_angle,
+    ernst_angle,
+    flair,
+    flair_null_ti,
+    fse,
+    gre,
+    mprage,
+    rician_noise,
+)
 from mri_ssl.physics.simulate import MAP_NAMES, check_maps, simulate
 
 __all__ = [
@@ -25,6 +35,8 @@ __all__ = [
     "PROTOCOL_PARAMETERS",
     "SEQUENCES",
     "TYPICAL_PROTOCOLS",
+    "bssfp",
+    "bssfp_optimal_flip_angle",
     "check_maps",
     "check_protocol",
     "ernst_angle",

@@ -34,12 +34,14 @@ MAP_ARGUMENTS = {
     "gre": ("pd", "r1", "r2s", "mt"),
     "flair": ("pd", "r1", "r2"),
     "mprage": ("pd", "r1", "r2s"),
+    "bssfp": ("pd", "r1", "r2"),
 }
 PROTOCOL_ARGUMENTS = {
     "fse": ("tr", "te"),
     "gre": ("tr", "te", "flip_angle"),
     "flair": ("tr", "te", "ti"),
     "mprage": ("tr", "ti", "tx", "te", "flip_angle", "n", "inversion_efficiency"),
+    "bssfp": ("tr", "te", "flip_angle"),
 }
 
 
@@ -146,7 +148,18 @@ def mprage_kernel(pd, r1, r2s, tr, ti, tx, te, flip_angle, n, inversion_efficien
     return mprage_voxel_kernel(pd, r1, r2s, *constants)
 
 
-KERNELS = {"fse": fse_kernel, "gre": gre_kernel, "flair": flair_kernel, "mprage": mprage_kernel}
+def bssfp_kernel(pd, r1, r2, tr, te, flip_angle, b1):
+    e1 = decay(r1, tr)
+    e2 = decay(r2, tr)
+    return (
+        b1 * pd * torch.sin(flip_angle) * (1.0 - e1)
+        / (1.0 - (e1 - e2) * torch.cos(flip_angle) - e1 * e2)
+        * decay(r2, te)
+    )
+
+
+KERNELS = {"fse": fse_kernel, "gre": gre_kernel, "flair": flair_kernel, "mprage": mprage_kernel,
+           "bssfp": bssfp_kernel}
 
 # Kernels split into a per-protocol part (run eagerly, a few numbers) and a per-voxel part (what the fused path
 # compiles): inside a compiled loop, trigonometry and powers of protocol scalars are recomputed for every voxel
@@ -246,6 +259,40 @@ def mprage(
         (pd, r1, r2s), (tr, ti, tx, te, flip_angle, n, inversion_efficiency, b1)
     )
     return mprage_kernel(pd, r1, r2s, *params)
+
+
+def bssfp(
+    pd: Number, r1: Number, r2: Number, *, tr: Number, te: Number | None = None, flip_angle: Number, b1: Number = 1.0
+) -> torch.Tensor:
+    """Balanced steady-state free precession (TrueFISP / FIESTA / balanced FFE), on resonance, the cine sequence.
+
+    With every gradient balanced, transverse magnetisation is refocused instead of spoiled, and alternating
+    (0, 180 degree) RF phase cycling puts an on-resonance spin in the pass band. Its steady state (Freeman and Hill,
+    J Magn Reson 1971; Scheffler and Lehnhardt, Eur Radiol 2003;13:2409-2418) is::
+
+        S = B1 PD sin(a) (1 - E1) / (1 - (E1 - E2) cos(a) - E1 E2) * exp(-R2 TE),  E1 = exp(-R1 TR), E2 = exp(-R2 TR)
+
+    with ``TE = TR / 2`` by default (a symmetric echo, where the refocused signal is a pure T2 decay). For
+    ``TR << T1, T2`` it tends to ``sin(a) / ((1 + cos a) + (1 - cos a) R1 / R2)``, the T2/T1 contrast that makes
+    blood bright and myocardium grey; at the optimal flip ``cos(a) = (R2 - R1) / (R2 + R1)``
+    (``bssfp_optimal_flip_angle``) it reaches ``0.5 sqrt(R1 / R2) = 0.5 sqrt(T2 / T1)``.
+
+    Args:
+        pd, r1 (1/s), r2 (1/s): maps. tr, te: seconds (``te`` default ``tr / 2``). flip_angle: radians.
+        b1: receive-field factor.
+    """
+    if te is None:
+        te = tr / 2
+    (pd, r1, r2), (tr, te, flip_angle, b1) = as_protocol_batch((pd, r1, r2), (tr, te, flip_angle, b1))
+    return bssfp_kernel(pd, r1, r2, tr, te, flip_angle, b1)
+
+
+def bssfp_optimal_flip_angle(r1: Number, r2: Number) -> torch.Tensor:
+    """The flip angle in radians that maximises the short-TR bSSFP signal: ``arccos((R2 - R1) / (R2 + R1))``, that is
+    ``arccos((T1 - T2) / (T1 + T2))``."""
+    r1 = torch.as_tensor(r1, dtype=torch.float64)
+    r2 = torch.as_tensor(r2, dtype=torch.float64)
+    return torch.arccos((r2 - r1) / (r2 + r1))
 
 
 def rician_noise(

@@ -7,6 +7,7 @@ from mri_ssl.transforms.simulate_sequence import (
     SimulateSequence,
     SimulateSequenced,
 )
+from mri_ssl.transforms.simsiam_views import SimSiamViewPair
 from mri_ssl.transforms.views import VIEW_MODES, ContrastiveViewPair
 
 __all__ = [
@@ -17,4 +18,5 @@ __all__ = [
     "RandSimulateSequenced",
     "SimulateSequence",
     "SimulateSequenced",
+    "SimSiamViewPair",
 ]

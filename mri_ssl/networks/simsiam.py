@@ -1,0 +1,116 @@
+"""SimSiam heads and model (Chen and He, "Exploring Simple Siamese Representation Learning", CVPR 2021), and the
+linear classifier that fine-tunes or probes the adapted backbone.
+
+SimSiam: an encoder f, a projection MLP (three layers, batch norm on every output, the last without affine
+parameters) and a prediction MLP with a bottleneck (``dim -> dim / 4 -> dim``, no batch norm on its output).
+The loss (``mri_ssl.losses.SimSiamLoss``) compares the prediction of one view with the stop-gradient projection of
+the other.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from mri_ssl.errors import InputError
+from mri_ssl.networks.vit import ViTEncoder2D, load_vit_encoder
+
+
+class SimSiamProjector(nn.Sequential):
+    """``in -> dim -> dim -> dim``: Linear + BN + ReLU twice, then Linear + BN without affine (the paper's recipe)."""
+
+    def __init__(self, in_features: int, dim: int = 2048):
+        super().__init__(
+            nn.Linear(in_features, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
+            nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
+            nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim, affine=False),
+        )
+        self.out_features = dim
+
+
+class SimSiamPredictor(nn.Sequential):
+    """``dim -> hidden -> dim`` with a bottleneck (hidden = dim / 4 in the paper): Linear + BN + ReLU, Linear."""
+
+    def __init__(self, dim: int = 2048, hidden: int = 512):
+        super().__init__(nn.Linear(dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, dim))
+
+
+def build_vit_encoder(encoder: nn.Module | str | os.PathLike | None, encoder_config: Mapping | None = None,
+                      pretrained: bool = True) -> ViTEncoder2D:
+    """A ``ViTEncoder2D``: the given module, one loaded from an exported file (``encoder_final.pt`` of the SimSiam
+    pretraining), or a new one from ``encoder_config`` (whose ``pretrained_path`` may name local ImageNet weights).
+    ``pretrained=False`` keeps only the shape of a given encoder (random initialisation)."""
+    if isinstance(encoder, (str, os.PathLike)) and str(encoder) != "":
+        encoder = load_vit_encoder(encoder)
+    elif encoder is None or (isinstance(encoder, str) and encoder == ""):
+        return ViTEncoder2D(**dict(encoder_config or {}))
+    if not isinstance(encoder, ViTEncoder2D):
+        raise InputError("encoder", f"expected a ViTEncoder2D, an exported encoder file or None, got "
+                                    f"{type(encoder).__name__}")
+    return encoder if pretrained else ViTEncoder2D(**encoder.config())
+
+
+class SimSiamModel(nn.Module):
+    """Encoder + projector + predictor; ``forward(x)`` returns ``{"projection": z, "prediction": p}``.
+
+    Args:
+        encoder, encoder_config: as ``build_vit_encoder``.
+        projection_dim: width of the projector (2048 in the paper).
+        predictor_hidden: the predictor's bottleneck (512 in the paper, a quarter of 2048).
+    """
+
+    def __init__(self, encoder: nn.Module | str | None = None, encoder_config: Mapping | None = None,
+                 projection_dim: int = 2048, predictor_hidden: int = 512):
+        super().__init__()
+        self.encoder = build_vit_encoder(encoder, encoder_config)
+        self.projector = SimSiamProjector(self.encoder.out_features, int(projection_dim))
+        self.predictor = SimSiamPredictor(int(projection_dim), int(predictor_hidden))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        projection = self.projector(self.encoder(x))
+        return {"projection": projection, "prediction": self.predictor(projection)}
+
+
+class SequenceClassifier(nn.Module):
+    """A linear head on a ViT backbone: logits ``(B, num_classes)`` for BCE (one sigmoid per class).
+
+    Args:
+        encoder, encoder_config, pretrained: as ``build_vit_encoder``; an empty encoder gives the
+            supervised-from-scratch baseline (or ImageNet weights through ``encoder_config["pretrained_path"]``).
+        num_classes: 5 (T1, T2, Cine, LGE, Other).
+        freeze_encoder: the linear probe: the backbone stays in eval mode (dropout off, any normalisation statistics
+            frozen) and gets no gradient; only the head trains.
+    """
+
+    def __init__(self, encoder: nn.Module | str | None = None, encoder_config: Mapping | None = None,
+                 num_classes: int = 5, freeze_encoder: bool = False, pretrained: bool = True):
+        super().__init__()
+        if int(num_classes) < 2:
+            raise InputError("num_classes", f"need at least 2 classes, got {num_classes}")
+        self.encoder = build_vit_encoder(encoder, encoder_config, pretrained)
+        self.head = nn.Linear(self.encoder.out_features, int(num_classes))
+        self.freeze_encoder = bool(freeze_encoder)
+        if self.freeze_encoder:
+            self.encoder.requires_grad_(False)
+            self.encoder.eval()
+
+    def train(self, mode: bool = True) -> "SequenceClassifier":
+        super().train(mode)
+        if self.freeze_encoder:
+            self.encoder.eval()  # a frozen backbone never updates normalisation statistics nor drops units
+        return self
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.freeze_encoder:
+            with torch.no_grad():
+                features = self.encoder(x)
+        else:
+            features = self.encoder(x)
+        return self.head(features)
