@@ -143,3 +143,20 @@ def _run_in_process(root: Path, configs, **overrides) -> None:
 def test_a_missing_encoder_file_is_named(tmp_path):
     with pytest.raises(InputError, match="encoder_final.pt"):
         SequenceClassifier(encoder=str(tmp_path / "models" / "simsiam" / "encoder_final.pt"))
+
+
+def test_a_truncated_image_in_the_datalist_is_named_before_training(tmp_path):
+    import gzip
+
+    from mri_ssl.data.integrity import DataIntegrityError
+    from mri_ssl.data.sequence_labels import check_classification_datalist
+
+    datalist = write_cardiac_demo(tmp_path / "demo", subjects=4, seed=0)
+    check_classification_datalist(datalist, ["training"], labelled_only=False)
+    entry = json.loads(Path(datalist).read_text())["training"][0]
+    image = Path(datalist).parent / entry["image"]
+    data = image.read_bytes()
+    assert gzip.decompress(data)  # a complete file before the cut
+    image.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataIntegrityError, match=entry["image"].split("/")[-1]):
+        check_classification_datalist(datalist, ["training"], labelled_only=False)

@@ -71,7 +71,11 @@ def classification_entries(datalist: str | os.PathLike, split: str, class_names:
 def check_classification_datalist(datalist: str | os.PathLike, splits: Sequence[str] = ("training", "validation"),
                                   class_names: Sequence[str] = SEQUENCE_CLASSES, labelled_only: bool = True,
                                   sequence_map: Mapping[str, str] | None = None) -> None:
-    """Raise ``InputError`` before training if a split is empty, or an image file is missing (naming it)."""
+    """Raise ``InputError`` before training if a split is empty or an image file is missing, and a
+    ``DataIntegrityError`` (naming the file and the check) if an image does not read completely as a finite 2-D
+    image (``mri_ssl.data.integrity``)."""
+    from mri_ssl.data.integrity import check_image_files
+
     for split in splits:
         entries = classification_entries(datalist, split, class_names, labelled_only, sequence_map)
         if not entries:
@@ -79,6 +83,7 @@ def check_classification_datalist(datalist: str | os.PathLike, splits: Sequence[
         missing = [e["image"] for e in entries if not Path(e["image"]).is_file()]
         if missing:
             raise InputError(missing[0], f"image file not found ({len(missing)} missing in {split!r})")
+        check_image_files([e["image"] for e in entries], spatial_dims=2)
 
 
 def one_hot_label(index, num_classes: int) -> torch.Tensor:
