@@ -1,5 +1,7 @@
 """Trainers for the non-supervised iterations, crash-safe checkpointing, gradient clipping, evaluation reports."""
 
+from mri_ssl.engines.cam_trainer import CAMClassifierTrainer
+from mri_ssl.engines.camcontrast_trainer import CAMContrastTrainer
 from mri_ssl.engines.checkpoint import AtomicCheckpointer, export_encoder, load_checkpoint, save_checkpoint
 from mri_ssl.engines.clipping import GradientClipping
 from mri_ssl.engines.contrastive_trainer import ContrastiveTrainer, NonFiniteLossError, ValidationLoss
@@ -8,6 +10,8 @@ from mri_ssl.engines.progress import attach_progress_bar
 from mri_ssl.engines.reports import DenoisingReport, SegmentationReport
 
 __all__ = [
+    "CAMClassifierTrainer",
+    "CAMContrastTrainer",
     "AtomicCheckpointer",
     "ContrastiveTrainer",
     "DenoisingReport",

@@ -1,11 +1,13 @@
 """Networks: the CNN encoder, the heads of the pretraining model and the frozen-encoder U-Net."""
 
+from mri_ssl.networks.cam import CAMClassifier, CAMContrastModel, HeatmapEncoder
 from mri_ssl.networks.encoder import PAPER_FEATURES, CNNEncoder3D
 from mri_ssl.networks.frozen_unet import PAPER_DECODER_FEATURES, FrozenEncoderUNet
 from mri_ssl.networks.heads import ProjectionHead, Reconstructor
 from mri_ssl.networks.pretrain_model import ContrastiveReconstructionModel
 
 __all__ = [
+    "CAMClassifier", "CAMContrastModel", "HeatmapEncoder",
     "PAPER_DECODER_FEATURES", "PAPER_FEATURES", "CNNEncoder3D", "ContrastiveReconstructionModel", "FrozenEncoderUNet",
     "ProjectionHead", "Reconstructor",
 ]
