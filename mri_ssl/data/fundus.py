@@ -51,8 +51,11 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 
 
-def read_mask(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> np.ndarray:
-    """``(1, H, W)`` uint8 in {0, 1}: nonzero pixels of the mask file(s), joined by union."""
+def read_mask(paths: str | os.PathLike | Sequence[str | os.PathLike], background_value: int = 0) -> np.ndarray:
+    """``(1, H, W)`` uint8 in {0, 1}: pixels other than ``background_value`` in the mask file(s), joined by union.
+
+    ``background_value`` is 0 for most datasets and 255 for REFUGE's disc / cup masks (white background).
+    """
     from PIL import Image, UnidentifiedImageError
 
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
@@ -65,7 +68,7 @@ def read_mask(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> np.ndar
         try:
             with Image.open(path) as image:
                 image.load()
-                mask = np.asarray(image.convert("L")) > 0
+                mask = np.asarray(image.convert("L")) != int(background_value)
         except (UnidentifiedImageError, OSError, ValueError) as error:
             raise InputError(path, f"cannot read the mask ({type(error).__name__}: {error})") from error
         if union is not None and union.shape != mask.shape:
@@ -104,10 +107,12 @@ class LoadPhotographd(MapTransform):
             result[f"{key}_path"] = str(result[key])  # kept for reports and output names
             result[key] = torch.from_numpy(read_rgb(result[key]))
         shape = next((result[key].shape[1:] for key in self.keys if key in result), None)
+        # Read here and dropped, so batches of entries with and without it still collate.
+        background_value = int(result.pop("mask_background_value", 0))
         for key in self.mask_keys:
             if key not in result or result[key] in (None, ""):
                 continue
-            mask = read_mask(result[key])
+            mask = read_mask(result[key], background_value)
             if shape is not None and mask.shape[1:] != tuple(shape):
                 raise InputError(result[key], f"mask size {mask.shape[1:]} differs from its image's {tuple(shape)}")
             result[key] = torch.from_numpy(mask)
@@ -115,12 +120,14 @@ class LoadPhotographd(MapTransform):
 
 
 def fundus_entries(datalist: str | os.PathLike, split: str, require_mask: bool = False,
-                   label_from: str | None = None) -> list[dict]:
+                   label_from: str | None = None, keys: Sequence[str] | None = None) -> list[dict]:
     """Entries of ``split`` with paths resolved (``load_decathlon_datalist``) and ``abnormal`` checked to be 0 or 1.
 
     ``require_mask=True`` keeps only entries that have a ``mask`` (segmentation trains on the annotated images).
     ``label_from`` copies that key (``abnormal`` for classification, ``mask`` for segmentation) to ``label``, the key
-    MONAI's supervised engines read. An absent or empty split gives an empty list.
+    MONAI's supervised engines read. ``keys`` keeps only those keys (those present), so that entries with and
+    without optional keys (a mask on some images only) collate into one batch. An absent or empty split gives an
+    empty list.
     """
     import json
 
@@ -152,6 +159,8 @@ def fundus_entries(datalist: str | os.PathLike, split: str, require_mask: bool =
             if label_from not in entry:
                 raise InputError(datalist, f"{split} entry {index} ({entry['image']}) has no {label_from!r}")
             entry["label"] = entry[label_from]
+    if keys is not None:
+        entries = [{key: entry[key] for key in keys if key in entry} for entry in entries]
     return entries
 
 
@@ -171,7 +180,7 @@ def check_fundus_datalist(datalist: str | os.PathLike, splits: Sequence[str] = (
     for split, entry in tqdm(entries, desc="checking images", unit="image", disable=not progress):
         if require_label and ABNORMAL_KEY not in entry:
             raise InputError(entry["image"], f"the {split} entry has no coarse label {ABNORMAL_KEY!r} (0 or 1)")
-        loader({key: entry[key] for key in ("image", "mask") if key in entry})
+        loader({key: entry[key] for key in ("image", "mask", "mask_background_value") if key in entry})
         if "heatmap" in entry:
             from mri_ssl.transforms.photo import read_heatmap  # transforms import this module; import here
 
