@@ -206,3 +206,58 @@ def test_localisation_and_precision_metrics():
     assert average_precision([0.9, 0.8, 0.7], [1, 0, 1]) == pytest.approx(0.5 + 1 / 3)
     assert average_precision([0.5, 0.5], [1, 0]) == pytest.approx(0.5)
     assert math.isnan(average_precision([0.1], [0]))
+
+
+def test_heatmap_follows_the_image_flip_only_when_switched_on():
+    from mri_ssl.transforms.photo import pretraining_views
+
+    image = torch.zeros(3, 16, 16)
+    image[:, :, :8] = 1.0  # left half bright
+    heatmap = torch.zeros(1, 4, 4)
+    heatmap[:, :, :2] = 1.0  # the heatmap marks the same (left) half
+    for seed in range(6):
+        views = pretraining_views("camcontrast", rotate_degrees=0.0, zoom=0.0, colour_strength=0.0,
+                                  grayscale_prob=0.0)
+        views.set_random_state(seed=seed)
+        out = views({"image": image.clone(), "heatmap": heatmap.clone()})
+        bright_left = bool(out["image"][0, :, :8].mean() > out["image"][0, :, 8:].mean())
+        hot_left = bool(out["heatmap"][0, :, :2].mean() > out["heatmap"][0, :, 2:].mean())
+        assert bright_left == hot_left
+        fixed = pretraining_views("camcontrast", augment_heatmap_geometry=False)
+        fixed.set_random_state(seed=seed)
+        assert torch.equal(fixed({"image": image.clone(), "heatmap": heatmap.clone()})["heatmap"], heatmap)
+    with pytest.raises(InputError, match="fixed five crops"):
+        pretraining_views("camcontrast", crop_mode="random")
+
+
+@pytest.mark.parametrize("method", ["camcontrast", "simclr", "supcon"])
+def test_stage2_trainer_runs_each_method(method):
+    from mri_ssl.engines import CAMContrastTrainer
+
+    torch.manual_seed(5)
+    batches = [{"image": torch.rand(4, 3, 16, 16), "view2": torch.rand(4, 3, 16, 16),
+                "heatmap": torch.rand(4, 1, 4, 4), "abnormal": torch.tensor([0, 1, 0, 1])} for _ in range(2)]
+    model = CAMContrastModel(encoder_config={"features": [4, 8], "dropout": 0.0}, heatmap_features=(4, 4, 4),
+                             projection_hidden=8, heatmap=method == "camcontrast")
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = SupConLoss(0.05) if method == "supcon" else NTXentLoss(0.05)
+    trainer = CAMContrastTrainer("cpu", 1, batches, model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                                 loss, method=method)
+    trainer.run()
+    assert math.isfinite(trainer.state.output["loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(InputError, match="unknown pretraining method"):
+        CAMContrastTrainer("cpu", 1, batches, model, torch.optim.SGD(model.parameters(), lr=0.1), loss, method="byol")
+
+
+def test_stage1_trainer_uses_the_attention_term():
+    from mri_ssl.engines import CAMClassifierTrainer
+
+    torch.manual_seed(6)
+    network = CAMClassifier(encoder_config=TINY_ENCODER)
+    batches = [{"image": torch.rand(4, 3, 16, 16), "abnormal": torch.tensor([0, 0, 1, 0])}]
+    trainer = CAMClassifierTrainer("cpu", 1, batches, network, torch.optim.AdamW(network.parameters()),
+                                   CAMClassificationLoss(0.01))
+    trainer.run()
+    output = trainer.state.output
+    assert output["loss"] == pytest.approx(output["ce"] + 0.01 * output["attention"], rel=1e-5)
