@@ -304,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "See data_manifests/README.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    manifest.add_argument("kind", choices=["ixi", "arc", "qmri", "demo", "dicom"], help="dataset layout")
+    manifest.add_argument("kind", choices=["ixi", "arc", "qmri", "demo", "dicom", "odir", "idrid", "refuge",
+                                           "chestxray14"],
+                          help="dataset layout (odir, idrid, refuge, chestxray14: 2-D images for fundus_camcontrast)")
     manifest.add_argument("directory", metavar="DIR", help="the dataset folder (for demo: where to write it)")
     manifest.add_argument("--out", default=None, help="manifest path (default: data_manifests/KIND.json)")
     manifest.add_argument("--seed", type=int, default=0, help="seed of the subject-level splits")

@@ -93,3 +93,16 @@ def test_bad_arguments_name_the_parameter(kwargs, name):
     with pytest.raises(InputError) as error:
         CNNEncoder3D(**kwargs)
     assert error.value.source == name
+
+
+def test_encoder_norm_option_is_exported_and_batch_norm_keeps_pooled_features_apart():
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 32, 32)
+    instance = CNNEncoder3D(2, 3, (4, 8, 8), dropout=0.0)
+    batch = CNNEncoder3D(2, 3, (4, 8, 8), dropout=0.0, norm="batch")
+    assert instance.config()["norm"] == "INSTANCE" and batch.config()["norm"] == "BATCH"
+    assert CNNEncoder3D(**batch.config()).norm == "BATCH"
+    # Instance norm right before pooling leaves nearly the same pooled feature for every image; batch norm does not.
+    assert float(batch(x).std(dim=0).mean()) > 3 * float(instance(x).std(dim=0).mean())
+    with pytest.raises(InputError, match="norm"):
+        CNNEncoder3D(2, 3, (4,), norm="group")

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "data_manifests" / "schema.json"
 SPLITS = ("training", "validation", "test")
 # Entry keys that hold file paths (made relative or kept absolute by write_manifest); the rest are plain values.
-PATH_KEYS = ("image", "label", *MAP_FILE_PATTERNS)
+PATH_KEYS = ("image", "label", "mask", *MAP_FILE_PATTERNS)
 
 # ----------------------------------------------------------------------------------------------------------------
 # IXI: https://brain-development.org/ixi-dataset/ -- T1, T2 and PD images of ~580 healthy subjects from three sites.
@@ -367,6 +367,21 @@ SCANNERS: dict[str, Callable[..., dict]] = {"ixi": scan_ixi, "arc": scan_arc, "q
                                             "dicom": scan_dicom_folder}
 
 
+def _photo_scanner(kind: str) -> Callable[..., dict]:
+    """The 2-D scanners live in ``photo_manifests`` (which imports this module), so they are looked up on use."""
+    def scan(directory: str | os.PathLike, seed: int = 0, **options) -> dict:
+        from mri_ssl.data import photo_manifests
+
+        return getattr(photo_manifests, f"scan_{kind}")(directory, seed=seed, **options)
+
+    scan.__name__ = f"scan_{kind}"
+    return scan
+
+
+PHOTO_KINDS = ("odir", "idrid", "refuge", "chestxray14")
+SCANNERS.update({kind: _photo_scanner(kind) for kind in PHOTO_KINDS})
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # writing, validating, summarising
 
@@ -382,11 +397,18 @@ def relative_to_manifest(path: str, manifest_folder: Path) -> str:
     return str(absolute)
 
 
+def _relative_paths(value, manifest_folder: Path):
+    """``relative_to_manifest`` of a path, or of each path of a list (e.g. IDRiD's one mask file per lesion type)."""
+    if isinstance(value, list):
+        return [relative_to_manifest(item, manifest_folder) for item in value]
+    return relative_to_manifest(value, manifest_folder)
+
+
 def _with_manifest_paths(manifest: dict, manifest_folder: Path) -> dict:
     result = dict(manifest)
     for split in SPLITS:
         if split in manifest:
-            result[split] = [{key: relative_to_manifest(value, manifest_folder) if key in PATH_KEYS else value
+            result[split] = [{key: _relative_paths(value, manifest_folder) if key in PATH_KEYS else value
                               for key, value in entry.items()} for entry in manifest[split]]
     return result
 

@@ -1,5 +1,7 @@
 """Trainers for the non-supervised iterations, crash-safe checkpointing, gradient clipping, evaluation reports."""
 
+from mri_ssl.engines.cam_trainer import CAMClassifierTrainer
+from mri_ssl.engines.camcontrast_trainer import CAMContrastTrainer
 from mri_ssl.engines.checkpoint import AtomicCheckpointer, export_encoder, load_checkpoint, save_checkpoint
 from mri_ssl.engines.checkpoint import load_network_weights, load_safetensors, save_safetensors
 from mri_ssl.engines.classification_report import ClassificationReport, classification_metrics
@@ -17,6 +19,8 @@ from mri_ssl.engines.simsiam_trainer import (
 )
 
 __all__ = [
+    "CAMClassifierTrainer",
+    "CAMContrastTrainer",
     "AtomicCheckpointer",
     "ContrastiveTrainer",
     "DenoisingReport",

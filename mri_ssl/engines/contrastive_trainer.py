@@ -160,8 +160,16 @@ class ContrastiveTrainer(Trainer):
         losses["loss"] = total
         return losses
 
+    def prepare_inputs(self, batchdata: dict, device: torch.device):
+        """What ``compute_losses`` receives for one batch: here the input channels stacked on the device.
+
+        Subclasses whose views come from the loader (e.g. image / heatmap pairs) override this and
+        ``compute_losses`` together and keep the rest of the iteration (non-finite check, AMP, clipping).
+        """
+        return stack_inputs(batchdata, self.input_keys, device)
+
     def _iteration(self, engine: Engine, batchdata: dict) -> dict:
-        inputs = stack_inputs(batchdata, self.input_keys, engine.state.device)
+        inputs = self.prepare_inputs(batchdata, engine.state.device)
         self.network.train()
         self.optimizer.zero_grad(set_to_none=True)
         losses = self.compute_losses(inputs)

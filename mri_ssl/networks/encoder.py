@@ -14,18 +14,23 @@ from mri_ssl.errors import InputError
 PAPER_FEATURES = (64, 128, 256, 512, 768)
 
 
-def conv_norm_act(spatial_dims: int, in_channels: int, out_channels: int, dropout: float) -> Convolution:
-    """A 3x3(x3) convolution followed by instance norm, GELU and dropout, in that order."""
-    return Convolution(spatial_dims, in_channels, out_channels, kernel_size=3, act="GELU", norm="INSTANCE",
+NORMS = ("INSTANCE", "BATCH")
+
+
+def conv_norm_act(spatial_dims: int, in_channels: int, out_channels: int, dropout: float,
+                  norm: str = "INSTANCE") -> Convolution:
+    """A 3x3(x3) convolution followed by a norm (instance by default), GELU and dropout, in that order."""
+    return Convolution(spatial_dims, in_channels, out_channels, kernel_size=3, act="GELU", norm=norm,
                        dropout=dropout, adn_ordering="NAD")
 
 
 class EncoderStage(nn.Sequential):
     """Two ``conv_norm_act`` blocks; the encoder's unit of depth."""
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, dropout: float):
-        super().__init__(conv_norm_act(spatial_dims, in_channels, out_channels, dropout),
-                         conv_norm_act(spatial_dims, out_channels, out_channels, dropout))
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, dropout: float,
+                 norm: str = "INSTANCE"):
+        super().__init__(conv_norm_act(spatial_dims, in_channels, out_channels, dropout, norm),
+                         conv_norm_act(spatial_dims, out_channels, out_channels, dropout, norm))
 
 
 class CNNEncoder3D(nn.Module):
@@ -40,6 +45,10 @@ class CNNEncoder3D(nn.Module):
         in_channels: input channels (1 for an MR image).
         features: output channels of each stage; the last is the pooled feature size.
         dropout: dropout after every convolution (0.2 in the paper).
+        norm: ``INSTANCE`` (the paper's) or ``BATCH``. Instance norm right before global average pooling makes the
+            pooled feature nearly the same for every image (each channel of the last map has zero mean and unit
+            variance, so its pooled GELU is about 0.28 whatever the input); pooled-feature methods such as CAM
+            classification and CAMContrast use ``BATCH``, as the U-Net / ResNet encoders of those papers do.
 
     Input ``(B, in_channels, *spatial)``, each spatial size divisible by ``2 ** (len(features) - 1)``.
     ``forward(x)`` returns the pooled feature ``(B, features[-1])``; ``forward(x, return_stages=True)`` returns
@@ -48,7 +57,7 @@ class CNNEncoder3D(nn.Module):
     """
 
     def __init__(self, spatial_dims: int = 3, in_channels: int = 1, features: Sequence[int] = PAPER_FEATURES,
-                 dropout: float = 0.2):
+                 dropout: float = 0.2, norm: str = "INSTANCE"):
         super().__init__()
         if spatial_dims not in (2, 3):
             raise InputError("spatial_dims", f"must be 2 or 3, got {spatial_dims}")
@@ -57,13 +66,17 @@ class CNNEncoder3D(nn.Module):
             raise InputError("features", f"need at least one stage of positive width, got {features}")
         if not 0.0 <= float(dropout) < 1.0:
             raise InputError("dropout", f"must be in [0, 1), got {dropout}")
+        norm = str(norm).upper()
+        if norm not in NORMS:
+            raise InputError("norm", f"expected one of {', '.join(NORMS)}, got {norm!r}")
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.features = features
         self.dropout = float(dropout)
+        self.norm = norm
         channels = (in_channels,) + features
         self.stages = nn.ModuleList(
-            EncoderStage(spatial_dims, channels[i], channels[i + 1], dropout) for i in range(len(features)))
+            EncoderStage(spatial_dims, channels[i], channels[i + 1], dropout, norm) for i in range(len(features)))
         self.downsample = Pool["MAX", spatial_dims](kernel_size=2)
         self.pool = Pool["ADAPTIVEAVG", spatial_dims](1)
 
@@ -79,7 +92,7 @@ class CNNEncoder3D(nn.Module):
     def config(self) -> dict:
         """Constructor arguments, saved with exported weights so the encoder can be rebuilt without code."""
         return {"spatial_dims": self.spatial_dims, "in_channels": self.in_channels, "features": list(self.features),
-                "dropout": self.dropout}
+                "dropout": self.dropout, "norm": self.norm}
 
     def forward(self, x: torch.Tensor, return_stages: bool = False):
         stages = []

@@ -1,0 +1,188 @@
+"""2-D photographs (fundus, chest X-ray): reading, datalist checks and the transforms that load them.
+
+Images are read with Pillow as RGB, channel first, float32 in 0..255: ``(3, H, W)``, row 0 at the top, so "top-left"
+means what it means on screen. Lesion masks are read as ``(1, H, W)`` uint8 in {0, 1}; an entry's ``mask`` may be a
+list of files (IDRiD keeps one file per lesion type), which are joined by union.
+
+A fundus datalist is a decathlon-style JSON whose entries hold ``image`` (path), ``abnormal`` (0 normal, 1
+abnormal: the coarse label), ``subject`` and optionally ``mask`` (lesion mask path or paths).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Transform
+
+from mri_ssl.errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+ABNORMAL_KEY = "abnormal"
+# Luminance weights of ITU-R BT.601, those of Pillow's "L" mode, so a threshold of 15 means what it meant in the paper.
+LUMINANCE_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """``(3, H, W)`` float32 in 0..255; grey images are repeated to three channels.
+
+    Raises ``InputError`` naming the file when it is missing, not an image Pillow can read, or truncated.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "image file not found")
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode everything now: a truncated file fails here, not halfway through training
+            rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise InputError(path, f"cannot read the image ({type(error).__name__}: {error}); is it a complete PNG, "
+                               f"JPEG, TIFF or BMP file?") from error
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+
+
+def read_mask(paths: str | os.PathLike | Sequence[str | os.PathLike], background_value: int = 0) -> np.ndarray:
+    """``(1, H, W)`` uint8 in {0, 1}: pixels other than ``background_value`` in the mask file(s), joined by union.
+
+    ``background_value`` is 0 for most datasets and 255 for REFUGE's disc / cup masks (white background).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not paths:
+        raise InputError("mask", "an empty list of mask files")
+    union = None
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise InputError(path, "mask file not found")
+        try:
+            with Image.open(path) as image:
+                image.load()
+                mask = np.asarray(image.convert("L")) != int(background_value)
+        except (UnidentifiedImageError, OSError, ValueError) as error:
+            raise InputError(path, f"cannot read the mask ({type(error).__name__}: {error})") from error
+        if union is not None and union.shape != mask.shape:
+            raise InputError(path, f"mask shape {mask.shape} differs from that of {paths[0]} {union.shape}")
+        union = mask if union is None else union | mask
+    return union[None].astype(np.uint8)
+
+
+def luminance(rgb: torch.Tensor) -> torch.Tensor:
+    """``(..., 3, H, W)`` -> ``(..., 1, H, W)`` grey level with Pillow's "L" weights (same units as the input)."""
+    weights = torch.tensor(LUMINANCE_WEIGHTS, dtype=rgb.dtype, device=rgb.device).view(3, 1, 1)
+    return (rgb * weights).sum(dim=-3, keepdim=True)
+
+
+class LoadPhotograph(Transform):
+    """Read an image file as ``(3, H, W)`` float32 in 0..255 (``read_rgb``)."""
+
+    def __call__(self, path: str | os.PathLike) -> torch.Tensor:
+        return torch.from_numpy(read_rgb(path))
+
+
+class LoadPhotographd(MapTransform):
+    """Dictionary wrapper: ``keys`` read with ``read_rgb`` (the path kept under ``<key>_path``), ``mask_keys`` with
+    ``read_mask`` (uint8 {0, 1}).
+
+    A mask must have its image's height and width; otherwise ``InputError`` names the mask file.
+    """
+
+    def __init__(self, keys: KeysCollection, mask_keys: KeysCollection = (), allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.mask_keys = (mask_keys,) if isinstance(mask_keys, str) else tuple(mask_keys)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        result = dict(data)
+        for key in self.key_iterator(result):
+            result[f"{key}_path"] = str(result[key])  # kept for reports and output names
+            result[key] = torch.from_numpy(read_rgb(result[key]))
+        shape = next((result[key].shape[1:] for key in self.keys if key in result), None)
+        # Read here and dropped, so batches of entries with and without it still collate.
+        background_value = int(result.pop("mask_background_value", 0))
+        for key in self.mask_keys:
+            if key not in result or result[key] in (None, ""):
+                continue
+            mask = read_mask(result[key], background_value)
+            if shape is not None and mask.shape[1:] != tuple(shape):
+                raise InputError(result[key], f"mask size {mask.shape[1:]} differs from its image's {tuple(shape)}")
+            result[key] = torch.from_numpy(mask)
+        return result
+
+
+def fundus_entries(datalist: str | os.PathLike, split: str, require_mask: bool = False,
+                   label_from: str | None = None, keys: Sequence[str] | None = None) -> list[dict]:
+    """Entries of ``split`` with paths resolved (``load_decathlon_datalist``) and ``abnormal`` checked to be 0 or 1.
+
+    ``require_mask=True`` keeps only entries that have a ``mask`` (segmentation trains on the annotated images).
+    ``label_from`` copies that key (``abnormal`` for classification, ``mask`` for segmentation) to ``label``, the key
+    MONAI's supervised engines read. ``keys`` keeps only those keys (those present), so that entries with and
+    without optional keys (a mask on some images only) collate into one batch. An absent or empty split gives an
+    empty list.
+    """
+    import json
+
+    from monai.data import load_decathlon_datalist
+
+    datalist = Path(datalist)
+    try:
+        content = json.loads(datalist.read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(datalist, f"cannot read the datalist JSON ({error})") from error
+    if not content.get(split):
+        return []
+    # load_decathlon_datalist resolves the string value of every key it sees as a path; lists of mask paths are
+    # resolved here.
+    entries = load_decathlon_datalist(datalist, data_list_key=split)
+    base = datalist.parent
+    for index, entry in enumerate(entries):
+        if "image" not in entry:
+            raise InputError(datalist, f"{split} entry {index} has no 'image'")
+        if ABNORMAL_KEY in entry and entry[ABNORMAL_KEY] not in (0, 1):
+            raise InputError(datalist, f"{split} entry {index} ({entry['image']}) has abnormal = "
+                                       f"{entry[ABNORMAL_KEY]!r}; expected 0 (normal) or 1 (abnormal)")
+        if isinstance(entry.get("mask"), list):
+            entry["mask"] = [str(base / path) if not os.path.isabs(path) else path for path in entry["mask"]]
+    if require_mask:
+        entries = [entry for entry in entries if entry.get("mask")]
+    if label_from:
+        for index, entry in enumerate(entries):
+            if label_from not in entry:
+                raise InputError(datalist, f"{split} entry {index} ({entry['image']}) has no {label_from!r}")
+            entry["label"] = entry[label_from]
+    if keys is not None:
+        entries = [{key: entry[key] for key in keys if key in entry} for entry in entries]
+    return entries
+
+
+def check_fundus_datalist(datalist: str | os.PathLike, splits: Sequence[str] = ("training", "validation"),
+                          require_label: bool = True, require_mask: bool = False, progress: bool = False) -> int:
+    """Read every image (and mask) ``splits`` name before any training starts; return the number of entries.
+
+    Raises ``InputError`` naming the file and the problem: a missing or unreadable image (or heatmap crop), an
+    entry without the coarse label ``abnormal`` (when ``require_label``), a mask of another size than its image.
+    """
+    from tqdm.auto import tqdm
+
+    entries = [(split, entry) for split in splits for entry in fundus_entries(datalist, split, require_mask)]
+    if not entries:
+        raise InputError(datalist, f"no entries in {' or '.join(splits)}" + (" with a mask" if require_mask else ""))
+    loader = LoadPhotographd("image", mask_keys="mask")
+    for split, entry in tqdm(entries, desc="checking images", unit="image", disable=not progress):
+        if require_label and ABNORMAL_KEY not in entry:
+            raise InputError(entry["image"], f"the {split} entry has no coarse label {ABNORMAL_KEY!r} (0 or 1)")
+        loader({key: entry[key] for key in ("image", "mask", "mask_background_value") if key in entry})
+        if "heatmap" in entry:
+            from mri_ssl.transforms.photo import read_heatmap  # transforms import this module; import here
+
+            read_heatmap(entry["heatmap"])
+    return len(entries)

@@ -1,0 +1,82 @@
+"""Stage-2 trainer of CAMContrast and its contrastive baselines, on views made by the data loader.
+
+``method``:
+* ``camcontrast``: each image crop (augmented) against its heatmap crop. NT-Xent over the 2B projections, image
+  tower for the images and heatmap tower for the heatmaps, with the full 2B-1 denominator (image-image,
+  image-heatmap and heatmap-heatmap pairs), in float32 (``NTXentLoss``).
+* ``simclr``: two augmented views of each crop, both through the image tower, NT-Xent.
+* ``supcon``: the same two views with the coarse labels, supervised contrastive loss (``SupConLoss``).
+
+The supervised cross-entropy baseline (SupCE) is stage 1's classifier trained without the attention term.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from mri_ssl.engines.contrastive_trainer import ContrastiveTrainer
+from mri_ssl.errors import InputError
+
+METHODS = ("camcontrast", "simclr", "supcon")
+
+
+class CAMContrastTrainer(ContrastiveTrainer):
+    """``ContrastiveTrainer`` whose two views come from the batch: keys ``image`` and ``heatmap`` (camcontrast) or
+    ``image`` and ``view2`` (simclr, supcon, which also read ``label_key``).
+
+    Args:
+        method: one of ``METHODS``.
+        network: a ``CAMContrastModel`` (or DDP-wrapped one).
+        contrastive_loss: ``NTXentLoss`` for camcontrast / simclr, ``SupConLoss`` for supcon.
+        label_key: the coarse label's key (supcon).
+        Others as ``ContrastiveTrainer`` (no view pair, no reconstruction).
+    """
+
+    def __init__(self, device: str | torch.device, max_epochs: int, train_data_loader: Iterable,
+                 network: torch.nn.Module, optimizer: torch.optim.Optimizer, contrastive_loss: Callable,
+                 method: str = "camcontrast", label_key: str = "abnormal", grad_clip_norm: float | None = None,
+                 amp: bool = False, epoch_length: int | None = None, train_handlers: Sequence | None = None,
+                 seed: int | None = 0):
+        if method not in METHODS:
+            raise InputError("method", f"unknown pretraining method {method!r}; expected one of {', '.join(METHODS)} "
+                                       f"(SupCE is stage1.json with attention_weight 0)")
+        super().__init__(device=device, max_epochs=max_epochs, train_data_loader=train_data_loader, network=network,
+                         optimizer=optimizer, view_pair=None, contrastive_loss=contrastive_loss, input_keys=("image",),
+                         reconstruction_weight=0.0, grad_clip_norm=grad_clip_norm, amp=amp,
+                         epoch_length=epoch_length, train_handlers=train_handlers, seed=seed)
+        self.method = method
+        self.label_key = label_key
+
+    def prepare_inputs(self, batchdata: dict, device: torch.device) -> dict[str, torch.Tensor]:
+        second = "heatmap" if self.method == "camcontrast" else "view2"
+        keys = ["image", second] + ([self.label_key] if self.method == "supcon" else [])
+        missing = [key for key in keys if key not in batchdata]
+        if missing:
+            raise InputError("batch", f"missing keys {missing}; method {self.method!r} needs {keys}")
+        inputs = {"image": torch.as_tensor(batchdata["image"]).to(device=device, dtype=torch.float32),
+                  "second": torch.as_tensor(batchdata[second]).to(device=device, dtype=torch.float32)}
+        if self.method == "supcon":
+            inputs["label"] = torch.as_tensor(batchdata[self.label_key]).to(device=device).view(-1)
+        return inputs
+
+    def compute_losses(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        images, second = inputs["image"], inputs["second"]
+        batch_size = images.shape[0]
+        if batch_size < 2:
+            raise InputError("batch_size", "contrastive learning needs at least 2 items per batch; use drop_last=True "
+                                           "or a larger batch")
+        with torch.autocast(torch.device(self.state.device).type, enabled=self.amp):
+            if self.method == "camcontrast":
+                output = self.network(images, second)
+                z1, z2 = output["projection"], output["heatmap_projection"]
+                projection = torch.cat([z1, z2])
+            else:
+                projection = self.network(torch.cat([images, second]))["projection"]
+                z1, z2 = projection[:batch_size], projection[batch_size:]
+        if self.method == "supcon":
+            contrastive = self.contrastive_loss(z1, z2, inputs["label"])
+        else:
+            contrastive = self.contrastive_loss(z1, z2)
+        return {"loss": contrastive, "contrastive": contrastive, "projection": projection}

@@ -1,0 +1,80 @@
+"""Metrics of the CAMContrast experiments that MONAI lacks: CAM localisation, F1 / accuracy, AUC-PR.
+
+* Pointing game (Zhang et al. 2016): a hit when the CAM's maximum falls inside the lesion mask.
+* CAM IoU: intersection over union of ``CAM >= threshold`` (CAM min-max normalised to [0, 1]) with the mask.
+* Average precision (AUC-PR): ``sum_k (R_k - R_{k-1}) P_k`` over descending scores, ties taken together, the
+  step-wise area that scikit-learn's ``average_precision_score`` computes (no interpolation).
+ROC-AUC is MONAI's ``compute_roc_auc``; Dice is ``2|A n B| / (|A| + |B|)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mri_ssl.errors import InputError
+
+
+def pointing_game_hit(cam: np.ndarray, mask: np.ndarray) -> bool:
+    """True when the (first) maximum of ``cam`` (H, W) lies inside ``mask`` (H, W); the mask must be non-empty."""
+    cam, mask = np.asarray(cam), np.asarray(mask).astype(bool)
+    if cam.shape != mask.shape:
+        raise InputError("cam", f"shape {cam.shape} differs from the mask's {mask.shape}")
+    if not mask.any():
+        raise InputError("mask", "the pointing game needs a non-empty lesion mask")
+    return bool(mask.flat[int(np.argmax(cam))])
+
+
+def cam_iou(cam: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> float:
+    """IoU of ``cam >= threshold`` with ``mask``; the CAM should be min-max normalised to [0, 1]. Both empty: 1."""
+    predicted = np.asarray(cam) >= float(threshold)
+    mask = np.asarray(mask).astype(bool)
+    union = np.logical_or(predicted, mask).sum()
+    return 1.0 if union == 0 else float(np.logical_and(predicted, mask).sum() / union)
+
+
+def dice(predicted: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two binary masks; both empty gives 1 (nothing to find, nothing found)."""
+    predicted, truth = np.asarray(predicted).astype(bool), np.asarray(truth).astype(bool)
+    total = predicted.sum() + truth.sum()
+    return 1.0 if total == 0 else float(2.0 * np.logical_and(predicted, truth).sum() / total)
+
+
+def average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
+    """Area under the precision-recall curve as step-wise average precision; NaN when there is no positive."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    truth = np.asarray(truth).astype(bool).ravel()
+    positives = truth.sum()
+    if positives == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="mergesort")
+    scores, truth = scores[order], truth[order]
+    # Thresholds at each distinct score: the last index of every run of equal scores.
+    last = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+    true_positives = np.cumsum(truth)[last]
+    precision = true_positives / (last + 1)
+    recall = true_positives / positives
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def roc_auc(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """ROC-AUC of abnormal probabilities against 0/1 labels (MONAI ``compute_roc_auc``); NaN with one class only."""
+    from monai.metrics import compute_roc_auc
+
+    labels = np.asarray(labels).astype(int).ravel()
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    return float(compute_roc_auc(torch.as_tensor(np.asarray(probabilities, dtype=np.float64).ravel()),
+                                 torch.as_tensor(labels)))
+
+
+def f1_score(predicted: np.ndarray, labels: np.ndarray) -> float:
+    """F1 of the positive (abnormal) class; 0 when nothing is predicted or present positive."""
+    predicted, labels = np.asarray(predicted).astype(bool).ravel(), np.asarray(labels).astype(bool).ravel()
+    true_positive = np.logical_and(predicted, labels).sum()
+    denominator = predicted.sum() + labels.sum()
+    return 0.0 if denominator == 0 else float(2.0 * true_positive / denominator)
+
+
+def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(np.asarray(predicted).ravel() == np.asarray(labels).ravel()))

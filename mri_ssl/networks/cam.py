@@ -1,0 +1,147 @@
+"""CAMContrast networks (Yap & Ng): the CAM classifier of stage 1 and the image / heatmap towers of stage 2.
+
+Class activation maps (Zhou et al. 2016) are computed *in the graph* from the last feature maps ``F`` (B, K, h, w)
+and the linear classifier's weights ``w`` (C, K): ``M^c = sum_k w_k^c F_k``. Because the classifier sits on global
+average pooling, ``GAP(M^c) + b^c`` is exactly the logit of class c, which the tests check. MONAI's GradCAM is not
+used: it switches the model to eval mode and hooks gradients, which is for inspecting a trained model, not for a
+loss that trains through the CAMs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from mri_ssl.errors import InputError
+from mri_ssl.networks.encoder import PAPER_FEATURES, CNNEncoder3D
+from mri_ssl.networks.heads import ProjectionHead
+
+MINMAX_EPSILON = 1e-6
+FUNDUS_ENCODER_CONFIG = {"spatial_dims": 2, "in_channels": 3}
+
+
+def class_activation_maps(feature_maps: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
+    """``M[b, c] = sum_k class_weights[c, k] * feature_maps[b, k]``: (B, K, *spatial), (C, K) -> (B, C, *spatial)."""
+    if feature_maps.ndim < 3 or class_weights.ndim != 2 or class_weights.shape[1] != feature_maps.shape[1]:
+        raise InputError("feature_maps", f"expected (B, K, *spatial) maps and (C, K) weights, got "
+                                         f"{tuple(feature_maps.shape)} and {tuple(class_weights.shape)}")
+    return torch.einsum("bk...,ck->bc...", feature_maps, class_weights.to(feature_maps.dtype))
+
+
+def minmax_normalise(maps: torch.Tensor, epsilon: float = MINMAX_EPSILON) -> torch.Tensor:
+    """Each map scaled to [0, 1] over its spatial dims: ``(M - min) / (max - min + epsilon)``.
+
+    ``maps`` is (B, C, *spatial). The epsilon keeps a constant map (max == min) finite: it becomes all zeros instead
+    of the 0/0 = NaN of the reference code, which would poison the loss and the heatmap files.
+    """
+    flat = maps.flatten(2)
+    low = flat.min(dim=2).values
+    high = flat.max(dim=2).values
+    shape = maps.shape[:2] + (1,) * (maps.ndim - 2)
+    return (maps - low.view(shape)) / (high - low + float(epsilon)).view(shape)
+
+
+def _encoder(encoder: nn.Module | str | os.PathLike | None, encoder_config: Mapping | None,
+             pretrained: bool) -> CNNEncoder3D:
+    from mri_ssl.networks.frozen_unet import build_encoder
+
+    config = {**FUNDUS_ENCODER_CONFIG, **dict(encoder_config or {})}
+    return build_encoder(encoder, config, pretrained)
+
+
+class CAMClassifier(nn.Module):
+    """The U-Net encoder (``CNNEncoder3D``, 2-D), global average pooling and one linear layer.
+
+    Args:
+        num_classes: 2 for normal (class 0) / abnormal (class 1).
+        encoder: an encoder, the path of an exported encoder file (transfer from pretraining), or None for a new
+            one built from ``encoder_config`` (default: the paper-width 2-D encoder on RGB input).
+        encoder_config: ``CNNEncoder3D`` arguments (``spatial_dims=2, in_channels=3`` unless given).
+        pretrained: False keeps only the shape of the given encoder (random-init baseline).
+        freeze_encoder: linear evaluation: the encoder stays in eval mode without gradient; only the linear layer
+            trains.
+
+    ``forward(x)`` returns logits (B, num_classes); ``forward(x, return_cams=True)`` returns ``(logits, cams)`` with
+    the raw CAMs (B, num_classes, h, w) at the last stage's resolution (input / 2**(stages-1)).
+    """
+
+    def __init__(self, num_classes: int = 2, encoder: nn.Module | str | os.PathLike | None = None,
+                 encoder_config: Mapping | None = None, pretrained: bool = True, freeze_encoder: bool = False):
+        super().__init__()
+        if int(num_classes) < 2:
+            raise InputError("num_classes", f"must be at least 2, got {num_classes}")
+        self.encoder = _encoder(encoder, encoder_config, pretrained)
+        self.classifier = nn.Linear(self.encoder.out_features, int(num_classes))
+        self.freeze_encoder = bool(freeze_encoder)
+        if self.freeze_encoder:
+            self.encoder.requires_grad_(False)
+            self.encoder.eval()
+
+    def train(self, mode: bool = True) -> "CAMClassifier":
+        super().train(mode)
+        if self.freeze_encoder:
+            self.encoder.eval()
+        return self
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        return (parameter for parameter in self.parameters() if parameter.requires_grad)
+
+    def forward(self, x: torch.Tensor, return_cams: bool = False):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
+            pooled, stages = self.encoder(x, return_stages=True)
+        logits = self.classifier(pooled)
+        if not return_cams:
+            return logits
+        return logits, class_activation_maps(stages[-1], self.classifier.weight)
+
+
+class HeatmapEncoder(nn.Module):
+    """Three 3x3 convolutions, each followed by ReLU, then global average pooling: (B, 1, h, w) -> (B, features[-1])."""
+
+    def __init__(self, in_channels: int = 1, features: Sequence[int] = (64, 128, 256)):
+        super().__init__()
+        features = tuple(int(f) for f in features)
+        if len(features) != 3 or min(features) < 1:
+            raise InputError("heatmap_features", f"expected three positive widths, got {list(features)}")
+        channels = (int(in_channels),) + features
+        layers = []
+        for i in range(3):
+            layers += [nn.Conv2d(channels[i], channels[i + 1], kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+        self.convs = nn.Sequential(*layers)
+        self.out_features = features[-1]
+
+    def forward(self, heatmap: torch.Tensor) -> torch.Tensor:
+        return self.convs(heatmap).mean(dim=(2, 3))
+
+
+class CAMContrastModel(nn.Module):
+    """Stage-2 towers: image encoder + 2-layer MLP projector, heatmap encoder + its own projector, both to 128-d.
+
+    ``forward(images, heatmaps=None)`` returns ``{"features", "projection"}`` for the images and, when heatmaps are
+    given, ``"heatmap_projection"``. One forward call holds both towers so DistributedDataParallel sees them together.
+    The image ``encoder`` is what transfer learning takes (exported as ``encoder_*.pt``).
+    """
+
+    def __init__(self, encoder_config: Mapping | None = None, heatmap_features: Sequence[int] = (64, 128, 256),
+                 projection_hidden: int = 512, projection_dim: int = 128, heatmap: bool = True):
+        super().__init__()
+        config = {**FUNDUS_ENCODER_CONFIG, "features": PAPER_FEATURES, **dict(encoder_config or {})}
+        self.encoder = CNNEncoder3D(**config)
+        self.projector = ProjectionHead(self.encoder.out_features, projection_hidden, projection_dim)
+        self.heatmap_encoder = self.heatmap_projector = None
+        if heatmap:
+            self.heatmap_encoder = HeatmapEncoder(1, heatmap_features)
+            self.heatmap_projector = ProjectionHead(self.heatmap_encoder.out_features, projection_hidden,
+                                                    projection_dim)
+
+    def forward(self, images: torch.Tensor, heatmaps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        features = self.encoder(images)
+        output = {"features": features, "projection": self.projector(features)}
+        if heatmaps is not None:
+            if self.heatmap_encoder is None:
+                raise InputError("heatmaps", "this model was built without a heatmap tower (heatmap=False)")
+            output["heatmap_projection"] = self.heatmap_projector(self.heatmap_encoder(heatmaps))
+        return output
