@@ -24,8 +24,12 @@ The tiny config of a bundle (the convention every bundle follows) is its config 
       "stages": {"inference": ["configs/train.json", "configs/inference.json"]},  # default stacks below
       "overrides": {"num_epochs": 1, "epoch_length": 1, ...},                      # tiny values for the runs
       "net_in_out": {"n": 2, "p": 1, "any": 1},                                   # sizes for "16*n" shapes
-      "torchscript": {"use_trace": false} | {"skip": "why TorchScript cannot work for this network"}
+      "torchscript": {"use_trace": false} | {"skip": "why TorchScript cannot work for this network"},
+      "skip_workflows": {"inference": "why this stage cannot run as a MONAI evaluator workflow"}
     }
+
+``skip_workflows`` is an opt-out like the TorchScript one: the stage is reported as SKIP with the bundle's reason in
+every run of verify-bundle, so the gap stays visible (its stack is still used for ``network_def``).
 
 Default stacks: train = [train.json], evaluate = [train.json, evaluate.json] (skipped when there is no
 evaluate.json), inference = [inference.json].
@@ -101,9 +105,14 @@ def load_verify_settings(root: Path) -> dict[str, Any]:
         raise InputError(path, f"not valid JSON ({error})") from error
     if not isinstance(settings, dict):
         raise InputError(path, "expected a JSON object")
-    unknown = set(settings) - {"stages", "overrides", "net_in_out", "torchscript"}
+    allowed = ("stages", "overrides", "net_in_out", "torchscript", "skip_workflows")
+    unknown = set(settings) - set(allowed)
     if unknown:
-        raise InputError(path, f"unknown keys {sorted(unknown)} (allowed: stages, overrides, net_in_out, torchscript)")
+        raise InputError(path, f"unknown keys {sorted(unknown)} (allowed: {', '.join(allowed)})")
+    skips = settings.get("skip_workflows") or {}
+    if not isinstance(skips, dict) or not all(s in STAGES and isinstance(r, str) and r.strip()
+                                              for s, r in skips.items()):
+        raise InputError(path, f"skip_workflows maps stages ({', '.join(STAGES)}) to a reason, got {skips!r}")
     return settings
 
 
@@ -353,6 +362,10 @@ def verify_bundle(bundle_root: str | os.PathLike, trust_bundle: bool = False,
                 name = f"workflow-{stage}"
                 if not stacks[stage]:
                     record(name, "SKIP", f"the bundle has no {stage} config")
+                    continue
+                reason = (settings.get("skip_workflows") or {}).get(stage)
+                if reason:
+                    record(name, "SKIP", f"opted out by configs/verify_bundle.json: {reason}")
                     continue
                 try:
                     record(name, "PASS", run_workflow(root, stage, stacks[stage], folder, overrides))
