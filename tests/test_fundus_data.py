@@ -64,7 +64,7 @@ def test_datalist_naming_a_missing_image_fails_naming_it(demo, tmp_path):
     bad.write_text(json.dumps({**content, "training": [{**e, "image": str(folder / e["image"]),
                                                         "mask": str(folder / e["mask"])} if i else e
                                                        for i, e in enumerate(content["training"])]}))
-    with pytest.raises(InputError, match="gone.png: image file not found"):
+    with pytest.raises(InputError, match="gone.png: file not found"):
         check_fundus_datalist(bad)
 
 

@@ -169,9 +169,13 @@ def check_fundus_datalist(datalist: str | os.PathLike, splits: Sequence[str] = (
     """Read every image (and mask) ``splits`` name before any training starts; return the number of entries.
 
     Raises ``InputError`` naming the file and the problem: a missing or unreadable image (or heatmap crop), an
-    entry without the coarse label ``abnormal`` (when ``require_label``), a mask of another size than its image.
+    entry without the coarse label ``abnormal`` (when ``require_label``), a mask of another size than its image;
+    each image and mask is first read completely by ``mri_ssl.data.integrity`` (every PNG chunk CRC checked, a
+    truncated file never padded), which raises its ``DataIntegrityError`` naming the file and the check.
     """
     from tqdm.auto import tqdm
+
+    from mri_ssl.data.integrity import read_image
 
     entries = [(split, entry) for split in splits for entry in fundus_entries(datalist, split, require_mask)]
     if not entries:
@@ -180,6 +184,9 @@ def check_fundus_datalist(datalist: str | os.PathLike, splits: Sequence[str] = (
     for split, entry in tqdm(entries, desc="checking images", unit="image", disable=not progress):
         if require_label and ABNORMAL_KEY not in entry:
             raise InputError(entry["image"], f"the {split} entry has no coarse label {ABNORMAL_KEY!r} (0 or 1)")
+        masks = entry.get("mask") or []
+        for path in [entry["image"]] + (masks if isinstance(masks, list) else [masks]):
+            read_image(path, spatial_dims=2)
         loader({key: entry[key] for key in ("image", "mask", "mask_background_value") if key in entry})
         if "heatmap" in entry:
             from mri_ssl.transforms.photo import read_heatmap  # transforms import this module; import here

@@ -12,6 +12,7 @@ from typing import Iterable, Sequence
 import torch
 from ignite.engine import Engine
 from monai.engines import Trainer
+from monai.inferers import SimpleInferer
 from monai.utils import CommonKeys
 
 from mri_ssl.engines.contrastive_trainer import NonFiniteLossError
@@ -20,12 +21,13 @@ from mri_ssl.errors import InputError
 
 class CAMClassifierTrainer(Trainer):
     """Args: as MONAI's SupervisedTrainer, with ``loss_function`` a ``CAMClassificationLoss`` and the batch holding
-    ``image_key`` (B, 3, H, W) and ``label_key`` (B,) classes."""
+    ``image_key`` (B, 3, H, W) and ``label_key`` (B,) classes. ``inferer`` (the bundle's ``train#inferer``; default
+    ``SimpleInferer``) runs the network, which must return ``(logits, cams)`` for ``return_cams=True``."""
 
     def __init__(self, device: str | torch.device, max_epochs: int, train_data_loader: Iterable,
                  network: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_function: torch.nn.Module,
                  image_key: str = "image", label_key: str = "abnormal", amp: bool = False,
-                 epoch_length: int | None = None, train_handlers: Sequence | None = None):
+                 epoch_length: int | None = None, train_handlers: Sequence | None = None, inferer=None):
         device = torch.device(device)
         super().__init__(device=device, max_epochs=max_epochs, data_loader=train_data_loader,
                          epoch_length=epoch_length, handlers=train_handlers, amp=bool(amp) and device.type == "cuda",
@@ -35,6 +37,7 @@ class CAMClassifierTrainer(Trainer):
         self.loss_function = loss_function
         self.image_key = image_key
         self.label_key = label_key
+        self.inferer = inferer if inferer is not None else SimpleInferer()
 
     def _iteration(self, engine: Engine, batchdata: dict) -> dict:
         missing = [key for key in (self.image_key, self.label_key) if key not in batchdata]
@@ -46,7 +49,7 @@ class CAMClassifierTrainer(Trainer):
         self.network.train()
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, enabled=self.amp):
-            logits, cams = self.network(images, return_cams=True)
+            logits, cams = self.inferer(images, self.network, return_cams=True)
         losses = self.loss_function(logits, cams, labels)
         loss = losses["loss"]
         if not bool(torch.isfinite(loss)):
