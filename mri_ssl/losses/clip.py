@@ -140,4 +140,3 @@ def _check_pairs(video: torch.Tensor, text: torch.Tensor) -> None:
     if video.shape != text.shape:
         raise InputError("video/text", f"expected the same (B, D) shape for video and text embeddings, got "
                                        f"{tuple(video.shape)} and {tuple(text.shape)}")
-
