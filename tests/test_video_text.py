@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -108,6 +109,7 @@ def test_dataset_items(tiny_manifest):
         CMRVideoTextDataset(tiny_manifest, "training", tok, num_frames=6)
 
 
+@pytest.mark.slow
 def test_bundle_train_and_evaluate(tmp_path):
     root = bundle_dir("cmr_video_text")
     tiny = write_override(tmp_path, demo_studies=12, demo_cine_frames=4, demo_lge_slices=2, image_size=16,
@@ -129,3 +131,31 @@ def test_bundle_train_and_evaluate(tmp_path):
         assert 0 <= row["t2v_R@1"] <= 100 and row["RSUM"] <= 600 and row["num_queries"] >= 1
     assert (out / "retrieval.md").read_text().startswith("| model |")
     assert (out / "linear_probe.csv").is_file() and (out / "embedding_pca.png").stat().st_size > 0
+
+    run = run_bundle(tmp_path, [configs / "train.json", configs / "inference.json", tiny])
+    assert run.returncode == 0, run.stderr[-3000:]
+    rankings = json.loads((out / "inference" / "rankings.json").read_text())["rankings"]
+    test_ids = metrics["retrieval"][0]["num_queries"]
+    assert len(rankings) == test_ids
+    for ranked in rankings.values():
+        scores = [r["score"] for r in ranked]
+        assert scores == sorted(scores, reverse=True) and all(-1 - 1e-6 <= x <= 1 + 1e-6 for x in scores)
+    embeddings = np.load(out / "inference" / "embeddings.npz")
+    np.testing.assert_allclose(np.linalg.norm(embeddings["video"], axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_bundle_two_process_training(tmp_path):
+    root = bundle_dir("cmr_video_text")
+    tiny = write_override(tmp_path, demo_studies=12, demo_cine_frames=4, demo_lge_slices=2, image_size=16,
+                          cnn_features=[4, 8], temporal_layers=1, temporal_heads=2, text_width=16, text_layers=1,
+                          text_heads=2, embed_dim=32, batch_size=2, max_epochs=1, num_frames=4, progress_bar=False)
+    configs = root / "configs"
+    # the demo data are written by one process first, as docs/README.md says
+    resolve_cmr_manifest("", tmp_path / "demo_data", studies=12, cine_frames=4, lge_slices=2, matrix=16,
+                         progress=False)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    run = run_bundle(tmp_path, [configs / "train.json", configs / "multi_gpu_train.json", tiny], launcher=launcher)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads((tmp_path / "models" / "frames4_cine_lge_seed0" / "history.json").read_text())
+    assert summary["world_size"] == 2 and np.isfinite(summary["history"][0]["train_loss"])

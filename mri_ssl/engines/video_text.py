@@ -91,6 +91,9 @@ class VideoTextTrainer:
 
     def run(self) -> list[dict]:
         history, best = [], math.inf
+        if len(self.train_loader) == 0:
+            raise InputError("batch_size", f"the training split gives no full batch ({len(self.train_loader.dataset)} "
+                                           f"studies over {world_size()} process(es)); lower batch_size")
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         for epoch in range(1, self.max_epochs + 1):
             if hasattr(getattr(self.train_loader, "sampler", None), "set_epoch"):
@@ -232,3 +235,43 @@ def plot_embedding(embeddings: np.ndarray, labels: np.ndarray, path: Path) -> No
     with atomic_output(path) as temporary:
         figure.savefig(temporary, format="png", dpi=100)
     plt.close(figure)
+
+
+class VideoTextInference:
+    """Embed studies and rank candidate reports for each (``inference.json``).
+
+    Writes ``embeddings.npz`` (study ids, 512-d video embeddings, report texts, report embeddings) and
+    ``rankings.json``: per study the ``top_k`` candidate reports by cosine similarity, best first, with scores.
+
+    Args:
+        checkpoint: trainer checkpoint. dataset: a ``CMRVideoTextDataset`` in eval mode (the studies to embed).
+        reports: candidate report texts; default the dataset's own reports.
+    """
+
+    def __init__(self, checkpoint, dataset, output_dir, device, reports=None, top_k: int = 5):
+        self.checkpoint, self.dataset, self.output_dir = checkpoint, dataset, Path(output_dir)
+        self.device, self.reports, self.top_k = torch.device(device), reports, int(top_k)
+
+    @torch.no_grad()
+    def run(self) -> dict:
+        model, tokenizer = load_video_text_model(self.checkpoint, self.device)
+        reports = list(self.reports) if self.reports else [s["report"] for s in self.dataset.studies]
+        if not reports:
+            raise InputError("reports", "no candidate reports to rank")
+        embedded = embed_dataset(model, self.dataset, self.device)
+        report_embeddings = torch.cat([model.embed_text(tokenizer(reports[i:i + 64]).to(self.device)).cpu()
+                                       for i in range(0, len(reports), 64)]).numpy()
+        similarity = embedded["video"] @ report_embeddings.T
+        study_ids = [s["study_id"] for s in self.dataset.studies]
+        rankings = {}
+        for row, study_id in enumerate(study_ids):
+            order = np.argsort(-similarity[row], kind="stable")[:self.top_k]
+            rankings[study_id] = [{"rank": r + 1, "score": float(similarity[row, j]), "report": reports[j]}
+                                  for r, j in enumerate(order)]
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_output(self.output_dir / "embeddings.npz") as temporary:
+            with open(temporary, "wb") as handle:
+                np.savez(handle, study_ids=np.array(study_ids), video=embedded["video"], reports=np.array(reports),
+                         text=report_embeddings)
+        save_json({"checkpoint": str(self.checkpoint), "rankings": rankings}, self.output_dir / "rankings.json")
+        return rankings
