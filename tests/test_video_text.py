@@ -159,3 +159,13 @@ def test_bundle_two_process_training(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads((tmp_path / "models" / "frames4_cine_lge_seed0" / "history.json").read_text())
     assert summary["world_size"] == 2 and np.isfinite(summary["history"][0]["train_loss"])
+
+
+def test_video_encoder_with_cardiac_vit_frames():
+    torch.manual_seed(0)
+    encoder = VideoEncoder(frame_encoder="vit", temporal_layers=1, temporal_heads=2,
+                           vit_config={"img_size": 16, "patch_size": 8, "hidden_size": 16, "mlp_dim": 32,
+                                       "num_layers": 1, "num_heads": 2})
+    assert encoder(torch.rand(2, 4, 1, 16, 16)).shape == (2, 16)
+    with pytest.raises(InputError, match="frame_encoder"):
+        VideoEncoder(frame_encoder="resnet")
