@@ -161,6 +161,18 @@ def _command_manifest(args: argparse.Namespace) -> int:
         options.update(subjects=args.subjects, test_subjects=args.test_subjects,
                        validation_subjects=args.validation_subjects, resolution_mm=args.resolution_mm,
                        progress=not args.quiet)
+    if args.kind == "cmr":
+        from mri_ssl.data.cmr_dicom import write_cmr_dicom_manifest
+
+        folder = args.out or str(Path("data_manifests") / "cmr")
+        path = write_cmr_dicom_manifest(args.directory, folder, seed=args.seed)
+        manifest = json.loads(Path(path).read_text())
+        print(f"{len(manifest['studies'])} studies: " + ", ".join(
+            f"{split} {len(manifest[split])}" for split in ("training", "validation", "test")))
+        for skipped in manifest.get("skipped", []):
+            print(f"skipped {skipped['file']}: {skipped['problem']}")
+        print(f"wrote {path} (use its folder as dataset_dir of bundles/cmr_video_text)")
+        return 0
     out = args.out or str(Path("data_manifests") / f"{args.kind}.json")
     if args.kind == "dicom":
         options.update(images_dir=args.images_dir or str(Path(out).with_suffix("")) + "_images",
@@ -300,11 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "per subject, for pretraining), demo (writes the embedded MNI152 phantom images into DIR), "
                     "dicom (cardiac MR DICOM series: central 20 %% of slices at 84x84 as NIfTI, sequence class "
                     "T1/T2/Cine/LGE/Other from the headers, patient-level 70/10/20 splits; unreadable files are "
-                    "listed and skipped). "
+                    "listed and skipped), cmr (one folder per CMR study with DICOM Cine/LGE series and one report "
+                    ".txt; writes 84x84 NIfTI frame stacks and OUT/manifest.json, OUT being a folder, for the "
+                    "cmr_video_text bundle). "
                     "See data_manifests/README.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    manifest.add_argument("kind", choices=["ixi", "arc", "qmri", "demo", "dicom", "odir", "idrid", "refuge",
+    manifest.add_argument("kind", choices=["ixi", "arc", "qmri", "demo", "dicom", "cmr", "odir", "idrid", "refuge",
                                            "chestxray14"],
                           help="dataset layout (odir, idrid, refuge, chestxray14: 2-D images for fundus_camcontrast)")
     manifest.add_argument("directory", metavar="DIR", help="the dataset folder (for demo: where to write it)")

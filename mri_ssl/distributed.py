@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+
+import torch
 import torch.distributed as dist
 
 
@@ -22,3 +25,31 @@ def rank() -> int:
 def is_main_process() -> bool:
     """True on rank 0: the process that writes files and draws progress bars."""
     return rank() == 0
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's ``tensor`` along dim 0 (rank order), keeping the autograd graph.
+
+    Its backward returns to each rank the summed gradient that every rank's loss sent to that rank's rows, so an
+    encoder also learns from the other ranks' anchors (used by NT-Xent and CLIP). Every rank must pass the same
+    shape. Returns ``tensor`` itself when not distributed.
+    """
+    if world_size() == 1:
+        return tensor
+    from torch.distributed.nn.functional import all_gather  # importable only where torch.distributed is
+
+    # Recent torch (2.13) flags the differentiable gather as deprecated in favour of a private module; it still
+    # works and is the public API across the supported range.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*nn.functional.all_gather is deprecated", category=FutureWarning)
+        return torch.cat(all_gather(tensor))
+
+
+def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The mean of a scalar over all ranks, detached (for logging the global loss); ``value`` when single-process."""
+    world = world_size()
+    if world == 1:
+        return value.detach()
+    total = value.detach().clone()
+    dist.all_reduce(total)
+    return total / world

@@ -16,14 +16,13 @@ the same B, the mean of these W per-rank losses is the global loss, which is the
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from mri_ssl.distributed import world_size
+from mri_ssl.distributed import all_gather_with_grad, world_size
 from mri_ssl.errors import InputError
 
 
@@ -106,15 +105,9 @@ def _gather_keys(local: torch.Tensor, batch: int) -> torch.Tensor:
     Returns:
         (2N, D) with N = B * world: all ranks' view-1 rows in rank order, then all ranks' view-2 rows.
     """
-    from torch.distributed.nn.functional import all_gather  # importable only where torch.distributed is
-
-    # Differentiable gather: its backward returns to each rank the summed gradient every rank's loss sent to that
-    # rank's rows, so our encoder also learns from the other ranks' anchors. Recent torch (2.13) flags it as
-    # deprecated in favour of a private module; it still works and is the public API across the supported range.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*nn.functional.all_gather is deprecated", category=FutureWarning)
-        view1 = torch.cat(all_gather(local[:batch]))
-        view2 = torch.cat(all_gather(local[batch:]))
+    # Differentiable gather: our encoder also learns from the other ranks' anchors.
+    view1 = all_gather_with_grad(local[:batch])
+    view2 = all_gather_with_grad(local[batch:])
     return torch.cat([view1, view2])
 
 

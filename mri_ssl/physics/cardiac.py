@@ -553,7 +553,8 @@ def render_cine(anatomy: HeartAnatomy, frames: int = 25, view: str = "short_axis
 
 
 def render_series(anatomy: HeartAnatomy, sequence_class: str, rng: np.random.Generator, slices: int = 2,
-                  cine_frames: int = 3, view: str | None = None, kind: str | None = None) -> list[CardiacImage]:
+                  cine_frames: int = 3, view: str | None = None, kind: str | None = None,
+                  matrix: int = DEFAULT_MATRIX) -> list[CardiacImage]:
     """One series as a scanner acquires it: one protocol, coil shading and noise level for all of its images.
 
     Args:
@@ -565,6 +566,7 @@ def render_series(anatomy: HeartAnatomy, sequence_class: str, rng: np.random.Gen
             are one image per slice, triggered in mid-to-late diastole (phase 0.6-0.95).
         view: ``short_axis`` or ``long_axis``; default drawn (70 % short axis).
         kind: the ``Other`` subtype; default drawn once for the series.
+        matrix: output pixels per side.
     Returns the images in slice, then frame order, each with ``slice_index`` and ``frame`` set.
     """
     if int(slices) < 1 or int(cine_frames) < 1:
@@ -586,7 +588,7 @@ def render_series(anatomy: HeartAnatomy, sequence_class: str, rng: np.random.Gen
         for frame, phase in enumerate(phases):
             # One acquisition: the same seed, hence the same subtype, protocol and coil shading, for every image.
             image = render_slice(anatomy, sequence_class, phase=phase, view=view, slice_position=float(position),
-                                 rng=np.random.default_rng(state), kind=kind, noise=False)
+                                 rng=np.random.default_rng(state), kind=kind, noise=False, matrix=matrix)
             noise = np.random.default_rng([state, slice_index, frame]).standard_normal((2, *image.image.shape))
             image.image = np.hypot(image.image + sigma * noise[0], sigma * noise[1]).astype(np.float32)
             image.protocol["noise_sigma_fraction"] = float(sigma)

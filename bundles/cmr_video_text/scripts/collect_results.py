@@ -1,0 +1,44 @@
+"""Summarise evaluate.json outputs (logs/<run>/metrics.json) over seeds: mean and sample std per setting.
+
+Usage: ``python scripts/collect_results.py LOGS_DIR`` prints Markdown tables (retrieval, then linear probe) with one
+row per setting (run name without ``_seed<k>``) and a ``zero-shot (untrained)`` row per setting.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+RETRIEVAL = ("t2v_R@1", "t2v_R@5", "t2v_R@10", "t2v_MdR", "v2t_R@1", "v2t_R@5", "v2t_R@10", "v2t_MdR", "RSUM")
+PROBE = ("accuracy", "macro_auc", "macro_f1")
+
+
+def collect(logs: Path, table: str, columns) -> str:
+    groups = defaultdict(list)
+    for path in sorted(logs.glob("*/metrics.json")):
+        setting = re.sub(r"_seed\d+$", "", path.parent.name)
+        for row in json.loads(path.read_text())[table]:
+            name = setting if row["model"] != "zero-shot (untrained)" else f"{setting} zero-shot (untrained)"
+            groups[name].append(row)
+    lines = ["| setting | seeds | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
+    for name, rows in sorted(groups.items()):
+        cells = []
+        for column in columns:
+            values = np.array([r[column] for r in rows], dtype=float)
+            std = values.std(ddof=1) if len(values) > 1 else 0.0
+            cells.append(f"{values.mean():.1f} ± {std:.1f}" if column != "accuracy" and "macro" not in column
+                         else f"{values.mean():.2f} ± {std:.2f}")
+        lines.append(f"| {name} | {len(rows)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    folder = Path(sys.argv[1] if len(sys.argv) > 1 else "logs")
+    print(collect(folder, "retrieval", RETRIEVAL))
+    print()
+    print(collect(folder, "linear_probe", PROBE))

@@ -1,0 +1,116 @@
+"""CMRformer-style video-text model: a video encoder (per-frame 2-D encoder + temporal attention), a text
+transformer trained from scratch, projections into a shared 512-d space and the CLIP loss (with its logit scale).
+
+Video input: ``(B, T, 1, H, W)`` frames (T = ``num_frames`` from ``mri_ssl.transforms.frames``). Every frame goes
+through the same 2-D encoder (``CNNEncoder3D(spatial_dims=2)`` or the cardiac ``ViTEncoder2D``), the T frame
+features plus a learned temporal position embedding go through ``temporal_layers`` transformer layers, and their
+mean is the study feature. Text input: ``(B, L)`` ids from ``mri_ssl.text.WordTokenizer``; the ``[CLS]`` output of
+a small pre-norm transformer is the report feature (padding masked out).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mri_ssl.errors import InputError
+from mri_ssl.losses.clip import CLIPLoss
+from mri_ssl.networks.encoder import CNNEncoder3D
+from mri_ssl.networks.vit import ViTEncoder2D
+from mri_ssl.text.tokenizer import PAD_ID
+
+MAX_FRAMES = 64
+
+
+class VideoEncoder(nn.Module):
+    """Per-frame 2-D encoder + temporal self-attention over frames; returns (B, width) study features.
+
+    Args:
+        frame_encoder: "cnn" (``CNNEncoder3D`` 2-D with ``cnn_features``) or "vit" (``ViTEncoder2D(**vit_config)``).
+        temporal_layers, temporal_heads: the transformer over frames (0 layers: mean of frame features).
+    """
+
+    def __init__(self, frame_encoder: str = "cnn", cnn_features=(16, 32, 64, 128), vit_config: dict | None = None,
+                 temporal_layers: int = 2, temporal_heads: int = 4, dropout: float = 0.0):
+        super().__init__()
+        if frame_encoder == "cnn":
+            self.frame_encoder = CNNEncoder3D(spatial_dims=2, in_channels=1, features=cnn_features, dropout=dropout)
+        elif frame_encoder == "vit":
+            self.frame_encoder = ViTEncoder2D(**(vit_config or {}))
+        else:
+            raise InputError("frame_encoder", f"expected 'cnn' or 'vit', got {frame_encoder!r}")
+        width = self.frame_encoder.out_features
+        if width % int(temporal_heads) != 0:
+            raise InputError("temporal_heads", f"must divide the frame feature width {width}, got {temporal_heads}")
+        self.width = width
+        self.time_embedding = nn.Parameter(torch.zeros(1, MAX_FRAMES, width))
+        nn.init.trunc_normal_(self.time_embedding, std=0.02)
+        layer = nn.TransformerEncoderLayer(width, int(temporal_heads), 4 * width, dropout, batch_first=True,
+                                           norm_first=True)
+        self.temporal = nn.TransformerEncoder(layer, int(temporal_layers), enable_nested_tensor=False) \
+            if int(temporal_layers) > 0 else None
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        if video.ndim != 5 or video.shape[2] != 1:
+            raise InputError("video", f"expected (B, T, 1, H, W) frames, got {tuple(video.shape)}")
+        batch, frames = video.shape[:2]
+        if frames > MAX_FRAMES:
+            raise InputError("video", f"at most {MAX_FRAMES} frames, got {frames}")
+        features = self.frame_encoder(video.flatten(0, 1)).view(batch, frames, -1)
+        features = features + self.time_embedding[:, :frames]
+        if self.temporal is not None:
+            features = self.temporal(features)
+        return self.norm(features.mean(dim=1))
+
+
+class TextEncoder(nn.Module):
+    """Token + position embeddings, a pre-norm transformer, the ``[CLS]`` output as (B, width) report feature."""
+
+    def __init__(self, vocab_size: int, width: int = 128, layers: int = 2, heads: int = 4, max_length: int = 64,
+                 dropout: float = 0.0):
+        super().__init__()
+        if int(vocab_size) < 5:
+            raise InputError("vocab_size", f"expected a built vocabulary (>= 5 tokens), got {vocab_size}")
+        self.width, self.max_length = int(width), int(max_length)
+        self.token_embedding = nn.Embedding(int(vocab_size), self.width, padding_idx=PAD_ID)
+        self.position_embedding = nn.Parameter(torch.zeros(1, self.max_length, self.width))
+        nn.init.trunc_normal_(self.position_embedding, std=0.02)
+        layer = nn.TransformerEncoderLayer(self.width, int(heads), 4 * self.width, dropout, batch_first=True,
+                                           norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, int(layers), enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(self.width)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.ndim != 2 or ids.shape[1] > self.max_length:
+            raise InputError("ids", f"expected (B, L <= {self.max_length}) token ids, got {tuple(ids.shape)}")
+        x = self.token_embedding(ids) + self.position_embedding[:, :ids.shape[1]]
+        x = self.transformer(x, src_key_padding_mask=ids == PAD_ID)
+        return self.norm(x[:, 0])
+
+
+class VideoTextModel(nn.Module):
+    """Video and text encoders, linear projections to ``embed_dim`` (512) and the CLIP loss with its logit scale.
+
+    ``forward(video, ids)`` returns ``{"video": (B, 512), "text": (B, 512)}`` L2-normalised embeddings;
+    ``self.loss(video_embedding, text_embedding)`` is the symmetric CLIP loss.
+    """
+
+    def __init__(self, vocab_size: int, embed_dim: int = 512, video_config: dict | None = None,
+                 text_config: dict | None = None):
+        super().__init__()
+        self.video_encoder = VideoEncoder(**(video_config or {}))
+        self.text_encoder = TextEncoder(vocab_size, **(text_config or {}))
+        self.video_projection = nn.Linear(self.video_encoder.width, int(embed_dim), bias=False)
+        self.text_projection = nn.Linear(self.text_encoder.width, int(embed_dim), bias=False)
+        self.loss = CLIPLoss()
+
+    def embed_video(self, video: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.video_projection(self.video_encoder(video)), dim=1)
+
+    def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_projection(self.text_encoder(ids)), dim=1)
+
+    def forward(self, video: torch.Tensor, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"video": self.embed_video(video), "text": self.embed_text(ids)}

@@ -1,0 +1,171 @@
+"""Video-text pieces: tokenizer, encoders, linear probe maths, the study dataset, and the bundle end to end."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from mri_ssl.data.cmr_video_dataset import CMRVideoTextDataset, load_study_frames, resolve_cmr_manifest
+from mri_ssl.errors import InputError
+from mri_ssl.metrics.linear_probe import f1_score, linear_probe, roc_auc
+from mri_ssl.networks.video_text import TextEncoder, VideoEncoder, VideoTextModel
+from mri_ssl.text.tokenizer import CLS_ID, PAD_ID, SEP_ID, UNK_ID, WordTokenizer, split_words
+from tests.bundle_runner import bundle_dir, run_bundle, write_override
+
+REPORTS = ["The left ventricle is dilated, EF 39%.", "Normal LV size. EF 62%.", "Patchy late enhancement."]
+
+
+def test_tokenizer_rules():
+    assert split_words("EF 39%. Infero-septal") == ["ef", "3", "9", "%", ".", "infero-septal"]
+    tok = WordTokenizer.build(REPORTS, max_length=8)
+    assert tok.vocabulary[:4] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    assert tok.vocabulary[4:7] == [".", "%", "ef"]  # most frequent first: "." x4, then "%" and "ef" x2, alphabetical
+    ids = tok("EF 93% amyloid")[0].tolist()
+    assert ids[0] == CLS_ID and ids[5] == UNK_ID and ids[6] == SEP_ID and ids[7] == PAD_ID  # unseen word -> UNK
+    long = tok("ef " * 20)[0].tolist()
+    assert len(long) == 8 and long[0] == CLS_ID and long[-1] == SEP_ID  # truncation keeps [SEP]
+    assert WordTokenizer.build(reversed(REPORTS)).vocabulary == WordTokenizer.build(REPORTS).vocabulary
+
+
+def test_tokenizer_save_load(tmp_path):
+    tok = WordTokenizer.build(REPORTS)
+    loaded = WordTokenizer.load(tok.save(tmp_path / "tokenizer.json"))
+    assert loaded.vocabulary == tok.vocabulary and torch.equal(loaded(REPORTS), tok(REPORTS))
+    with pytest.raises(InputError, match="not found"):
+        WordTokenizer.load(tmp_path / "missing.json")
+
+
+def test_text_encoder_ignores_padding():
+    torch.manual_seed(0)
+    encoder = TextEncoder(vocab_size=20, width=16, layers=1, heads=2, max_length=12).eval()
+    ids = torch.tensor([[CLS_ID, 5, 6, 7, SEP_ID, PAD_ID, PAD_ID, PAD_ID]])
+    torch.testing.assert_close(encoder(ids), encoder(ids[:, :5]), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(encoder(ids), encoder(ids.roll(1, dims=1)))
+
+
+def test_video_model_shapes_and_frame_order():
+    torch.manual_seed(0)
+    model = VideoTextModel(vocab_size=30, embed_dim=512,
+                           video_config={"cnn_features": [4, 8], "temporal_layers": 1, "temporal_heads": 2},
+                           text_config={"width": 16, "layers": 1, "heads": 2, "max_length": 10}).eval()
+    video = torch.rand(3, 4, 1, 16, 16)
+    out = model(video, torch.randint(4, 30, (3, 10)))
+    assert out["video"].shape == (3, 512) and out["text"].shape == (3, 512)
+    torch.testing.assert_close(out["video"].norm(dim=1), torch.ones(3))
+    # the temporal position embedding makes the encoder see frame order
+    assert not torch.allclose(model.embed_video(video), model.embed_video(video.flip(1)), atol=1e-6)
+    assert [n for n in dict(model.named_parameters()) if "logit_scale" in n] == ["loss.log_logit_scale"]
+    with pytest.raises(InputError, match="video"):
+        VideoEncoder(cnn_features=[4, 8], temporal_heads=2)(torch.rand(2, 4, 16, 16))
+
+
+def test_auc_and_f1_closed_form():
+    # positives 0.8, 0.4; negatives 0.4, 0.1: pairs (0.8 > 0.4, 0.8 > 0.1, 0.4 = 0.4 -> 1/2, 0.4 > 0.1) = 3.5 / 4
+    assert roc_auc(np.array([0.8, 0.4, 0.4, 0.1]), np.array([1, 1, 0, 0])) == 0.875
+    assert np.isnan(roc_auc(np.array([0.1, 0.2]), np.array([0, 0])))
+    predicted, actual = np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 0], bool)
+    assert f1_score(predicted, actual) == pytest.approx(0.5)  # TP 1, FP 1, FN 1
+
+
+def test_linear_probe_separates_separable_classes():
+    rng = np.random.default_rng(0)
+    centres = np.eye(4, 6) * 6
+    labels = np.repeat(np.arange(4), 10)
+    features = centres[labels] + rng.normal(size=(40, 6))
+    result = linear_probe(features[::2], labels[::2], features[1::2], labels[1::2], ["a", "b", "c", "d"])
+    assert result["accuracy"] == 1.0 and result["macro_auc"] == 1.0 and result["macro_f1"] == 1.0
+    shuffled = linear_probe(features[::2], rng.permutation(labels[::2]), features[1::2], labels[1::2], "abcd")
+    assert shuffled["accuracy"] < 0.8
+
+
+@pytest.fixture(scope="module")
+def tiny_manifest(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cmr")
+    return resolve_cmr_manifest("", folder, studies=8, cine_frames=4, lge_slices=2, matrix=16, progress=False)
+
+
+def test_study_frames_concatenate_series_in_order(tiny_manifest):
+    study = tiny_manifest["studies"][0]
+    both = load_study_frames(tiny_manifest["root"], study, ("cine", "lge"), image_size=16)
+    cine = load_study_frames(tiny_manifest["root"], study, ("cine",), image_size=16)
+    assert both.shape == (4 + 4 + 2 + 1, 16, 16) and cine.shape == (8, 16, 16)
+    torch.testing.assert_close(both[:8], cine)
+    assert load_study_frames(tiny_manifest["root"], study, ("cine",), image_size=8).shape == (8, 8, 8)
+    with pytest.raises(InputError, match="series_types"):
+        load_study_frames(tiny_manifest["root"], study, ("flair",))
+
+
+def test_dataset_items(tiny_manifest):
+    tok = WordTokenizer.build([s["report"] for s in tiny_manifest["studies"]])
+    data = CMRVideoTextDataset(tiny_manifest, "training", tok, num_frames=16, mode="eval", image_size=16)
+    item = data[0]
+    assert item["video"].shape == (16, 1, 16, 16) and item["ids"].shape == (tok.max_length,)
+    assert item["ids"][0] == CLS_ID and 0 <= item["label"] < 4
+    with pytest.raises(InputError, match="num_frames"):
+        CMRVideoTextDataset(tiny_manifest, "training", tok, num_frames=6)
+
+
+@pytest.mark.slow
+def test_bundle_train_and_evaluate(tmp_path):
+    root = bundle_dir("cmr_video_text")
+    tiny = write_override(tmp_path, demo_studies=12, demo_cine_frames=4, demo_lge_slices=2, image_size=16,
+                          cnn_features=[4, 8], temporal_layers=1, temporal_heads=2, text_width=16, text_layers=1,
+                          text_heads=2, embed_dim=32, batch_size=4, max_epochs=2, num_frames=4, progress_bar=False)
+    configs = root / "configs"
+    run = run_bundle(tmp_path, [configs / "train.json", tiny])
+    assert run.returncode == 0, run.stderr[-3000:]
+    ckpt = tmp_path / "models" / "frames4_cine_lge_seed0"
+    history = json.loads((ckpt / "history.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2] and all(np.isfinite(h["train_loss"]) for h in history)
+    assert all(h["logit_scale"] <= 100 for h in history)
+    run = run_bundle(tmp_path, [configs / "train.json", configs / "evaluate.json", tiny])
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = tmp_path / "logs" / "frames4_cine_lge_seed0"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [r["model"] for r in metrics["retrieval"]] == ["zero-shot (untrained)", "frames4_cine_lge_seed0"]
+    for row in metrics["retrieval"]:
+        assert 0 <= row["t2v_R@1"] <= 100 and row["RSUM"] <= 600 and row["num_queries"] >= 1
+    assert (out / "retrieval.md").read_text().startswith("| model |")
+    assert (out / "linear_probe.csv").is_file() and (out / "embedding_pca.png").stat().st_size > 0
+
+    run = run_bundle(tmp_path, [configs / "train.json", configs / "inference.json", tiny])
+    assert run.returncode == 0, run.stderr[-3000:]
+    rankings = json.loads((out / "inference" / "rankings.json").read_text())["rankings"]
+    test_ids = metrics["retrieval"][0]["num_queries"]
+    assert len(rankings) == test_ids
+    for ranked in rankings.values():
+        scores = [r["score"] for r in ranked]
+        assert scores == sorted(scores, reverse=True) and all(-1 - 1e-6 <= x <= 1 + 1e-6 for x in scores)
+    embeddings = np.load(out / "inference" / "embeddings.npz")
+    np.testing.assert_allclose(np.linalg.norm(embeddings["video"], axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_bundle_two_process_training(tmp_path):
+    root = bundle_dir("cmr_video_text")
+    tiny = write_override(tmp_path, demo_studies=12, demo_cine_frames=4, demo_lge_slices=2, image_size=16,
+                          cnn_features=[4, 8], temporal_layers=1, temporal_heads=2, text_width=16, text_layers=1,
+                          text_heads=2, embed_dim=32, batch_size=2, max_epochs=1, num_frames=4, progress_bar=False)
+    configs = root / "configs"
+    # the demo data are written by one process first, as docs/README.md says
+    resolve_cmr_manifest("", tmp_path / "demo_data", studies=12, cine_frames=4, lge_slices=2, matrix=16,
+                         progress=False)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    run = run_bundle(tmp_path, [configs / "train.json", configs / "multi_gpu_train.json", tiny], launcher=launcher)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads((tmp_path / "models" / "frames4_cine_lge_seed0" / "history.json").read_text())
+    assert summary["world_size"] == 2 and np.isfinite(summary["history"][0]["train_loss"])
+
+
+def test_video_encoder_with_cardiac_vit_frames():
+    torch.manual_seed(0)
+    encoder = VideoEncoder(frame_encoder="vit", temporal_layers=1, temporal_heads=2,
+                           vit_config={"img_size": 16, "patch_size": 8, "hidden_size": 16, "mlp_dim": 32,
+                                       "num_layers": 1, "num_heads": 2})
+    assert encoder(torch.rand(2, 4, 1, 16, 16)).shape == (2, 16)
+    with pytest.raises(InputError, match="frame_encoder"):
+        VideoEncoder(frame_encoder="resnet")
