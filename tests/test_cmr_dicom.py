@@ -8,7 +8,7 @@ import pytest
 from mri_ssl.data.cmr_dicom import scan_cmr_dicom, series_view, write_cmr_dicom_manifest
 from mri_ssl.data.cmr_studies import load_cmr_manifest
 from mri_ssl.errors import InputError
-from tests.dicom_writer import write_series
+from dicom_writer import write_series
 
 
 def _studies(root, count=3):

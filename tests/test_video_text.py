@@ -14,7 +14,7 @@ from mri_ssl.errors import InputError
 from mri_ssl.metrics.linear_probe import f1_score, linear_probe, roc_auc
 from mri_ssl.networks.video_text import TextEncoder, VideoEncoder, VideoTextModel
 from mri_ssl.text.tokenizer import CLS_ID, PAD_ID, SEP_ID, UNK_ID, WordTokenizer, split_words
-from tests.bundle_runner import bundle_dir, run_bundle, write_override
+from bundle_runner import bundle_dir, run_bundle, write_override
 
 REPORTS = ["The left ventricle is dilated, EF 39%.", "Normal LV size. EF 62%.", "Patchy late enhancement."]
 
