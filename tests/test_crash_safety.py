@@ -105,6 +105,7 @@ def test_nan_weights_are_never_written_over_a_checkpoint(tmp_path):
     checkpointer.attach(trainer)
     trainer.run([0], max_epochs=1)
     before = (tmp_path / "latest.pt").read_bytes()
+    released_before = (tmp_path / "final.safetensors").read_bytes()  # the safetensors twin of final.pt
     with torch.no_grad():
         network.weight[0, 1] = float("nan")
     with pytest.raises(NonFiniteWeightsError, match=r"weight.*NaN or Inf"):
@@ -112,7 +113,8 @@ def test_nan_weights_are_never_written_over_a_checkpoint(tmp_path):
     with pytest.raises(NonFiniteWeightsError):
         checkpointer.completed(trainer)
     assert (tmp_path / "latest.pt").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["final.pt", "latest.pt"]
+    assert (tmp_path / "final.safetensors").read_bytes() == released_before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final.pt", "final.safetensors", "latest.pt"]
 
 
 def test_resume_chain_final_then_latest_then_best(tmp_path, caplog):
