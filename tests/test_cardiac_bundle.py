@@ -160,3 +160,14 @@ def test_a_truncated_image_in_the_datalist_is_named_before_training(tmp_path):
     image.write_bytes(data[: len(data) // 2])
     with pytest.raises(DataIntegrityError, match=entry["image"].split("/")[-1]):
         check_classification_datalist(datalist, ["training"], labelled_only=False)
+
+
+def test_a_study_in_two_splits_is_refused(tmp_path):
+    from mri_ssl.data.sequence_labels import check_classification_datalist
+
+    datalist = write_cardiac_demo(tmp_path / "demo", subjects=4, seed=0)
+    content = json.loads(Path(datalist).read_text())
+    content["validation"].append(dict(content["training"][0]))
+    Path(datalist).write_text(json.dumps(content))
+    with pytest.raises(InputError, match=content["training"][0]["subject"]):
+        check_classification_datalist(datalist, ["training"], labelled_only=False)

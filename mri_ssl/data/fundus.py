@@ -171,11 +171,14 @@ def check_fundus_datalist(datalist: str | os.PathLike, splits: Sequence[str] = (
     Raises ``InputError`` naming the file and the problem: a missing or unreadable image (or heatmap crop), an
     entry without the coarse label ``abnormal`` (when ``require_label``), a mask of another size than its image;
     each image and mask is first read completely by ``mri_ssl.data.integrity`` (every PNG chunk CRC checked, a
-    truncated file never padded), which raises its ``DataIntegrityError`` naming the file and the check.
+    truncated file never padded), which raises its ``DataIntegrityError`` naming the file and the check. A subject in
+    two splits is an error too.
     """
     from tqdm.auto import tqdm
 
-    from mri_ssl.data.integrity import read_image
+    from mri_ssl.data.integrity import check_no_split_leak, read_image
+
+    check_no_split_leak(datalist)
 
     entries = [(split, entry) for split in splits for entry in fundus_entries(datalist, split, require_mask)]
     if not entries:

@@ -733,6 +733,18 @@ def _check_splits(content: Mapping, subject_key: str = "subject") -> list[Findin
     return []
 
 
+def check_no_split_leak(datalist: str | os.PathLike, subject_key: str = "subject") -> None:
+    """Raise ``InputError`` naming the subject and both splits if a subject of the datalist file is in two splits
+    (for loaders that check their own files; ``check_data`` reports the same finding in its table). Entries
+    without ``subject_key`` cannot be checked and are let through with a logged warning."""
+    import json
+
+    for finding in _check_splits(json.loads(Path(datalist).read_text()), subject_key):
+        if finding.status == "error":
+            raise InputError(datalist, finding.message)
+        logger.warning("%s: %s", datalist, finding.message)
+
+
 def check_data(datalist: str | os.PathLike, splits: Sequence[str] = ("training", "validation", "test"),
                keys: Sequence[str] | None = None, label_key: str | None = "label",
                label_values: Iterable[int] | None = None, spatial_dims: int | None = 3,

@@ -73,8 +73,10 @@ def check_classification_datalist(datalist: str | os.PathLike, splits: Sequence[
                                   sequence_map: Mapping[str, str] | None = None) -> None:
     """Raise ``InputError`` before training if a split is empty or an image file is missing, and a
     ``DataIntegrityError`` (naming the file and the check) if an image does not read completely as a finite 2-D
-    image (``mri_ssl.data.integrity``)."""
-    from mri_ssl.data.integrity import check_image_files
+    image (``mri_ssl.data.integrity``); a subject in two splits is an error too."""
+    from mri_ssl.data.integrity import check_image_files, check_no_split_leak
+
+    check_no_split_leak(datalist)
 
     for split in splits:
         entries = classification_entries(datalist, split, class_names, labelled_only, sequence_map)
