@@ -343,7 +343,7 @@ def verify_bundle(bundle_root: str | os.PathLike, trust_bundle: bool = False,
         return report
     net_skip = (settings.get("net_in_out") or {}).get("skip")
     if "net-in-out" in selected and net_skip:
-        record("net-in-out", "SKIP", f"opted out by configs/verify_bundle.json: {net_skip}")
+        record("net-in-out", "SKIP", f"opted out in configs/verify_bundle.json: {net_skip}")
     elif "net-in-out" in selected:
         try:
             record("net-in-out", "PASS", check_net_in_out(root, settings))
@@ -368,7 +368,7 @@ def verify_bundle(bundle_root: str | os.PathLike, trust_bundle: bool = False,
                     continue
                 reason = (settings.get("skip_workflows") or {}).get(stage)
                 if reason:
-                    record(name, "SKIP", f"opted out by configs/verify_bundle.json: {reason}")
+                    record(name, "SKIP", f"opted out in configs/verify_bundle.json: {reason}")
                     continue
                 try:
                     record(name, "PASS", run_workflow(root, stage, stacks[stage], folder, overrides))
