@@ -28,6 +28,18 @@ def load_encoder(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     Only the known constructor arguments are accepted from the file (never code). The ``.safetensors`` twin written
     by ``export_encoder`` is read when present; otherwise the file is read with ``weights_only=True``.
     """
+    return load_exported_module(path, CNNEncoder3D, ENCODER_CONFIG_KEYS, device,
+                                "encoder config has unknown keys").eval()
+
+
+def load_exported_module(path: str | os.PathLike, module_class: type[torch.nn.Module], config_keys,
+                         device: str | torch.device = "cpu",
+                         unknown_keys_message: str = "config has unknown keys") -> torch.nn.Module:
+    """Rebuild ``module_class(**config)`` from an exported ``{"config", "state_dict"}`` file on ``device``.
+
+    The config may hold only ``config_keys`` (constructor arguments, never code); the ``.safetensors`` twin is read
+    when present, otherwise the file with ``weights_only=True``. Shared by the CNN and ViT encoder loaders.
+    """
     twin = safetensors_path(path)
     if twin.is_file():  # released weights: tensors + JSON config, no pickle at all
         state_dict, metadata = load_safetensors(twin, device)
@@ -40,15 +52,15 @@ def load_encoder(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     if not isinstance(payload, dict) or not {"config", "state_dict"} <= set(payload):
         raise InputError(path, "not an exported encoder: expected a dict with 'config' and 'state_dict'")
     config = dict(payload["config"])
-    unknown = set(config) - ENCODER_CONFIG_KEYS
+    unknown = set(config) - set(config_keys)
     if unknown:
-        raise InputError(path, f"encoder config has unknown keys {sorted(unknown)}")
-    encoder = CNNEncoder3D(**config)
+        raise InputError(path, f"{unknown_keys_message} {sorted(unknown)}")
+    module = module_class(**config)
     try:
-        encoder.load_state_dict(payload["state_dict"])
+        module.load_state_dict(payload["state_dict"])
     except RuntimeError as error:
         raise InputError(path, f"weights do not fit the encoder config {config}: {error}") from error
-    return encoder.to(device).eval()
+    return module.to(device)
 
 
 @torch.no_grad()

@@ -177,19 +177,9 @@ def load_pretrained_weights(encoder: ViTEncoder2D, path: str | os.PathLike) -> V
 
 
 def load_vit_encoder(path: str | os.PathLike, device: str | torch.device = "cpu") -> ViTEncoder2D:
-    """Rebuild a ``ViTEncoder2D`` from an exported ``{"config", "state_dict"}`` file (``export_encoder``)."""
-    from mri_ssl.engines.checkpoint import load_checkpoint
+    """Rebuild a ``ViTEncoder2D`` from an exported ``{"config", "state_dict"}`` file (``export_encoder``); its
+    ``.safetensors`` twin is read when present (``load_exported_module``)."""
+    from mri_ssl.engines.features import load_exported_module  # engines import networks; import here, not at the top
 
-    payload = load_checkpoint(path, map_location=device)
-    if not isinstance(payload, dict) or not {"config", "state_dict"} <= set(payload):
-        raise InputError(path, "not an exported encoder: expected a dict with 'config' and 'state_dict'")
-    config = dict(payload["config"])
-    unknown = set(config) - VIT_CONFIG_KEYS
-    if unknown:
-        raise InputError(path, f"not a ViT encoder file: config has unknown keys {sorted(unknown)}")
-    encoder = ViTEncoder2D(**config)
-    try:
-        encoder.load_state_dict(payload["state_dict"])
-    except RuntimeError as error:
-        raise InputError(path, f"weights do not fit the encoder config {config}: {error}") from error
-    return encoder.to(device)
+    return load_exported_module(path, ViTEncoder2D, VIT_CONFIG_KEYS, device,
+                                "not a ViT encoder file: config has unknown keys")
