@@ -66,3 +66,26 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_output(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive advisory lock on the file ``path`` (created if missing) while the block runs.
+
+    Concurrent processes that write the same shared files (e.g. two bundle runs of an experiment grid writing the
+    embedded demo data into one folder) take the lock first, so one writes and the others then find the files
+    complete. Uses ``fcntl.flock`` (POSIX); where it is unavailable the block runs unlocked.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; concurrent runs there must not share a demo folder
+        yield path
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield path
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -7,9 +7,11 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from mri_ssl.atomic import exclusive_lock
 from mri_ssl.errors import InputError
 
 DATALIST_NAME = "datalist.json"
+DEMO_LOCK_NAME = ".writing.lock"  # taken while the embedded demo data are checked and (re)written
 
 
 DEMO_KINDS = ("pretrain", "downstream")
@@ -48,15 +50,19 @@ def resolve_datalist(
         raise InputError("demo", f"unknown demo data kind {demo!r}; expected one of {', '.join(DEMO_KINDS)}")
     demo_datalist = Path(demo_data_dir) / DATALIST_NAME
     test_subjects = int(test_subjects) if demo == "downstream" else 0
-    if not _demo_matches(demo_datalist, demo, resolution_mm, subjects, validation_subjects, test_subjects, seed):
-        from mri_ssl.data.demo_data import write_demo_data, write_downstream_demo
+    # Runs of an experiment grid may share one demo folder and start together: one writes, the others wait.
+    with exclusive_lock(Path(demo_data_dir) / DEMO_LOCK_NAME):
+        if not _demo_matches(demo_datalist, demo, resolution_mm, subjects, validation_subjects, test_subjects,
+                             seed):
+            from mri_ssl.data.demo_data import write_demo_data, write_downstream_demo
 
-        if demo == "pretrain":
-            write_demo_data(demo_data_dir, subjects=subjects, validation_subjects=validation_subjects,
-                            resolution_mm=resolution_mm, seed=seed)
-        else:
-            write_downstream_demo(demo_data_dir, subjects=subjects, test_subjects=test_subjects,
-                                  validation_subjects=validation_subjects, resolution_mm=resolution_mm, seed=seed)
+            if demo == "pretrain":
+                write_demo_data(demo_data_dir, subjects=subjects, validation_subjects=validation_subjects,
+                                resolution_mm=resolution_mm, seed=seed)
+            else:
+                write_downstream_demo(demo_data_dir, subjects=subjects, test_subjects=test_subjects,
+                                      validation_subjects=validation_subjects, resolution_mm=resolution_mm,
+                                      seed=seed)
     return str(demo_datalist)
 
 
