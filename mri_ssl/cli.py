@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -36,7 +37,7 @@ def _command_demo(args: argparse.Namespace) -> int:
     summary = run_demo(args.out, resolution_mm=args.resolution_mm, random_protocols=args.random_protocols,
                        seed=args.seed, fused=args.fused, progress=not args.quiet, seeds=args.seeds,
                        grid_path=args.grid, bundles_dir=args.bundles_dir, simulation_only=args.simulation_only,
-                       trust_bundles=args.trust_bundle)
+                       trust_bundles=args.trust_bundle, jobs=args.jobs)
     print(format_summary(summary))
     print(f"outputs in {Path(args.out).resolve()}")
     return 0
@@ -206,7 +207,7 @@ def _command_experiment(args: argparse.Namespace) -> int:
         return 0
     timeout_s = args.timeout_min * 60.0 if args.timeout_min else None
     results = run_grid(grid, out, infer=not args.no_inference, progress=not args.quiet, timeout_s=timeout_s,
-                       trust_bundles=args.trust_bundle)
+                       trust_bundles=args.trust_bundle, jobs=args.jobs)
     paths = write_tables(grid, results, out)
     print(paths["markdown"].read_text())
     print(f"tables in {paths['markdown']} and {paths['csv']}; every run in {out / 'runs.csv'}")
@@ -259,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--bundles-dir", default=None, help="the folder holding the bundles, instead of the grid's")
     demo.add_argument("--trust-bundle", action="store_true",
                       help="run the bundles even if the static scan refused something in them or the grid")
+    demo.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                      help="bundle runs at once, each with its share of the CPU threads (small CPU runs use two "
+                           "single-threaded processes better than one two-threaded one)")
     demo.set_defaults(handler=_command_demo)
 
     demo_data = commands.add_parser("demo-data", help="write the MNI152 qMRI phantom as NIfTI files + datalist",
@@ -353,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--timeout-min", type=float, default=None, help="stop a bundle stage after this long")
     experiment.add_argument("--dry-run", action="store_true", help="list the runs and their config hashes, run none")
     experiment.add_argument("--quiet", action="store_true", help="no progress bar")
+    experiment.add_argument("--jobs", type=int, default=1,
+                            help="bundle runs at once, each with its share of the CPU threads (1 on a GPU)")
     experiment.add_argument("--trust-bundle", action="store_true",
                             help="run the bundles even if the static scan refused something in them or the grid")
     experiment.set_defaults(handler=_command_experiment)

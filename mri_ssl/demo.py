@@ -27,6 +27,7 @@ from mri_ssl.data.nifti import save_json, save_nifti
 from mri_ssl.errors import InputError
 from mri_ssl.experiments import collect, load_grid, run_grid, write_tables
 from mri_ssl.experiments.figures import plot_metric_bars, plot_segmentation_overlays
+from mri_ssl.experiments.memory import ProcessTreeMemory
 from mri_ssl.experiments.grid import Grid, expand_placeholders
 from mri_ssl.experiments.runner import STATUS_OK, require_trusted
 from mri_ssl.experiments.tables import format_plain_tables
@@ -203,26 +204,17 @@ def load_demo_grid(grid_path: str | os.PathLike | None = None, bundles_dir: str 
     return replace(grid, seeds=tuple(dict.fromkeys(int(s) for s in seeds))) if seeds else grid
 
 
-def _peak_memory_gb() -> float:
-    """The largest resident memory of this process or any finished child (the bundle runs), in GB (Linux / macOS)."""
-    import resource
-    import sys
-
-    unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is in bytes on macOS, kilobytes on Linux
-    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    return round(peak * unit / 1e9, 2)
-
-
 def draw_figures(grid: Grid, results, records, out_dir: Path) -> list[str]:
-    """The bar charts of every metric and, for tasks with an inference stage, the segmentation overlays."""
+    """The bar charts of every metric and, for segmentation tasks that write label maps (an inference stage, or
+    ``save_predictions`` in the evaluation), the segmentation overlays."""
     figures = []
     bars = plot_metric_bars(records, grid, out_dir / "figures" / "metrics.png")
     if bars:
         figures.append(str(bars.relative_to(out_dir)))
     for spec in grid.downstream:
         data_dir = spec.overrides.get("demo_data_dir")
-        if not spec.inference or not data_dir or spec.bundle_dir.name != "mri_segmentation":
+        writes_label_maps = bool(spec.inference) or spec.overrides.get("save_predictions") is True
+        if not writes_label_maps or not data_dir or spec.bundle_dir.name != "mri_segmentation":
             continue
         datalist = Path(expand_placeholders(data_dir, {"out_dir": out_dir.resolve()})) / "datalist.json"
         if datalist.is_file():
@@ -245,41 +237,44 @@ def run_demo(
     bundles_dir: str | os.PathLike | None = None,
     simulation_only: bool = False,
     trust_bundles: bool = False,
+    jobs: int = 1,
 ) -> dict:
     """The demo; returns the summary written to ``out_dir/summary.json``.
 
     Stage 1 (``run_simulation_stage``) writes the phantom, the simulated images and ``montage.png``. Unless
     ``simulation_only``, stage 2 runs the demo grid for ``seeds`` (runs in ``out_dir/runs/``, reused when
     unchanged), and stage 3 writes ``results.md`` / ``results.csv`` (the paper's table layout), ``runs.csv``,
-    ``grid.yaml`` (the configuration used) and ``figures/*.png``.
+    ``grid.yaml`` (the configuration used) and ``figures/*.png``. ``jobs`` bundle runs go at once, each with its
+    share of the CPU threads. ``peak_memory_gb`` is the largest summed resident memory of the demo and its runs.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
     grid = None if simulation_only else load_demo_grid(grid_path, bundles_dir, seeds)  # check it before any work
     if grid is not None and not trust_bundles:
         require_trusted(grid)
-    summary = run_simulation_stage(out_dir, resolution_mm, random_protocols, seed, fused, progress)
-    summary["stage_seconds"] = {"simulation": summary.pop("seconds")}
-    if grid is not None:
-        stage_started = time.perf_counter()
-        results = run_grid(grid, out_dir, progress=progress, trust_bundles=True)  # scanned above
-        summary["stage_seconds"]["bundle_runs"] = round(time.perf_counter() - stage_started, 2)
-        stage_started = time.perf_counter()
-        tables = write_tables(grid, results, out_dir)
-        records = collect(grid, results)
-        figures = draw_figures(grid, results, records, out_dir)
-        summary["stage_seconds"]["tables_and_figures"] = round(time.perf_counter() - stage_started, 2)
-        summary["stage"] = "complete"
-        summary["experiment"] = {
-            "grid": "grid.yaml", "seeds": list(grid.seeds), "modes": list(grid.modes),
-            "runs": len(results), "finished": sum(r.status == STATUS_OK for r in results),
-            "failed": [r.run.label for r in results if r.status != STATUS_OK],
-            "results_markdown": str(tables["markdown"].relative_to(out_dir)),
-            "results_csv": str(tables["csv"].relative_to(out_dir)), "figures": figures,
-            "table": format_plain_tables(records, grid),
-        }
+    with ProcessTreeMemory() as memory:  # the demo and its bundle runs together
+        summary = run_simulation_stage(out_dir, resolution_mm, random_protocols, seed, fused, progress)
+        summary["stage_seconds"] = {"simulation": summary.pop("seconds")}
+        if grid is not None:
+            stage_started = time.perf_counter()
+            results = run_grid(grid, out_dir, progress=progress, trust_bundles=True, jobs=jobs)  # scanned above
+            summary["stage_seconds"]["bundle_runs"] = round(time.perf_counter() - stage_started, 2)
+            stage_started = time.perf_counter()
+            tables = write_tables(grid, results, out_dir)
+            records = collect(grid, results)
+            figures = draw_figures(grid, results, records, out_dir)
+            summary["stage_seconds"]["tables_and_figures"] = round(time.perf_counter() - stage_started, 2)
+            summary["stage"] = "complete"
+            summary["experiment"] = {
+                "grid": "grid.yaml", "seeds": list(grid.seeds), "modes": list(grid.modes), "jobs": jobs,
+                "runs": len(results), "finished": sum(r.status == STATUS_OK for r in results),
+                "failed": [r.run.label for r in results if r.status != STATUS_OK],
+                "results_markdown": str(tables["markdown"].relative_to(out_dir)),
+                "results_csv": str(tables["csv"].relative_to(out_dir)), "figures": figures,
+                "table": format_plain_tables(records, grid),
+            }
     summary["seconds"] = round(time.perf_counter() - started, 2)
-    summary["peak_memory_gb"] = _peak_memory_gb()
+    summary["peak_memory_gb"] = memory.peak_gb
     save_json(summary, out_dir / "summary.json")
     return summary
 

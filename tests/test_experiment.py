@@ -249,3 +249,71 @@ def test_a_grid_whose_overrides_fail_the_static_scan_runs_nothing(tmp_path):
         from mri_ssl.experiments.runner import require_trusted
 
         require_trusted(load_grid(path))
+
+
+# ------------------------------------------------------------------------------------------------ parallel runs
+
+
+def test_parallel_runs_respect_the_job_limit_and_wait_for_their_pretraining(tmp_path, monkeypatch):
+    """With jobs=2, at most two runs overlap, no downstream run starts before its pretraining run has finished,
+    every run gets half the CPU threads, and the results come back in grid order."""
+    import threading
+    import time
+
+    from mri_ssl.experiments import runner
+
+    grid = load_grid(write_grid(tmp_path, modes=("random", "base", "seqaug", "seqinv")))
+    spans, active, peak = {}, [0], [0]
+    lock = threading.Lock()
+
+    def fake_execute(run, folder, infer=True, on_epoch=None, timeout_s=None, environment=None):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        started = time.monotonic()
+        time.sleep(0.3 if run.kind == "pretrain" else 0.02)  # downstream slots free up while pretraining runs
+        with lock:
+            active[0] -= 1
+        spans[run.label] = (started, time.monotonic(), dict(environment or {}))
+        return runner.RunResult(run, STATUS_OK, folder)
+
+    monkeypatch.setattr(runner, "execute_run", fake_execute)
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 4)
+    results = runner.run_grid(grid, tmp_path / "out", progress=False, trust_bundles=True, jobs=2)
+
+    assert [r.run.label for r in results] == [r.label for r in expand_runs(grid)]
+    assert all(r.status == STATUS_OK for r in results) and len(spans) == len(results) == 7
+    assert peak[0] == 2
+    for result in results:
+        run = result.run
+        assert spans[run.label][2] == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+        if run.upstream is not None:
+            assert spans[run.label][0] >= spans[run.upstream.label][1]
+
+
+def test_job_count_is_checked(tmp_path):
+    from mri_ssl.experiments import run_grid
+    from mri_ssl.experiments.runner import thread_environment
+
+    with pytest.raises(InputError, match="jobs"):
+        run_grid(load_grid(write_grid(tmp_path)), tmp_path / "out", progress=False, trust_bundles=True, jobs=0)
+    assert thread_environment(1) == {}  # one job keeps the user's own thread settings
+    assert thread_environment(3, cpus=2) == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def test_stage_progress_reads_epochs_and_their_total_from_the_log(tmp_path):
+    import sys
+
+    from mri_ssl.experiments.runner import _run_stage
+
+    script = ("import time\n"
+              "print('Engine run resuming from iteration 0, epoch 0 until 3 epochs', flush=True)\n"
+              "for epoch in (1, 2, 3):\n"
+              "    time.sleep(1.2)\n"
+              "    print(f'Epoch[{epoch}] Complete. Time taken: 00:00:01', flush=True)\n"
+              "print('Engine run resuming from iteration 0, epoch 0 until 1 epochs', flush=True)\n")
+    seen = []
+    code = _run_stage([sys.executable, "-c", script], tmp_path / "train.log", lambda e, t: seen.append((e, t)), None)
+    assert code == 0
+    assert seen and seen[-1] == (3, 3) and all(total == 3 for _, total in seen)
+    assert [epoch for epoch, _ in seen] == sorted(set(epoch for epoch, _ in seen))  # each epoch reported once

@@ -24,7 +24,9 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -37,6 +39,7 @@ STATUS_OK, STATUS_FAILED, STATUS_SKIPPED = "ok", "failed", "skipped"
 RESULT_FILE = "result.json"
 LOG_TAIL_CHARS = 3000
 EPOCH_PATTERN = re.compile(r"Epoch\[(\d+)\] Complete")
+TOTAL_EPOCHS_PATTERN = re.compile(r"until (\d+) epochs")  # ignite's first "Engine run ... until N epochs" line
 
 
 @dataclass
@@ -77,10 +80,11 @@ def bundle_command(bundle_dir: Path, config_files, bundle_root: Path) -> list[st
             "--meta_file", str(configs / "metadata.json"), "--logging_file", str(configs / "logging.conf")]
 
 
-def _run_stage(command: list[str], log_path: Path, on_epoch: Callable[[int], None] | None,
-               timeout_s: float | None) -> int:
-    """Run one bundle stage with its output in ``log_path``; report finished epochs from the log as it grows."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def _run_stage(command: list[str], log_path: Path, on_epoch: Callable[[int, int | None], None] | None,
+               timeout_s: float | None, environment: dict[str, str] | None = None) -> int:
+    """Run one bundle stage with its output in ``log_path``; report finished epochs (and the total, once the trainer
+    has logged it) from the log as it grows."""
+    env = {**os.environ, **(environment or {}), "PYTHONUNBUFFERED": "1"}
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent, env=env)
     started, seen = time.monotonic(), 0
@@ -91,12 +95,14 @@ def _run_stage(command: list[str], log_path: Path, on_epoch: Callable[[int], Non
             return_code = None
         if on_epoch is not None:
             try:
-                epochs = [int(m) for m in EPOCH_PATTERN.findall(log_path.read_text(errors="replace"))]
+                text = log_path.read_text(errors="replace")
             except OSError:
-                epochs = []
+                text = ""
+            epochs = [int(m) for m in EPOCH_PATTERN.findall(text)]
             if epochs and max(epochs) != seen:
                 seen = max(epochs)
-                on_epoch(seen)
+                total = TOTAL_EPOCHS_PATTERN.search(text)
+                on_epoch(seen, int(total.group(1)) if total else None)
         if return_code is not None:
             return return_code
         if timeout_s is not None and time.monotonic() - started > timeout_s:
@@ -129,9 +135,11 @@ def _read_log(path: Path) -> str:
         return ""
 
 
-def execute_run(run: Run, folder: Path, infer: bool = True, on_epoch: Callable[[int], None] | None = None,
-                timeout_s: float | None = None) -> RunResult:
-    """Run every stage of ``run`` in ``folder`` (emptied first); write and return its result."""
+def execute_run(run: Run, folder: Path, infer: bool = True,
+                on_epoch: Callable[[int, int | None], None] | None = None,
+                timeout_s: float | None = None, environment: dict[str, str] | None = None) -> RunResult:
+    """Run every stage of ``run`` in ``folder`` (emptied first); write and return its result. ``environment`` is
+    added to the bundle processes' environment (e.g. thread counts)."""
     if folder.exists():
         shutil.rmtree(folder)  # a stale or failed attempt: start clean so no old checkpoint is resumed by mistake
     folder.mkdir(parents=True)
@@ -145,7 +153,7 @@ def execute_run(run: Run, folder: Path, infer: bool = True, on_epoch: Callable[[
     for stage, files in run.stages(infer):
         log_path = folder / f"{stage}.log"
         command = bundle_command(run.spec.bundle_dir, [*files, overrides_path], folder)
-        code = _run_stage(command, log_path, on_epoch if stage == "train" else None, timeout_s)
+        code = _run_stage(command, log_path, on_epoch if stage == "train" else None, timeout_s, environment)
         if code != 0:
             log = _read_log(log_path)
             result.status = STATUS_FAILED
@@ -196,45 +204,93 @@ def require_trusted(grid: Grid) -> None:
                          "\nnothing was run; pass --trust-bundle to run these bundles anyway")
 
 
+def thread_environment(jobs: int, cpus: int | None = None) -> dict[str, str]:
+    """Environment for a bundle run when ``jobs`` runs share the machine: each gets ``cpus // jobs`` threads
+    (at least 1), so parallel runs do not oversubscribe the cores. One job keeps the inherited settings."""
+    if jobs <= 1:
+        return {}
+    threads = str(max(1, (cpus or os.cpu_count() or 1) // jobs))
+    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
 def run_grid(grid: Grid, out_dir: str | os.PathLike, infer: bool = True, progress: bool = True,
              timeout_s: float | None = None, only: Callable[[Run], bool] | None = None,
-             trust_bundles: bool = False) -> list[RunResult]:
+             trust_bundles: bool = False, jobs: int = 1) -> list[RunResult]:
     """Run (or reuse) every run of ``grid`` under ``out_dir``; return one result per run, in grid order.
 
     ``only`` selects a subset of the runs (the others are left out of the results); ``timeout_s`` bounds each stage.
-    Before anything runs, the bundles and the grid's overrides pass the bundle static scan, or an ``InputError``
-    lists what it refused; ``trust_bundles=True`` runs them anyway.
+    ``jobs`` runs go at once (each with its share of the CPU threads, see ``thread_environment``); a downstream run
+    starts once its pretraining run has finished. Before anything runs, the bundles and the grid's overrides pass the
+    bundle static scan, or an ``InputError`` lists what it refused; ``trust_bundles=True`` runs them anyway.
     """
     from tqdm.auto import tqdm
 
+    if int(jobs) < 1:
+        raise InputError("jobs", f"must be at least 1, got {jobs}")
+    jobs = int(jobs)
     if not trust_bundles:
         require_trusted(grid)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(grid.path, out_dir / "grid.yaml")
     runs = [run for run in expand_runs(grid, infer) if only is None or only(run)]
+    selected = {id(run) for run in runs}
+    environment = thread_environment(jobs)
     results: dict[int, RunResult] = {}
     bar = tqdm(total=len(runs), desc=f"experiment {grid.name}", unit="run", disable=not progress)
-    for run in runs:
-        folder = run_folder(out_dir, run)
-        upstream = results.get(id(run.upstream)) if run.upstream is not None else None
-        if run.upstream is not None and (upstream is None or upstream.status != STATUS_OK):
-            reason = f"its pretraining run {run.upstream.label} did not finish"
-            result = RunResult(run, STATUS_SKIPPED, folder, error=reason, reason=reason)
-        else:
-            result = cached_result(run, folder)
-            if result is None:
-                bar.set_postfix_str(run.label)
-                epochs = run.overrides.get("num_epochs")
+    shown: dict[str, str] = {}  # what each running run is doing, for the bar's postfix
+    shown_lock = threading.Lock()
 
-                def show_epoch(epoch: int, label: str = run.label, total=epochs) -> None:
-                    bar.set_postfix_str(f"{label} epoch {epoch}" + (f"/{total}" if total else ""))
+    def show(label: str, text: str | None) -> None:
+        with shown_lock:
+            if text is None:
+                shown.pop(label, None)
+            else:
+                shown[label] = text
+            bar.set_postfix_str("; ".join(shown.values()), refresh=True)
 
-                result = execute_run(run, folder, infer, show_epoch if progress else None, timeout_s)
-                if result.status != STATUS_OK:
-                    bar.write(f"run {run.label} failed: {result.reason}")
+    def execute(run: Run, folder: Path) -> RunResult:
+        def show_epoch(epoch: int, total: int | None) -> None:
+            show(run.label, f"{run.label} epoch {epoch}" + (f"/{total}" if total else ""))
+
+        show(run.label, run.label)
+        try:
+            return execute_run(run, folder, infer, show_epoch if progress else None, timeout_s, environment)
+        finally:
+            show(run.label, None)
+
+    def finish(run: Run, result: RunResult) -> None:
         results[id(run)] = result
+        if result.status == STATUS_FAILED:
+            bar.write(f"run {run.label} failed: {result.reason}")
         bar.update()
+
+    def waiting_for_upstream(run: Run) -> bool:
+        return run.upstream is not None and id(run.upstream) in selected and id(run.upstream) not in results
+
+    pending = list(runs)
+    running: dict[Future, Run] = {}
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while pending or running:
+            for run in [run for run in pending if not waiting_for_upstream(run)]:
+                if len(running) >= jobs:
+                    break
+                pending.remove(run)
+                folder = run_folder(out_dir, run)
+                upstream = results.get(id(run.upstream)) if run.upstream is not None else None
+                if run.upstream is not None and (upstream is None or upstream.status != STATUS_OK):
+                    reason = f"its pretraining run {run.upstream.label} did not finish"
+                    finish(run, RunResult(run, STATUS_SKIPPED, folder, error=reason, reason=reason))
+                    continue
+                cached = cached_result(run, folder)
+                if cached is not None:
+                    finish(run, cached)
+                    continue
+                running[pool.submit(execute, run, folder)] = run
+            if running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    finish(running.pop(future), future.result())
     bar.close()
     ordered = [results[id(run)] for run in runs]
     write_runs_csv(ordered, out_dir / "runs.csv")
