@@ -87,11 +87,11 @@ def test_full_demo_on_a_tiny_grid_writes_tables_figures_and_summary(tmp_path, ca
                  "overrides": {**TINY_DOWNSTREAM, "demo_data_dir": "{out_dir}/data/downstream"}}
     grid_path = write_grid(tmp_path / "grid", extra_downstream=[denoising])
     grid = yaml.safe_load(grid_path.read_text())
-    grid["downstream"][0]["inference"] = ["inference.json"]
+    grid["downstream"][0]["overrides"]["save_predictions"] = True  # the overlays' label maps, as demo.yaml does
     grid_path.write_text(yaml.safe_dump(grid))
     out = tmp_path / "demo_out"
     assert main(["demo", "--out", str(out), "--resolution-mm", "2", "--random-protocols", "1", "--quiet",
-                 "--grid", str(grid_path)]) == 0
+                 "--grid", str(grid_path), "--jobs", "2"]) == 0
     printed = capsys.readouterr().out
     assert "Pearson r" in printed and "tissue: dice_mean" in printed and "denoising: psnr_db" in printed
     assert "Random init" in printed and "SeqInv" in printed and "peak memory" in printed

@@ -96,7 +96,8 @@ def plot_segmentation_overlays(results: Sequence[RunResult], grid: Grid, task: s
                                path: str | os.PathLike, split: str = "test") -> Path | None:
     """A grid of axial slices of one test subject: a column per test image (the in-domain contrast, unseen contrasts,
     the real image), a row for the reference labels and one per method (its first seed), each prediction drawn over
-    its image with the case's Dice in the title. Needs the task's inference stage (label NIfTIs in the run folders).
+    its image with the case's Dice in the title. Needs label NIfTIs in the run folders' ``predictions/`` (an inference
+    stage, or the evaluation with ``save_predictions``).
     """
     import nibabel as nib
 

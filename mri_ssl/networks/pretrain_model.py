@@ -13,7 +13,7 @@ class ContrastiveReconstructionModel(nn.Module):
     """Encoder with a projection head for NT-Xent and, unless ``reconstruction=False``, a reconstruction decoder.
 
     Args:
-        spatial_dims, in_channels, features, dropout: the ``CNNEncoder3D``'s arguments.
+        spatial_dims, in_channels, features, dropout, norm: the ``CNNEncoder3D``'s arguments.
         projection_hidden, projection_dim: the projection head's widths (paper: 512, 128).
         reconstruction_channels: the reconstructor's widths, one per upsampling (paper: 384, 192, 96, 48); their
             number must equal the encoder's downsamplings so the output has the input's size.
@@ -25,9 +25,9 @@ class ContrastiveReconstructionModel(nn.Module):
 
     def __init__(self, spatial_dims: int = 3, in_channels: int = 1, features=PAPER_FEATURES, dropout: float = 0.2,
                  projection_hidden: int = 512, projection_dim: int = 128,
-                 reconstruction_channels=(384, 192, 96, 48), reconstruction: bool = True):
+                 reconstruction_channels=(384, 192, 96, 48), reconstruction: bool = True, norm: str = "INSTANCE"):
         super().__init__()
-        self.encoder = CNNEncoder3D(spatial_dims, in_channels, features, dropout)
+        self.encoder = CNNEncoder3D(spatial_dims, in_channels, features, dropout, norm)
         self.projector = ProjectionHead(self.encoder.out_features, projection_hidden, projection_dim)
         self.reconstructor = None
         if reconstruction:
