@@ -267,6 +267,8 @@ def run_demo(
             summary["stage"] = "complete"
             summary["experiment"] = {
                 "grid": "grid.yaml", "seeds": list(grid.seeds), "modes": list(grid.modes), "jobs": jobs,
+                "cpu_seconds_of_new_runs": round(sum(r.cpu_seconds or 0.0 for r in results if not r.cached), 1),
+                "reused_runs": sum(r.cached for r in results),
                 "runs": len(results), "finished": sum(r.status == STATUS_OK for r in results),
                 "failed": [r.run.label for r in results if r.status != STATUS_OK],
                 "results_markdown": str(tables["markdown"].relative_to(out_dir)),
@@ -291,4 +293,8 @@ def format_summary(summary: dict) -> str:
                      f"{', '.join(experiment['figures'] + [summary['montage']])}")
     stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in summary["stage_seconds"].items())
     lines.append(f"total {summary['seconds']:.0f} s ({stages}); peak memory {summary['peak_memory_gb']} GB")
+    if experiment:
+        lines.append(f"bundle runs: {experiment['runs'] - experiment['reused_runs']} run, {experiment['reused_runs']} "
+                     f"reused, {experiment['cpu_seconds_of_new_runs'] / 60:.1f} CPU-minutes, {experiment['jobs']} at "
+                     f"once")
     return "\n".join(lines)

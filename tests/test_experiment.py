@@ -313,7 +313,22 @@ def test_stage_progress_reads_epochs_and_their_total_from_the_log(tmp_path):
               "    print(f'Epoch[{epoch}] Complete. Time taken: 00:00:01', flush=True)\n"
               "print('Engine run resuming from iteration 0, epoch 0 until 1 epochs', flush=True)\n")
     seen = []
-    code = _run_stage([sys.executable, "-c", script], tmp_path / "train.log", lambda e, t: seen.append((e, t)), None)
+    code, cpu_seconds = _run_stage([sys.executable, "-c", script], tmp_path / "train.log",
+                                   lambda e, t: seen.append((e, t)), None)
     assert code == 0
+    assert cpu_seconds is None or 0 < cpu_seconds < 3.0  # it mostly sleeps
     assert seen and seen[-1] == (3, 3) and all(total == 3 for _, total in seen)
     assert [epoch for epoch, _ in seen] == sorted(set(epoch for epoch, _ in seen))  # each epoch reported once
+
+
+def test_stage_cpu_time_counts_the_child_and_the_exit_status_is_kept(tmp_path):
+    import sys
+
+    from mri_ssl.experiments.runner import _run_stage
+
+    busy = ("import time\nend = time.process_time() + 1.0\nwhile time.process_time() < end:\n    pass\n"
+            "raise SystemExit(3)\n")
+    code, cpu_seconds = _run_stage([sys.executable, "-c", busy], tmp_path / "busy.log", None, None)
+    assert code == 3
+    if cpu_seconds is not None:  # POSIX
+        assert 1.0 <= cpu_seconds < 5.0

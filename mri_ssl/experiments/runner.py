@@ -48,6 +48,7 @@ class RunResult:
     status: str
     folder: Path
     seconds: float = 0.0
+    cpu_seconds: float | None = None   # user + system CPU time of the run's processes (None: not measured)
     cached: bool = False
     error: str = ""              # what went wrong, with the end of the failed stage's log
     reason: str = ""             # the one line that says why (see ``error_summary``)
@@ -56,8 +57,9 @@ class RunResult:
     def row(self) -> dict:
         return {"label": self.run.label, "kind": self.run.kind, "task": self.run.task, "mode": self.run.mode,
                 "fraction": self.run.fraction, "seed": self.run.seed, "status": self.status,
-                "cached": self.cached, "seconds": round(self.seconds, 1), "hash": self.run.config_hash[:10],
-                "folder": str(self.folder), "error": self.reason}
+                "cached": self.cached, "seconds": round(self.seconds, 1),
+                "cpu_seconds": None if self.cpu_seconds is None else round(self.cpu_seconds, 1),
+                "hash": self.run.config_hash[:10], "folder": str(self.folder), "error": self.reason}
 
 
 def run_folder(out_dir: Path, run: Run) -> Path:
@@ -81,18 +83,16 @@ def bundle_command(bundle_dir: Path, config_files, bundle_root: Path) -> list[st
 
 
 def _run_stage(command: list[str], log_path: Path, on_epoch: Callable[[int, int | None], None] | None,
-               timeout_s: float | None, environment: dict[str, str] | None = None) -> int:
+               timeout_s: float | None, environment: dict[str, str] | None = None) -> tuple[int, float | None]:
     """Run one bundle stage with its output in ``log_path``; report finished epochs (and the total, once the trainer
-    has logged it) from the log as it grows."""
+    has logged it) from the log as it grows. Returns the exit status and the stage's CPU seconds (user + system; None
+    where ``os.wait4`` is missing)."""
     env = {**os.environ, **(environment or {}), "PYTHONUNBUFFERED": "1"}
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent, env=env)
     started, seen = time.monotonic(), 0
     while True:
-        try:
-            return_code = process.wait(timeout=1.0)
-        except subprocess.TimeoutExpired:
-            return_code = None
+        return_code, cpu_seconds = _wait(process, timeout_s=0.5)
         if on_epoch is not None:
             try:
                 text = log_path.read_text(errors="replace")
@@ -104,13 +104,32 @@ def _run_stage(command: list[str], log_path: Path, on_epoch: Callable[[int, int 
                 total = TOTAL_EPOCHS_PATTERN.search(text)
                 on_epoch(seen, int(total.group(1)) if total else None)
         if return_code is not None:
-            return return_code
+            return return_code, cpu_seconds
         if timeout_s is not None and time.monotonic() - started > timeout_s:
             process.kill()
             process.wait()
             with open(log_path, "a") as log:
                 log.write(f"\nmri-ssl experiment: killed after the time limit of {timeout_s:.0f} s\n")
-            return -9
+            return -9, None
+
+
+def _wait(process: subprocess.Popen, timeout_s: float) -> tuple[int | None, float | None]:
+    """Wait up to ``timeout_s`` for ``process``; its exit status (None while it runs) and, once it has ended, its CPU
+    seconds from ``os.wait4`` (POSIX; elsewhere None)."""
+    if not hasattr(os, "wait4"):
+        try:
+            return process.wait(timeout=timeout_s), None
+        except subprocess.TimeoutExpired:
+            return None, None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            process.returncode = os.waitstatus_to_exitcode(status)
+            return process.returncode, usage.ru_utime + usage.ru_stime
+        if time.monotonic() >= deadline:
+            return None, None
+        time.sleep(0.05)
 
 
 ERROR_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*:")
@@ -150,10 +169,15 @@ def execute_run(run: Run, folder: Path, infer: bool = True,
     overrides_path = save_json(overrides, folder / "overrides.json")
     started = time.perf_counter()
     result = RunResult(run, STATUS_OK, folder)
+    stage_costs = {}
     for stage, files in run.stages(infer):
         log_path = folder / f"{stage}.log"
         command = bundle_command(run.spec.bundle_dir, [*files, overrides_path], folder)
-        code = _run_stage(command, log_path, on_epoch if stage == "train" else None, timeout_s, environment)
+        stage_started = time.perf_counter()
+        code, cpu_seconds = _run_stage(command, log_path, on_epoch if stage == "train" else None, timeout_s,
+                                       environment)
+        stage_costs[stage] = {"wall_s": round(time.perf_counter() - stage_started, 2),
+                              "cpu_s": None if cpu_seconds is None else round(cpu_seconds, 2)}
         if code != 0:
             log = _read_log(log_path)
             result.status = STATUS_FAILED
@@ -161,6 +185,8 @@ def execute_run(run: Run, folder: Path, infer: bool = True,
             result.error = f"{stage} exited with status {code}; end of {log_path.name}:\n{log[-LOG_TAIL_CHARS:]}"
             break
     result.seconds = time.perf_counter() - started
+    cpu = [cost["cpu_s"] for cost in stage_costs.values()]
+    result.cpu_seconds = sum(cpu) if cpu and None not in cpu else None
     if result.status == STATUS_OK and run.spec.evaluate:
         summary_path = folder / "logs" / "evaluation" / "summary.json"
         try:
@@ -169,7 +195,8 @@ def execute_run(run: Run, folder: Path, infer: bool = True,
             result.status = STATUS_FAILED
             result.error = result.reason = f"the evaluation wrote no readable {summary_path} ({error})"
     save_json({"label": run.label, "status": result.status, "config_hash": run.config_hash,
-               "seconds": round(result.seconds, 2), "reason": result.reason, "error": result.error,
+               "seconds": round(result.seconds, 2), "stages": stage_costs, "reason": result.reason,
+               "error": result.error,
                "overrides": overrides, "summary": result.summary}, folder / RESULT_FILE)
     return result
 
@@ -179,7 +206,10 @@ def cached_result(run: Run, folder: Path) -> RunResult | None:
     content = _read_result(folder)
     if not content or content.get("status") != STATUS_OK or content.get("config_hash") != run.config_hash:
         return None
+    stages = content.get("stages") or {}
+    cpu = [cost.get("cpu_s") for cost in stages.values()]
     return RunResult(run, STATUS_OK, folder, seconds=float(content.get("seconds", 0.0)), cached=True,
+                     cpu_seconds=sum(cpu) if cpu and None not in cpu else None,
                      summary=content.get("summary"))
 
 
