@@ -5,7 +5,8 @@ Video input: ``(B, T, 1, H, W)`` frames (T = ``num_frames`` from ``mri_ssl.trans
 through the same 2-D encoder (``CNNEncoder3D(spatial_dims=2)`` or the cardiac ``ViTEncoder2D``), the T frame
 features plus a learned temporal position embedding go through ``temporal_layers`` transformer layers, and their
 mean is the study feature. Text input: ``(B, L)`` ids from ``mri_ssl.text.WordTokenizer``; the ``[CLS]`` output of
-a small pre-norm transformer is the report feature (padding masked out).
+a small pre-norm transformer is the report feature (padding masked out); or, when the user gives a local pretrained
+Hugging Face model directory, that model's first-token output (``mri_ssl.text.pretrained``).
 """
 
 from __future__ import annotations
@@ -90,6 +91,20 @@ class TextEncoder(nn.Module):
         return self.norm(x[:, 0])
 
 
+def make_text_encoder(vocab_size: int, text_config: dict) -> nn.Module:
+    """``TextEncoder`` trained from scratch, or with ``text_config["pretrained_dir"]`` set the local Hugging Face
+    model of that directory (``mri_ssl.text.pretrained``; its own size: width / layers / heads are not used)."""
+    config = dict(text_config)
+    pretrained_dir = config.pop("pretrained_dir", None)
+    if pretrained_dir:
+        from mri_ssl.text.pretrained import PretrainedTextEncoder  # optional dependency, imported on demand
+
+        return PretrainedTextEncoder(pretrained_dir, pad_token_id=config.get("pad_token_id", PAD_ID),
+                                     max_length=config.get("max_length", 64))
+    config.pop("pad_token_id", None)
+    return TextEncoder(vocab_size, **config)
+
+
 class VideoTextModel(nn.Module):
     """Video and text encoders, linear projections to ``embed_dim`` (512) and the CLIP loss with its logit scale.
 
@@ -101,7 +116,7 @@ class VideoTextModel(nn.Module):
                  text_config: dict | None = None):
         super().__init__()
         self.video_encoder = VideoEncoder(**(video_config or {}))
-        self.text_encoder = TextEncoder(vocab_size, **(text_config or {}))
+        self.text_encoder = make_text_encoder(vocab_size, text_config or {})
         self.video_projection = nn.Linear(self.video_encoder.width, int(embed_dim), bias=False)
         self.text_projection = nn.Linear(self.text_encoder.width, int(embed_dim), bias=False)
         self.loss = CLIPLoss()
