@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mri_ssl.data.cmr_video_dataset import CMRVideoTextDataset, load_study_frames, resolve_cmr_manifest
+from mri_ssl.engines import load_checkpoint
 from mri_ssl.engines.video_text import VideoTextTrainer, load_video_text_model
 from mri_ssl.errors import InputError
 from mri_ssl.metrics.linear_probe import f1_score, linear_probe, roc_auc
@@ -20,6 +21,15 @@ from mri_ssl.text.tokenizer import CLS_ID, PAD_ID, SEP_ID, UNK_ID, WordTokenizer
 from bundle_runner import bundle_dir, run_bundle, write_override
 
 REPORTS = ["The left ventricle is dilated, EF 39%.", "Normal LV size. EF 62%.", "Patchy late enhancement."]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: two intra-op threads fighting other processes run ~20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_tokenizer_rules():
@@ -125,6 +135,18 @@ def test_bundle_train_and_evaluate(tmp_path):
     history = json.loads((ckpt / "history.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2] and all(np.isfinite(h["train_loss"]) for h in history)
     assert all(h["logit_scale"] <= 100 for h in history)
+    # resume=true trains on from the finished run's checkpoint: epoch 3 only, the earlier records kept (a marker
+    # put in them survives; a run from scratch would rewrite them)
+    per_epoch = load_checkpoint(ckpt / "final.pt")["iteration"] // 2
+    marked = [{**h, "marker": h["epoch"]} for h in history]
+    (ckpt / "history.json").write_text(json.dumps({"history": marked, "world_size": 1}))
+    more = write_override(tmp_path, "more.json", max_epochs=3, resume=True)
+    run = run_bundle(tmp_path, [configs / "train.json", tiny, more])
+    assert run.returncode == 0, run.stderr[-3000:]
+    history = json.loads((ckpt / "history.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3] and [h.get("marker") for h in history] == [1, 2, None]
+    final = load_checkpoint(ckpt / "final.pt")
+    assert (final["epoch"], final["iteration"]) == (3, 3 * per_epoch) and per_epoch >= 1
     run = run_bundle(tmp_path, [configs / "train.json", configs / "evaluate.json", tiny])
     assert run.returncode == 0, run.stderr[-3000:]
     out = tmp_path / "logs" / "frames4_cine_lge_seed0"

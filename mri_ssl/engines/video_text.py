@@ -248,7 +248,7 @@ class VideoTextTrainer(Trainer):
                   "train_loss": float(np.mean(self._epoch_losses)) if self._epoch_losses else math.nan}
         if self.val_data_loader is not None:
             record["val_loss"] = engine.state.metrics["val_loss"] = self.validation_loss()
-        record["logit_scale"] = float(_unwrap(self.network).loss.logit_scale)
+        record["logit_scale"] = float(_unwrap(self.network).loss.logit_scale.detach())
         self.history.append(record)
         logger.info("epoch %d: %s", engine.state.epoch, record)
         if self.history_path is not None and is_main_process():
