@@ -16,7 +16,7 @@ from mri_ssl.engines import load_checkpoint
 from mri_ssl.engines.video_text import VideoTextTrainer, load_video_text_model
 from mri_ssl.errors import InputError
 from mri_ssl.metrics.linear_probe import f1_score, linear_probe, roc_auc
-from mri_ssl.networks.video_text import TextEncoder, VideoEncoder, VideoTextModel
+from mri_ssl.networks.video_text import DividedSpaceTimeBlock, TextEncoder, VideoEncoder, VideoTextModel
 from mri_ssl.text.tokenizer import CLS_ID, PAD_ID, SEP_ID, UNK_ID, WordTokenizer, split_words
 from bundle_runner import bundle_dir, run_bundle, write_override
 
@@ -205,3 +205,71 @@ def test_video_encoder_with_cardiac_vit_frames():
     assert encoder(torch.rand(2, 4, 1, 16, 16)).shape == (2, 16)
     with pytest.raises(InputError, match="frame_encoder"):
         VideoEncoder(frame_encoder="resnet")
+
+
+def test_divided_space_time_encoder_shapes_and_difference_from_temporal():
+    video = torch.rand(2, 4, 1, 16, 16)
+    encoders = {}
+    for attention in ("temporal", "divided"):
+        torch.manual_seed(0)
+        encoders[attention] = VideoEncoder(cnn_features=[4, 8], temporal_layers=1, temporal_heads=2,
+                                           attention=attention).eval()
+    divided = encoders["divided"]
+    assert divided(video).shape == (2, 8) and isinstance(divided.temporal[0], DividedSpaceTimeBlock)
+    tokens, grid = divided.frame_tokens(video.flatten(0, 1))
+    assert tokens.shape == (8, 64, 8) and grid == (8, 8)  # 16x16 frames, one 2x pool: 8x8 positions of width 8
+    # the same frame encoder (same seed) but a different head: the outputs differ
+    torch.testing.assert_close(divided.frame_encoder(video[0]), encoders["temporal"].frame_encoder(video[0]))
+    assert not torch.allclose(divided(video), encoders["temporal"](video), atol=1e-4)
+    assert not torch.allclose(divided(video), divided(video.flip(1)), atol=1e-6)  # frame order is seen
+    torch.manual_seed(0)
+    vit = VideoEncoder(frame_encoder="vit", temporal_layers=1, temporal_heads=2, attention="divided",
+                       vit_config={"img_size": 16, "patch_size": 8, "hidden_size": 16, "mlp_dim": 32,
+                                   "num_layers": 1, "num_heads": 2})
+    assert vit(video).shape == (2, 16) and vit.frame_tokens(video.flatten(0, 1))[0].shape == (8, 4, 16)
+    with pytest.raises(InputError, match="attention"):
+        VideoEncoder(cnn_features=[4, 8], temporal_heads=2, attention="joint")
+    with pytest.raises(InputError, match="divisible by 4"):
+        VideoEncoder(cnn_features=[4, 6], temporal_heads=2, attention="divided")
+
+
+def _silence(block: DividedSpaceTimeBlock, *parts: str) -> DividedSpaceTimeBlock:
+    with torch.no_grad():
+        for part in parts:
+            for parameter in getattr(block, part).parameters():
+                parameter.zero_()
+    return block
+
+
+def test_divided_block_attends_over_time_at_one_position_then_within_one_frame():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 5, 8)  # (B, T frames, S positions, C)
+    bumped = x.clone()
+    bumped[0, 0, 0] += torch.randn(8)  # change frame 0, position 0 (not by a constant: LayerNorm removes that)
+    # time attention only (space attention and MLP zeroed): the change reaches position 0 of every frame, no other
+    time_only = _silence(DividedSpaceTimeBlock(8, 2).eval(), "space_attention", "mlp")
+    changed = (time_only(bumped) - time_only(x)).abs().sum(-1)[0] > 1e-6
+    assert changed[:, 0].all() and not changed[:, 1:].any()
+    # space attention only: the change reaches every position of frame 0, no other frame
+    space_only = _silence(DividedSpaceTimeBlock(8, 2).eval(), "time_attention", "mlp")
+    changed = (space_only(bumped) - space_only(x)).abs().sum(-1)[0] > 1e-6
+    assert changed[0].all() and not changed[1:].any()
+    # both (time, then space): every token of every frame
+    full = DividedSpaceTimeBlock(8, 2).eval()
+    assert ((full(bumped) - full(x)).abs().sum(-1) > 1e-6).all()
+
+
+def test_divided_attention_setting_survives_the_checkpoint(tmp_path):
+    from mri_ssl.engines.checkpoint import save_checkpoint
+    from mri_ssl.engines.video_text import build_video_text_model, checkpoint_extras
+
+    tok = WordTokenizer.build(REPORTS)
+    config = {"embed_dim": 16, "video_config": {"cnn_features": [4, 8], "temporal_layers": 1, "temporal_heads": 2,
+                                                "attention": "divided"},
+              "text_config": {"width": 8, "layers": 1, "heads": 2}}
+    model = build_video_text_model(tok, **config).eval()
+    save_checkpoint({"network": model.state_dict(), **checkpoint_extras(tok, config)}, tmp_path / "final.pt")
+    loaded, _ = load_video_text_model(tmp_path / "final.pt")
+    video = torch.rand(2, 4, 1, 16, 16)
+    assert loaded.video_encoder.attention == "divided"
+    torch.testing.assert_close(loaded.embed_video(video), model.embed_video(video))
