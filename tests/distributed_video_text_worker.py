@@ -8,7 +8,8 @@ Started once per rank by ``tests/rank_processes.run_ranks`` (file store, no port
    weights, which must be the same on every rank.
 2. ``unequal``: rank 1 gets one training batch more than rank 0; the trainer must refuse before the first batch on
    every rank (``InputError``), instead of one rank waiting in a collective for ever.
-3. ``mismatch``: in a group with a 5 s timeout, rank 0 runs an all-reduce that rank 1 never joins; rank 0 must fail
+3. ``ragged``: a loader without drop_last whose last batch is short; refused when the trainer is built.
+4. ``mismatch``: in a group with a 5 s timeout, rank 0 runs an all-reduce that rank 1 never joins; rank 0 must fail
    with a timeout error instead of hanging.
 """
 
@@ -62,6 +63,18 @@ def train(rank: int, extra_batch: bool) -> dict:
             "weights": {k: v.detach().clone() for k, v in model.state_dict().items()}}
 
 
+def ragged_last_batch() -> dict:
+    from mri_ssl.engines.video_text import VideoTextTrainer, video_text_optimizer
+
+    model = tiny_model()
+    loader = DataLoader(pairs(5, seed=3), batch_size=2)  # 2 + 2 + 1
+    try:
+        VideoTextTrainer("cpu", 1, loader, model, video_text_optimizer(model), seed=0)
+    except InputError as error:
+        return {"error": str(error)}
+    return {"error": ""}
+
+
 def unmatched_all_reduce(rank: int, out_dir: Path) -> dict:
     group = dist.new_group(timeout=datetime.timedelta(seconds=5))
     flag = out_dir / "rank0_gave_up"
@@ -82,6 +95,7 @@ def unmatched_all_reduce(rank: int, out_dir: Path) -> dict:
 def main(out_dir: Path) -> None:
     rank, _ = init_from_environment(timeout_seconds=60)
     result = {"train": train(rank, extra_batch=False), "unequal": train(rank, extra_batch=True)}
+    result["ragged"] = ragged_last_batch()
     result["mismatch"] = unmatched_all_reduce(rank, out_dir)
     torch.save(result, out_dir / f"rank{rank}.pt")
     # No destroy_process_group: the timed-out group is broken, and the processes end here anyway.

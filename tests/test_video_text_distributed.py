@@ -57,6 +57,12 @@ def test_unequal_batches_per_rank_are_refused_on_every_rank(ranks):
 
 
 @pytest.mark.slow
+def test_a_short_last_batch_is_refused_under_distributed(ranks):
+    for r in ranks:
+        assert "last batch would hold 1 of 2 studies" in r["ragged"]["error"]
+
+
+@pytest.mark.slow
 def test_process_group_timeout_turns_a_missing_collective_into_an_error(ranks):
     error = ranks[0]["mismatch"]["error"]
     assert error, "the unmatched all-reduce returned instead of failing"

@@ -143,6 +143,14 @@ class VideoTextTrainer(Trainer):
             raise InputError("batch_size", f"the training split gives no full batch "
                                            f"({len(train_data_loader.dataset)} studies over {world_size()} "
                                            f"process(es)); lower batch_size")
+        batch_size = getattr(train_data_loader, "batch_size", None)
+        sampler = getattr(train_data_loader, "sampler", None)
+        if (world_size() > 1 and batch_size and sampler is not None and not train_data_loader.drop_last
+                and len(sampler) % batch_size):
+            # the gathered CLIP loss needs the same batch size on every rank, the last one included
+            raise InputError("train#dataloader", f"under torch.distributed the last batch would hold "
+                                                 f"{len(sampler) % batch_size} of {batch_size} studies; set "
+                                                 f"drop_last=True")
         device = torch.device(device)
         super().__init__(device=device, max_epochs=max_epochs, data_loader=train_data_loader,
                          epoch_length=epoch_length, handlers=train_handlers, amp=bool(amp) and device.type == "cuda",
@@ -160,7 +168,7 @@ class VideoTextTrainer(Trainer):
     def _check_equal_batches_per_rank(self, engine: Engine) -> None:
         # One rank with an extra batch would run one more forward/backward (gathers, DDP all-reduces) than the
         # others and wait in it forever: make that an error before the first batch.
-        counts = batches_per_rank(engine.state.epoch_length)
+        counts = batches_per_rank(engine.state.epoch_length, engine.state.device)
         if len(set(counts)) > 1:
             raise InputError("train#dataloader", f"ranks would run different numbers of batches per epoch "
                                                  f"{counts}; use DistributedSampler(drop_last=True) and "
@@ -256,12 +264,13 @@ class VideoTextTrainer(Trainer):
             save_json({"history": self.history, "world_size": world_size()}, self.history_path)
 
 
-def batches_per_rank(count: int) -> list[int]:
-    """Every rank's ``count`` (one all-gather), rank order; ``[count]`` when not distributed."""
+def batches_per_rank(count: int, device="cpu") -> list[int]:
+    """Every rank's ``count`` (one all-gather), rank order; ``[count]`` when not distributed. ``device``: where the
+    backend's tensors live (the rank's GPU under NCCL)."""
     if world_size() == 1:
         return [int(count)]
-    gathered = [torch.zeros(1, dtype=torch.long) for _ in range(world_size())]
-    dist.all_gather(gathered, torch.tensor([int(count)]))
+    gathered = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world_size())]
+    dist.all_gather(gathered, torch.tensor([int(count)], device=device))
     return [int(t) for t in gathered]
 
 
