@@ -36,7 +36,7 @@ def _transformers():
 
 def check_model_dir(model_dir: str | os.PathLike, need_weights: bool = True) -> Path:
     """``model_dir`` as a Path, or ``InputError`` naming it when it is missing or not a saved model directory."""
-    folder = Path(model_dir).expanduser()
+    folder = Path(model_dir).expanduser().resolve()  # absolute: checkpoints record it for later runs
     if not folder.exists():
         raise InputError(str(folder), "text model directory not found (text_model_dir must be a local folder "
                                       "written by save_pretrained; nothing is downloaded)")
