@@ -1,6 +1,7 @@
-"""Worker for the distributed CLIP-loss test; run under torchrun with 2 CPU processes (gloo).
+"""Worker for the distributed CLIP-loss test: 2 CPU processes (gloo) meeting through a file store.
 
-Usage: ``python -m torch.distributed.run --standalone --nproc_per_node 2 tests/distributed_clip_worker.py OUT_DIR``
+Started once per rank by ``tests/rank_processes.run_ranks`` (no port, so a busy machine's other distributed runs
+cannot collide with it): ``python tests/distributed_clip_worker.py OUT_DIR``.
 
 Every rank builds the same seeded global batch of (video, text) embeddings and keeps its own contiguous slice of
 pairs. Rank 0 writes ``OUT_DIR/results.pt`` with the global inputs and, per rank, the loss and the gradients with
@@ -16,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from mri_ssl.losses import CLIPLoss
+from rank_processes import init_from_environment
 
 GLOBAL_BATCH, FEATURES, SEED = 8, 6, 0
 
@@ -28,8 +30,7 @@ def make_global_inputs() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def main(out_dir: Path) -> None:
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world = init_from_environment(timeout_seconds=60)
     local = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
     video, text = make_global_inputs()
     loss_fn = CLIPLoss()

@@ -1,6 +1,7 @@
-"""Worker for the distributed NT-Xent test; run under torchrun with 2+ CPU processes (gloo).
+"""Worker for the distributed NT-Xent test: 2+ CPU processes (gloo) meeting through a file store.
 
-Usage: ``python -m torch.distributed.run --standalone --nproc_per_node 2 tests/distributed_ntxent_worker.py OUT_DIR``
+Started once per rank by ``tests/rank_processes.run_ranks`` (no port, so a busy machine's other distributed runs
+cannot collide with it): ``python tests/distributed_ntxent_worker.py OUT_DIR``.
 
 Every rank builds the same seeded global batch and keeps its own contiguous slice of items. Rank 0 writes
 ``OUT_DIR/results.pt`` holding the global inputs and, per rank, the loss, the gradient w.r.t. the rank's local
@@ -18,6 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mri_ssl.losses import NTXentLoss
+from rank_processes import init_from_environment
 
 GLOBAL_BATCH, IN_FEATURES, OUT_FEATURES, SEED = 8, 16, 12, 0
 
@@ -32,8 +34,7 @@ def make_global_inputs() -> tuple[torch.Tensor, torch.Tensor, nn.Linear]:
 
 
 def main(out_dir: Path) -> None:
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world = init_from_environment(timeout_seconds=60)
     local = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
     x1, x2, projection = make_global_inputs()
     loss_fn = NTXentLoss(temperature=0.5)

@@ -131,6 +131,8 @@ class AtomicCheckpointer:
             pretraining; downstream bundles whose encoder is frozen turn it off).
         metric_engine: the engine whose ``state.metrics`` hold ``metric_name`` (e.g. a validation evaluator run by
             MONAI's ``ValidationHandler``); default: the trainer the checkpointer is attached to.
+        extra_state: plain data (numbers, strings, lists, dicts) added to every checkpoint, e.g. the model config
+            and tokenizer a loader needs to rebuild the network from the file alone.
 
     ``attach(trainer)`` saves at every epoch end and at completion. ``resume(trainer, path)`` restores a checkpoint
     into the network, optimizer, scheduler and the trainer's epoch / iteration counters before the run starts.
@@ -138,7 +140,7 @@ class AtomicCheckpointer:
 
     def __init__(self, save_dir: str | os.PathLike, network: torch.nn.Module, optimizer=None, lr_scheduler=None,
                  metric_name: str | None = "val_loss", mode: str = "min", metric_engine: Engine | None = None,
-                 export_encoder: bool = True):
+                 export_encoder: bool = True, extra_state: dict | None = None):
         if mode not in ("min", "max"):
             raise InputError("mode", f"expected 'min' or 'max', got {mode!r}")
         self.save_dir = Path(save_dir)
@@ -149,6 +151,7 @@ class AtomicCheckpointer:
         self.mode = mode
         self.metric_engine = metric_engine
         self.export_encoder = bool(export_encoder)
+        self.extra_state = dict(extra_state or {})
         self.best_metric = math.inf if mode == "min" else -math.inf
 
     def _improves(self, metric: float) -> bool:
@@ -163,6 +166,7 @@ class AtomicCheckpointer:
 
     def state(self, engine: Engine) -> dict[str, Any]:
         payload = {
+            **self.extra_state,
             "network": self._network().state_dict(),
             "epoch": int(engine.state.epoch),
             "iteration": int(engine.state.iteration),

@@ -78,15 +78,18 @@ class CLIPLoss(nn.Module):
         """(Nv, Nt) scaled cosine similarities s * cos(video_i, text_j), no gathering."""
         return self.logit_scale * F.normalize(video.float(), dim=1) @ F.normalize(text.float(), dim=1).T
 
-    def forward(self, video: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def forward(self, video: torch.Tensor, text: torch.Tensor, gather: bool | None = None) -> torch.Tensor:
         """Loss for B pairs: ``video`` (B, D) and ``text`` (B, D), row i of each being the same study.
 
+        ``gather`` overrides ``gather_distributed`` for this call: False computes the loss of these B pairs alone,
+        with no collective (validation, where every rank scores the same pairs).
+
         Returns:
-            () float32 loss over all B * world_size pairs, the same on every rank.
+            () float32 loss over all B * world_size pairs (B pairs when not gathering), the same on every rank.
         """
         _check_pairs(video, text)
         batch = video.shape[0]
-        gather = self.gather_distributed and world_size() > 1
+        gather = (self.gather_distributed if gather is None else bool(gather)) and world_size() > 1
         # Low-precision logits lose the small similarity differences the softmax feeds on: keep float32.
         with torch.autocast(device_type=video.device.type, enabled=False):
             v = F.normalize(video.float(), dim=1)
