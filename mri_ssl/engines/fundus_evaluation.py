@@ -1,6 +1,7 @@
 """Test-set evaluation of the fundus bundles: classification (+ CAM localisation) and lesion segmentation.
 
-Each function runs the network over a dataset of preprocessed cases, writes ``per_case.csv``, ``summary.json`` and
+Each function (coarse classification with CAM localisation, joint DR / DME grading, lesion segmentation) runs the
+network over a dataset of preprocessed cases, writes ``per_case.csv``, ``summary.json`` and
 ``summary.md`` to ``output_dir`` (atomically) and returns the summary dict; nothing is typed in, every number comes
 from the run.
 """
@@ -25,6 +26,7 @@ from mri_ssl.data.fundus import ABNORMAL_KEY
 from mri_ssl.engines.checkpoint import as_flag
 from mri_ssl.errors import InputError
 from mri_ssl.metrics.fundus import accuracy, average_precision, cam_iou, dice, f1_score, pointing_game_hit, roc_auc
+from mri_ssl.metrics.grading import grading_accuracies, split_grading_logits
 from mri_ssl.networks.cam import minmax_normalise
 
 
@@ -93,6 +95,34 @@ def evaluate_classification(network: torch.nn.Module, dataset: Iterable[dict], o
         if as_flag(cam_localisation):
             row.setdefault("pointing_hit", "")
             row.setdefault("cam_iou", "")
+    return _write(rows, summary, output_dir)
+
+
+@torch.no_grad()
+def evaluate_grading(network: torch.nn.Module, dataset: Iterable[dict], output_dir: str | os.PathLike,
+                     device: str | torch.device = "cpu", progress: bool = True) -> dict:
+    """Joint DR / DME grading (IDRiD): DR accuracy, DME accuracy, their average and the joint accuracy (both grades
+    right, ``mri_ssl.metrics.grading``) of a ``JointGradingClassifier``, the grade of each head being its argmax.
+
+    Cases are dicts with ``image`` (3, H, W) and ``label`` = (DR grade, DME grade) (``fundus_entries(...,
+    grades=True)``).
+    """
+    device = torch.device(device)
+    network = network.to(device).eval()
+    dr_grades = int(getattr(network, "dr_grades", 5))
+    rows, grades = [], []
+    for case in _cases(dataset, progress, "evaluating"):
+        image = torch.as_tensor(case["image"]).to(device=device, dtype=torch.float32)[None]
+        dr_logits, dme_logits = split_grading_logits(network(image).float(), dr_grades)
+        dr_true, dme_true = (int(value) for value in torch.as_tensor(case["label"]).view(-1)[:2])
+        dr_pred, dme_pred = int(dr_logits.argmax(dim=1)), int(dme_logits.argmax(dim=1))
+        grades.append((dr_pred, dr_true, dme_pred, dme_true))
+        rows.append({"image": os.path.basename(str(case.get("image_path", len(rows)))), "dr_grade": dr_true,
+                     "dr_predicted": dr_pred, "dme_grade": dme_true, "dme_predicted": dme_pred,
+                     "both_correct": int(dr_pred == dr_true and dme_pred == dme_true)})
+    if not grades:
+        raise InputError("evaluation", "no graded test cases were evaluated")
+    summary = {"cases": len(rows), **grading_accuracies(*np.array(grades).T)}
     return _write(rows, summary, output_dir)
 
 
