@@ -25,8 +25,9 @@ from mri_ssl.atomic import atomic_write_text
 from mri_ssl.data.fundus import ABNORMAL_KEY
 from mri_ssl.engines.checkpoint import as_flag
 from mri_ssl.errors import InputError
+from mri_ssl.losses.grading import split_grading_logits
 from mri_ssl.metrics.fundus import accuracy, average_precision, cam_iou, dice, f1_score, pointing_game_hit, roc_auc
-from mri_ssl.metrics.grading import grading_accuracies, split_grading_logits
+from mri_ssl.metrics.grading import grading_accuracies
 from mri_ssl.networks.cam import minmax_normalise
 
 

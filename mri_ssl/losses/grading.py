@@ -8,7 +8,14 @@ from torch import nn
 
 from mri_ssl.data.fundus import DR_GRADES
 from mri_ssl.errors import InputError
-from mri_ssl.metrics.grading import split_grading_logits
+
+
+def split_grading_logits(logits: torch.Tensor, dr_grades: int = DR_GRADES) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, dr_grades + dme_grades) logits of a two-head grader -> (DR logits, DME logits)."""
+    if logits.ndim != 2 or logits.shape[1] <= dr_grades:
+        raise InputError("logits", f"expected (B, {dr_grades} + DME grades) joint grading logits, got "
+                                   f"{tuple(logits.shape)}")
+    return logits[:, :dr_grades], logits[:, dr_grades:]
 
 
 class JointGradingLoss(nn.Module):

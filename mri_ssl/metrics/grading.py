@@ -24,6 +24,7 @@ from monai.metrics import CumulativeIterationMetric
 
 from mri_ssl.data.fundus import DR_GRADES
 from mri_ssl.errors import InputError
+from mri_ssl.losses.grading import split_grading_logits
 
 
 def grading_accuracies(dr_predicted, dr_true, dme_predicted, dme_true) -> dict[str, float]:
@@ -42,14 +43,6 @@ def grading_accuracies(dr_predicted, dr_true, dme_predicted, dme_true) -> dict[s
 def joint_accuracy(dr_predicted, dr_true, dme_predicted, dme_true) -> float:
     """Fraction of images whose DR grade *and* DME grade are both predicted correctly."""
     return grading_accuracies(dr_predicted, dr_true, dme_predicted, dme_true)["joint_accuracy"]
-
-
-def split_grading_logits(logits: torch.Tensor, dr_grades: int = DR_GRADES) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, dr_grades + dme_grades) logits of a two-head grader -> (DR logits, DME logits)."""
-    if logits.ndim != 2 or logits.shape[1] <= dr_grades:
-        raise InputError("logits", f"expected (B, {dr_grades} + DME grades) joint grading logits, got "
-                                   f"{tuple(logits.shape)}")
-    return logits[:, :dr_grades], logits[:, dr_grades:]
 
 
 class JointAccuracyMetric(CumulativeIterationMetric):

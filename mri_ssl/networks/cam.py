@@ -103,7 +103,7 @@ class JointGradingClassifier(CAMClassifier):
     features, ``dr_grades`` retinopathy logits followed by ``dme_grades`` macular-oedema logits.
 
     ``forward(x)`` returns the two heads' logits side by side, (B, dr_grades + dme_grades), so MONAI's supervised
-    engines carry them as one ``pred``; ``mri_ssl.metrics.grading.split_grading_logits`` separates them and
+    engines carry them as one ``pred``; ``mri_ssl.losses.grading.split_grading_logits`` separates them and
     ``mri_ssl.losses.JointGradingLoss`` gives each head its own softmax cross-entropy. The two heads are stored as the
     two row blocks of one ``nn.Linear`` (``classifier``), which is the same thing as two linear layers and keeps
     ``return_cams`` (one CAM per grade) and linear evaluation (``freeze_encoder``) as in the parent.
