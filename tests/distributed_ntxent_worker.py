@@ -9,6 +9,7 @@ embeddings, and the parameter gradient of a DDP-wrapped linear projection after 
 
 from __future__ import annotations
 
+import datetime
 import sys
 from pathlib import Path
 
@@ -32,7 +33,8 @@ def make_global_inputs() -> tuple[torch.Tensor, torch.Tensor, nn.Linear]:
 
 
 def main(out_dir: Path) -> None:
-    dist.init_process_group("gloo")
+    # A rank left alone (its partner killed by the test's subprocess timeout) fails after 60 s instead of hanging.
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     rank, world = dist.get_rank(), dist.get_world_size()
     local = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
     x1, x2, projection = make_global_inputs()
