@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from ignite.engine import Events
 from monai.losses import ContrastiveLoss
 
 from mri_ssl.errors import InputError
@@ -241,10 +242,20 @@ def test_stage2_trainer_runs_each_method(method):
                              projection_hidden=8, heatmap=method == "camcontrast")
     before = [p.detach().clone() for p in model.parameters()]
     loss = SupConLoss(0.05) if method == "supcon" else NTXentLoss(0.05)
-    trainer = CAMContrastTrainer("cpu", 1, batches, model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
-                                 loss, method=method)
+    seen_by_handlers = []  # what a train handler (StatsHandler, TensorBoard) reads at each epoch end
+
+    class Recorder:
+        def attach(self, engine):
+            engine.add_event_handler(Events.EPOCH_COMPLETED,
+                                     lambda e: seen_by_handlers.append(e.state.metrics.get("projection_std")))
+
+    trainer = CAMContrastTrainer("cpu", 2, batches, model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                                 loss, method=method, train_handlers=[Recorder()])
     trainer.run()
     assert math.isfinite(trainer.state.output["loss"])
+    # The handlers see this epoch's mean collapse indicator, not the previous epoch's (or none at epoch 1).
+    assert seen_by_handlers[-1] == pytest.approx(np.mean(trainer.epoch_projection_std))
+    assert len(seen_by_handlers) == 2 and seen_by_handlers[0] is not None
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     with pytest.raises(InputError, match="unknown pretraining method"):
         CAMContrastTrainer("cpu", 1, batches, model, torch.optim.SGD(model.parameters(), lr=0.1), loss, method="byol")

@@ -8,6 +8,7 @@ few subprocesses; the tests then read what the runs left on disk.
 import csv
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -150,3 +151,25 @@ def test_datalist_naming_a_missing_image_fails_before_training(tmp_path, chain):
     assert result.returncode != 0
     assert "missing_fundus.png: file not found" in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.slow
+def test_multi_gpu_pretraining_runs_as_two_cpu_processes(chain):
+    """multi_gpu_train.json under torchrun with 2 gloo processes on the chain's heatmap crops. Every rank runs the same
+    collectives (DDP's, the loss's all-gather and all-reduce; saving is rank 0's and has none), and a process-group
+    timeout of 60 s turns a collective mismatch into an error long before the subprocess timeout, instead of a hang."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    override = write_override(chain, "ddp_override.json", stage="pretrain_ddp", process_group_timeout_s=60,
+                              num_epochs=2)
+    files = [str(CONFIGS / "pretrain.json"), str(CONFIGS / "multi_gpu_train.json"), str(CONFIGS / "cpu_demo.json"),
+             str(chain / "tiny.json"), str(override)]
+    result = run_bundle(chain, files, timeout=300, launcher=launcher)
+    assert result.returncode == 0, result.stderr[-4000:]
+    final = load_checkpoint(chain / "models" / "pretrain_ddp" / "final.pt")
+    # 40 training crops, 20 per rank, batches of 4 on each rank: 5 steps per epoch.
+    crops = len(json.loads((chain / "heatmaps" / "crops_datalist.json").read_text())["training"])
+    assert final["epoch"] == 2 and final["iteration"] == 2 * (crops // 2 // TINY["batch_size"])
+    assert not any(key.startswith("module.") for key in final["network"])  # DDP unwrapped before saving
+    assert any(key.startswith("heatmap_encoder.") for key in final["network"])
+    assert all(torch.isfinite(value).all() for value in final["network"].values() if value.is_floating_point())
+    assert load_encoder(chain / "models" / "pretrain_ddp" / "encoder_final.pt").spatial_dims == 2

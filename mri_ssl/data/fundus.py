@@ -5,7 +5,8 @@ means what it means on screen. Lesion masks are read as ``(1, H, W)`` uint8 in {
 list of files (IDRiD keeps one file per lesion type), which are joined by union.
 
 A fundus datalist is a decathlon-style JSON whose entries hold ``image`` (path), ``abnormal`` (0 normal, 1
-abnormal: the coarse label), ``subject`` and optionally ``mask`` (lesion mask path or paths).
+abnormal: the coarse label), ``subject`` and optionally ``mask`` (lesion mask path or paths) and the IDRiD grades
+``dr_grade`` (0-4) and ``dme_grade`` (0-2).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from mri_ssl.errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 ABNORMAL_KEY = "abnormal"
+# Joint grading (IDRiD): diabetic retinopathy grade 0-4 and diabetic macular oedema risk 0-2.
+DR_GRADE_KEY, DME_GRADE_KEY = "dr_grade", "dme_grade"
+DR_GRADES, DME_GRADES = 5, 3
 # Luminance weights of ITU-R BT.601, those of Pillow's "L" mode, so a threshold of 15 means what it meant in the paper.
 LUMINANCE_WEIGHTS = (0.299, 0.587, 0.114)
 
@@ -120,14 +124,18 @@ class LoadPhotographd(MapTransform):
 
 
 def fundus_entries(datalist: str | os.PathLike, split: str, require_mask: bool = False,
-                   label_from: str | None = None, keys: Sequence[str] | None = None) -> list[dict]:
+                   label_from: str | None = None, keys: Sequence[str] | None = None, grades: bool = False
+                   ) -> list[dict]:
     """Entries of ``split`` with paths resolved (``load_decathlon_datalist``) and ``abnormal`` checked to be 0 or 1.
 
     ``require_mask=True`` keeps only entries that have a ``mask`` (segmentation trains on the annotated images).
     ``label_from`` copies that key (``abnormal`` for classification, ``mask`` for segmentation) to ``label``, the key
-    MONAI's supervised engines read. ``keys`` keeps only those keys (those present), so that entries with and
-    without optional keys (a mask on some images only) collate into one batch. An absent or empty split gives an
-    empty list.
+    MONAI's supervised engines read. ``grades=True`` (joint DR / DME grading) keeps only the entries with both
+    ``dr_grade`` (0-4) and ``dme_grade`` (0-2), as IDRiD manifests give them to the grading images, and sets
+    ``label`` to the int64 array ``[dr_grade, dme_grade]``; a datalist without any graded entry (the embedded demo
+    set) is an ``InputError``. ``keys`` keeps only those keys (those present), so that entries with and without
+    optional keys (a mask on some images only) collate into one batch. An absent or empty split gives an empty
+    list.
     """
     import json
 
@@ -154,6 +162,8 @@ def fundus_entries(datalist: str | os.PathLike, split: str, require_mask: bool =
             entry["mask"] = [str(base / path) if not os.path.isabs(path) else path for path in entry["mask"]]
     if require_mask:
         entries = [entry for entry in entries if entry.get("mask")]
+    if grades:
+        entries = _graded(entries, datalist, split)
     if label_from:
         for index, entry in enumerate(entries):
             if label_from not in entry:
@@ -162,6 +172,22 @@ def fundus_entries(datalist: str | os.PathLike, split: str, require_mask: bool =
     if keys is not None:
         entries = [{key: entry[key] for key in keys if key in entry} for entry in entries]
     return entries
+
+
+def _graded(entries: list[dict], datalist: Path, split: str) -> list[dict]:
+    """The entries holding both grades, each checked and given ``label = [dr_grade, dme_grade]``."""
+    graded = [entry for entry in entries if DR_GRADE_KEY in entry or DME_GRADE_KEY in entry]
+    if entries and not graded:
+        raise InputError(datalist, f"no {split} entry has the grades {DR_GRADE_KEY!r} and {DME_GRADE_KEY!r} that "
+                                   f"joint DR / DME grading needs (an IDRiD manifest from `mri-ssl manifest idrid` "
+                                   f"has them; the embedded demo set and coarse-label datasets have none)")
+    for entry in graded:
+        for key, count in ((DR_GRADE_KEY, DR_GRADES), (DME_GRADE_KEY, DME_GRADES)):
+            if entry.get(key) not in range(count) or isinstance(entry.get(key), bool):
+                raise InputError(datalist, f"{split} entry {entry['image']} has {key} = {entry.get(key)!r}; "
+                                           f"expected an integer from 0 to {count - 1}")
+        entry["label"] = np.array([entry[DR_GRADE_KEY], entry[DME_GRADE_KEY]], dtype=np.int64)
+    return graded
 
 
 def check_fundus_datalist(datalist: str | os.PathLike, splits: Sequence[str] = ("training", "validation"),

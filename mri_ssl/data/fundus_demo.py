@@ -169,6 +169,23 @@ def resolve_fundus_datalist(dataset_dir: str | os.PathLike | None, demo_data_dir
                                    "a folder holding datalist.json, or leave dataset_dir empty for the demo data")
         return str(path)
     path = Path(demo_data_dir) / DATALIST_NAME
+    from mri_ssl.distributed import rank, world_size
+
+    if world_size() > 1:
+        # Under torchrun rank 0 writes (or checks) the demo set while the others wait, so no two processes write
+        # the same files; every rank calls this once, so every rank reaches the barrier once.
+        import torch.distributed as dist
+
+        if rank() == 0:
+            _write_demo_unless_current(path, demo_data_dir, images, validation_images, test_images, size, seed)
+        dist.barrier()
+        return str(path)
+    _write_demo_unless_current(path, demo_data_dir, images, validation_images, test_images, size, seed)
+    return str(path)
+
+
+def _write_demo_unless_current(path: Path, demo_data_dir, images: int, validation_images: int, test_images: int,
+                               size: int, seed: int) -> None:
     try:
         content = json.loads(path.read_text())
         matches = (content.get("kind") == DEMO_KIND and content.get("seed") == int(seed)
@@ -180,4 +197,3 @@ def resolve_fundus_datalist(dataset_dir: str | os.PathLike | None, demo_data_dir
     if not matches:
         write_fundus_demo(demo_data_dir, images=images, validation_images=validation_images,
                           test_images=test_images, size=size, seed=seed)
-    return str(path)

@@ -11,7 +11,8 @@ KIND DIR``) checks and writes it. Splits are subject-level and seeded; official 
   with the non-disease notes "lens dust", "low image quality", "image offset"); without keyword columns, the
   patient-level ``N`` column decides for both eyes. Subject: the patient ``ID``. Splits 80/10/10.
 * ``idrid`` (IDRiD): ``B. Disease Grading`` images with the ``... Training Labels.csv`` / ``... Testing Labels.csv``
-  grades (abnormal when the retinopathy grade or the macular-oedema risk is above 0), and ``A. Segmentation``
+  grades, kept as ``dr_grade`` ('Retinopathy grade', 0-4) and ``dme_grade`` ('Risk of macular edema', 0-2) for the
+  joint DR / DME grading task (abnormal when either is above 0), and ``A. Segmentation``
   images with their lesion masks ``IDRiD_XX_{MA,HE,EX,SE}.tif`` joined as one lesion mask (all abnormal).
   Official training / testing sets; 20 % of the training images for validation.
 * ``refuge`` (REFUGE Training400): ``Glaucoma/`` (abnormal) and ``Non-Glaucoma/`` images; optic-disc masks from
@@ -29,7 +30,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from mri_ssl.data.fundus import IMAGE_SUFFIXES
+from mri_ssl.data.fundus import DME_GRADES, DR_GRADES, IMAGE_SUFFIXES
 from mri_ssl.data.manifests import _assign_splits, _dataset_folder, _split_of_subject
 from mri_ssl.data.splits import subject_level_split
 from mri_ssl.errors import InputError
@@ -73,6 +74,19 @@ def _image(images: dict[str, Path], name: str, label_file: Path) -> str:
     if name not in images:
         raise InputError(label_file, f"names the image {name!r}, which is not under the dataset folder")
     return str(images[name])
+
+
+def _grade(row: dict, column: str, grades: int, label_file: Path) -> int:
+    """The integer grade in ``column`` of a label-file row, checked to be one of 0 .. grades - 1."""
+    text = row[column]
+    try:
+        value = int(float(text))
+    except ValueError:
+        value = None
+    if value is None or value != float(text) or not 0 <= value < grades:
+        raise InputError(label_file, f"image {row.get('Image name', '?')!r} has {column} = {text!r}; expected an "
+                                     f"integer from 0 to {grades - 1}")
+    return value
 
 
 def _manifest(name: str, kind: str, description: str, entries: list[dict], split_of_subject: dict) -> dict:
@@ -119,9 +133,11 @@ def scan_idrid(directory: str | os.PathLike, seed: int = 0) -> dict:
         _require_columns(label_file, rows, ("Image name", "Retinopathy grade", "Risk of macular edema"))
         for row in rows:
             name = row["Image name"]
+            dr_grade = _grade(row, "Retinopathy grade", DR_GRADES, label_file)
+            dme_grade = _grade(row, "Risk of macular edema", DME_GRADES, label_file)
             entries.append({"image": _image(images, name if "." in name else f"{name}.jpg", label_file),
-                            "abnormal": int(int(row["Retinopathy grade"]) > 0 or int(row["Risk of macular edema"]) > 0),
-                            "subject": f"idrid_{name}", "site": "IDRiD", "sequence": "fundus"})
+                            "abnormal": int(dr_grade > 0 or dme_grade > 0), "dr_grade": dr_grade,
+                            "dme_grade": dme_grade, "subject": f"idrid_{name}", "site": "IDRiD", "sequence": "fundus"})
             official[entries[-1]["subject"]] = split
     pattern = re.compile(r"^(IDRiD_\d+)\.jpe?g$", re.IGNORECASE)
     for name, path in sorted(images.items()):
@@ -142,8 +158,9 @@ def scan_idrid(directory: str | os.PathLike, seed: int = 0) -> dict:
     held_out = subject_level_split(training, {"training": 1 - IDRID_VALIDATION, "validation": IDRID_VALIDATION},
                                    seed)["validation"]
     split_of = {s: ("validation" if s in set(held_out) else split) for s, split in official.items()}
-    return {**_manifest("IDRiD", "idrid", "IDRiD grading (abnormal: DR grade or DME risk > 0) and lesion "
-                        "segmentation (MA, HE, EX, SE joined); official test set, 20 % of training for validation",
+    return {**_manifest("IDRiD", "idrid", "IDRiD grading (dr_grade 0-4, dme_grade 0-2; abnormal: either > 0) and "
+                        "lesion segmentation (MA, HE, EX, SE joined); official test set, 20 % of training for "
+                        "validation",
                         entries, split_of), "seed": int(seed)}
 
 

@@ -133,7 +133,6 @@ class ContrastiveTrainer(Trainer):
     def _log_epoch(self, engine: Engine) -> None:
         if self.epoch_projection_std:
             value = sum(self.epoch_projection_std) / len(self.epoch_projection_std)
-            engine.state.metrics["projection_std"] = value
             dim = getattr(getattr(self.network, "module", self.network).projector[-1], "out_features", None)
             healthy = f" (healthy near 1/sqrt({dim}) = {1 / math.sqrt(dim):.3f})" if dim else ""
             logger.info("epoch %d: projection std %.4f%s", engine.state.epoch, value, healthy)
@@ -186,6 +185,9 @@ class ContrastiveTrainer(Trainer):
             self._clip()
             self.optimizer.step()
         self.epoch_projection_std.append(projection_std(losses["projection"]))
+        # The epoch's running mean, kept current at every iteration: the train handlers (StatsHandler, TensorBoard)
+        # run at EPOCH_COMPLETED before this trainer's own epoch-end log, and must not see last epoch's value.
+        engine.state.metrics["projection_std"] = sum(self.epoch_projection_std) / len(self.epoch_projection_std)
         return {CommonKeys.LOSS: float(loss.detach()), **{k: float(v.detach()) for k, v in losses.items()
                                                           if k in ("contrastive", "reconstruction")}}
 

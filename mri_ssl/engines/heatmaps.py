@@ -141,24 +141,19 @@ def overlay_inputs(input_dir: str | os.PathLike | None, datalist: str | os.PathL
     return [{"image": entry["image"]} for entry in fundus_entries(datalist, split)]
 
 
-@torch.no_grad()
-def write_cam_overlays(network: torch.nn.Module, inputs: Sequence[dict], output_dir: str | os.PathLike,
-                       transform: Callable, device: str | torch.device = "cpu", progress: bool = True) -> str:
-    """For each input image: ``<stem>_cam.png`` (abnormal CAM, upsampled bilinearly and min-max normalised, over
-    the image) in ``output_dir``, and ``predictions.csv`` with the abnormal probability. Returns the CSV path."""
-    device = torch.device(device)
-    network = network.to(device).eval()
-    output_dir = Path(output_dir)
-    rows = []
-    for entry in tqdm(inputs, desc="CAM overlays", unit="image", disable=not as_flag(progress)):
-        image = torch.as_tensor(transform(dict(entry))["image"]).to(device=device, dtype=torch.float32)[None]
-        logits, cams = network(image, return_cams=True)
-        cam = F.interpolate(cams[:, 1:2].float(), size=image.shape[-2:], mode="bilinear", align_corners=False)
-        heatmap = minmax_normalise(cam)[0, 0].cpu().numpy()
-        path = output_dir / f"{Path(entry['image']).stem}_cam.png"
-        _save_png(overlay(_as_uint8_hwc(image[0]), heatmap), path)
-        probability = float(torch.softmax(logits.float(), dim=1)[0, 1])
-        rows.append({"image": entry["image"], "p_abnormal": f"{probability:.6f}", "overlay": str(path)})
+def _overlay_row(image: torch.Tensor, logits: torch.Tensor, cams: torch.Tensor, source: str,
+                 output_dir: Path) -> dict:
+    """Write ``<stem>_cam.png`` for one preprocessed image (3, H, W) and its logits (C,) / CAMs (C, h, w)."""
+    cam = F.interpolate(torch.as_tensor(cams).float()[None, 1:2], size=image.shape[-2:], mode="bilinear",
+                        align_corners=False)
+    heatmap = minmax_normalise(cam)[0, 0].cpu().numpy()
+    path = output_dir / f"{Path(source).stem}_cam.png"
+    _save_png(overlay(_as_uint8_hwc(image), heatmap), path)
+    probability = float(torch.softmax(torch.as_tensor(logits).float().reshape(-1), dim=0)[1])
+    return {"image": source, "p_abnormal": f"{probability:.6f}", "overlay": str(path)}
+
+
+def _write_predictions(rows: list[dict], output_dir: Path) -> str:
     if not rows:
         raise InputError("inputs", "no images to run on")
     text = io.StringIO()
@@ -166,3 +161,53 @@ def write_cam_overlays(network: torch.nn.Module, inputs: Sequence[dict], output_
     writer.writeheader()
     writer.writerows(rows)
     return str(atomic_write_text(output_dir / "predictions.csv", text.getvalue()))
+
+
+class CAMOverlayWriter:
+    """Handler of a MONAI evaluator whose ``pred`` is ``CAMInferer``'s ``{"logits", "cams"}`` (decollated): for
+    each case ``<stem>_cam.png`` (abnormal CAM, upsampled bilinearly and min-max normalised, over the preprocessed
+    image) in ``output_dir``, and when the evaluator completes ``predictions.csv`` with the abnormal probabilities
+    (its path in ``self.csv_path``). The source file is read from the case's ``image_path``."""
+
+    def __init__(self, output_dir: str | os.PathLike, image_key: str = "image", pred_key: str = "pred"):
+        self.output_dir = Path(output_dir)
+        self.image_key, self.pred_key = image_key, pred_key
+        self.rows: list[dict] = []
+        self.csv_path = ""
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def reset(self, engine=None) -> None:
+        self.rows = []
+
+    def collect(self, engine) -> None:
+        for case, result in zip(engine.state.batch, engine.state.output):
+            prediction = result[self.pred_key]
+            source = str(case.get(f"{self.image_key}_path", f"image_{len(self.rows):05d}"))
+            self.rows.append(_overlay_row(torch.as_tensor(case[self.image_key]), prediction["logits"],
+                                          prediction["cams"], source, self.output_dir))
+
+    def write(self, engine=None) -> None:
+        self.csv_path = _write_predictions(self.rows, self.output_dir)
+
+
+@torch.no_grad()
+def write_cam_overlays(network: torch.nn.Module, inputs: Sequence[dict], output_dir: str | os.PathLike,
+                       transform: Callable, device: str | torch.device = "cpu", progress: bool = True) -> str:
+    """For each input image: ``<stem>_cam.png`` (abnormal CAM, upsampled bilinearly and min-max normalised, over
+    the image) in ``output_dir``, and ``predictions.csv`` with the abnormal probability. Returns the CSV path.
+    (The bundle's inference.json does the same with a MONAI evaluator and ``CAMOverlayWriter``.)"""
+    device = torch.device(device)
+    network = network.to(device).eval()
+    output_dir = Path(output_dir)
+    rows = []
+    for entry in tqdm(inputs, desc="CAM overlays", unit="image", disable=not as_flag(progress)):
+        image = torch.as_tensor(transform(dict(entry))["image"]).to(device=device, dtype=torch.float32)[None]
+        logits, cams = network(image, return_cams=True)
+        rows.append(_overlay_row(image[0], logits[0], cams[0], str(entry["image"]), output_dir))
+    return _write_predictions(rows, output_dir)

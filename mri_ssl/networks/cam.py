@@ -98,6 +98,27 @@ class CAMClassifier(nn.Module):
         return logits, class_activation_maps(stages[-1], self.classifier.weight)
 
 
+class JointGradingClassifier(CAMClassifier):
+    """Joint DR / DME grader (IDRiD grading): the ``CAMClassifier`` encoder with two linear heads on the pooled
+    features, ``dr_grades`` retinopathy logits followed by ``dme_grades`` macular-oedema logits.
+
+    ``forward(x)`` returns the two heads' logits side by side, (B, dr_grades + dme_grades), so MONAI's supervised
+    engines carry them as one ``pred``; ``mri_ssl.losses.grading.split_grading_logits`` separates them and
+    ``mri_ssl.losses.JointGradingLoss`` gives each head its own softmax cross-entropy. The two heads are stored as the
+    two row blocks of one ``nn.Linear`` (``classifier``), which is the same thing as two linear layers and keeps
+    ``return_cams`` (one CAM per grade) and linear evaluation (``freeze_encoder``) as in the parent.
+    """
+
+    def __init__(self, dr_grades: int = 5, dme_grades: int = 3, encoder: nn.Module | str | os.PathLike | None = None,
+                 encoder_config: Mapping | None = None, pretrained: bool = True, freeze_encoder: bool = False):
+        if int(dr_grades) < 2 or int(dme_grades) < 2:
+            raise InputError("dr_grades/dme_grades", f"each head needs at least 2 grades, got {dr_grades} and "
+                                                     f"{dme_grades}")
+        super().__init__(num_classes=int(dr_grades) + int(dme_grades), encoder=encoder,
+                         encoder_config=encoder_config, pretrained=pretrained, freeze_encoder=freeze_encoder)
+        self.dr_grades, self.dme_grades = int(dr_grades), int(dme_grades)
+
+
 class HeatmapEncoder(nn.Module):
     """Three 3x3 convolutions, each followed by ReLU, then global average pooling: (B, 1, h, w) -> (B, features[-1])."""
 
