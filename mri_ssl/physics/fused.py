@@ -136,7 +136,7 @@ def check_out(out: torch.Tensor, shape: torch.Size, dtype: torch.dtype, device: 
 
 
 def _blocked_views(out: torch.Tensor, args: tuple, block: int):
-    """Views of ``out`` and the kernel arguments for the blocked loop order, or None where the layout does not fit.
+    """Aliases of ``out`` and the kernel arguments for the blocked loop order, or None where the layout does not fit.
 
     The arguments must be 0-d tensors, maps of one shape S, and (for a batch of B) protocol tensors of shape
     ``(B, 1, ..., 1)``, with ``out`` of shape S or ``(B, *S)``. Returns a list of ``(out_view, args_views)``: the
@@ -159,25 +159,37 @@ def _blocked_views(out: torch.Tensor, args: tuple, block: int):
         return None
     block = min(block, voxels)
     whole = voxels // block * block
-    flat_out = out.view(batch, voxels)
 
     def views(start: int, stop: int, blocks: int):
         width = (stop - start) // blocks
-        out_view = flat_out[:, start:stop].view(batch, blocks, width).permute(1, 0, 2)
+        out_view = _alias(out, (blocks, batch, width), (width, voxels, 1), out.storage_offset() + start)
         arg_views = []
         for a in args:
             if a.ndim == 0:
-                arg_views.append(a)
-            elif tuple(a.shape) == map_shape:
-                arg_views.append(a.reshape(voxels)[start:stop].view(blocks, 1, width))
-            else:
-                arg_views.append(a.reshape(1, batch, 1))
+                arg_views.append(a.clone() if a._is_view() else a)
+                continue
+            a = a.contiguous()
+            if tuple(a.shape) == map_shape:
+                arg_views.append(_alias(a, (blocks, 1, width), (width, width, 1), a.storage_offset() + start))
+            else:  # protocol values (B, 1, ..., 1) -> (1, B, 1)
+                arg_views.append(_alias(a, (1, batch, 1), (batch, 1, 1), a.storage_offset()))
         return out_view, tuple(arg_views)
 
     parts = [views(0, whole, whole // block)]
     if whole < voxels:
         parts.append(views(whole, voxels, 1))
     return parts
+
+
+def _alias(tensor: torch.Tensor, size, stride, offset: int) -> torch.Tensor:
+    """A tensor on ``tensor``'s memory with the given geometry that is not a *view* in autograd's sense.
+
+    Dynamo guards on the base tensor of a view argument (its shape, and equalities between its sizes), so passing
+    views of the caller's maps and buffers would recompile for every new base shape. ``set_`` shares the memory
+    without recording a base. Only used where no autograd is involved.
+    """
+    return torch.empty(0, dtype=tensor.dtype, device=tensor.device).set_(tensor.untyped_storage(), offset, size,
+                                                                         stride)
 
 
 def run_kernel(
