@@ -107,13 +107,15 @@ def interleaved(variants: dict, rounds: int, warmup: int) -> dict[str, list[floa
 
 
 def interleaved_with_faults(variants: dict, rounds: int, warmup: int):
-    """Like ``interleaved``, also returning each call's minor page faults and system CPU seconds (getrusage)."""
+    """Like ``interleaved``, also returning each call's minor page faults, system CPU seconds and process CPU seconds
+    (user + system, all threads), from getrusage."""
     for fn in variants.values():
         for _ in range(warmup):
             fn()
     times = {name: [] for name in variants}
     faults = {name: [] for name in variants}
     system = {name: [] for name in variants}
+    cpu = {name: [] for name in variants}
     for _ in range(rounds):
         for name, fn in variants.items():
             before = resource.getrusage(resource.RUSAGE_SELF)
@@ -123,7 +125,8 @@ def interleaved_with_faults(variants: dict, rounds: int, warmup: int):
             times[name].append(seconds)
             faults[name].append(after.ru_minflt - before.ru_minflt)
             system[name].append(after.ru_stime - before.ru_stime)
-    return times, faults, system
+            cpu[name].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return times, faults, system, cpu
 
 
 def relative_error(result, reference) -> float:
@@ -307,6 +310,7 @@ def run(args: argparse.Namespace) -> int:
     say("-" * len(header))
     buffer = torch.empty((batch, *shape))
     eager_rows = []
+    cpu_rows = []
     for sequence in args.sequences:
         protocols = sample_protocol(sequence, batch, generator=generator)
         singles = [protocol_item(protocols, index) for index in range(batch)]
@@ -333,17 +337,28 @@ def run(args: argparse.Namespace) -> int:
             finally:
                 fused_module.CPU_CHUNK_VOXELS = saved
 
+        def batched_fresh_4k():
+            # The same call with 4 KiB pages: fresh_output's huge-page advice off.
+            fused_module.ADVISE_HUGE_PAGES = False
+            try:
+                return batched_fresh()
+            finally:
+                fused_module.ADVISE_HUGE_PAGES = True
+
         compile_seconds, fused_out = timed(batched_fresh)
         separate_stack = torch.stack(separate_fresh())
         error = relative_error(fused_out, separate_stack)
         del fused_out, separate_stack
         whole_volume_out()  # compile the whole-volume layout before timing
         variants = {"batched_fresh": batched_fresh, "separate_fresh": separate_fresh, "batched_out": batched_out,
-                    "separate_out": separate_out, "whole_volume_out": whole_volume_out}
-        times, faults, system = interleaved_with_faults(variants, args.batch_repeats, args.warmup)
+                    "separate_out": separate_out, "whole_volume_out": whole_volume_out,
+                    "batched_fresh_4k": batched_fresh_4k}
+        times, faults, system, cpu = interleaved_with_faults(variants, args.batch_repeats, args.warmup)
         medians = {name: median_ms(values) for name, values in times.items()}
         fault_medians = {name: statistics.median(values) for name, values in faults.items()}
         sys_medians = {name: median_ms(values) for name, values in system.items()}
+        cpu_medians = {name: median_ms(values) for name, values in cpu.items()}
+        cpu_rows.append((sequence, cpu_medians, medians, fault_medians, sys_medians))
         speedup = round(medians["separate_fresh"] / medians["batched_fresh"], 2)
         verdict = "PASS" if speedup >= BATCH_SPEEDUP_GOAL else "MISS"
         say(f"{sequence:8s} {medians['batched_fresh']:10.1f} {medians['separate_fresh']:10.1f} {speedup:7.2f}x "
@@ -370,6 +385,16 @@ def run(args: argparse.Namespace) -> int:
         "volume, so every map is read B times); blocked/whole < 1 means the blocked order "
         f"({fused_module.CPU_CHUNK_VOXELS} voxels per block, maps read once) is faster. rel.err = max|batched - "
         "stacked separate| / max|separate| (fresh outputs)")
+    say("process CPU ms per call (user + system, both threads; median), which a busy machine inflates less than "
+        "wall time, and the batched fresh call with 4 KiB pages (huge-page advice off):")
+    for sequence, cpu_ms, wall, fault_medians, sys_medians in cpu_rows:
+        say(f"  {sequence:6s} CPU ms: fresh 1x{batch} {cpu_ms['batched_fresh']:.0f}, fresh {batch}x1 "
+            f"{cpu_ms['separate_fresh']:.0f} ({cpu_ms['separate_fresh'] / cpu_ms['batched_fresh']:.2f}x); out= "
+            f"1x{batch} {cpu_ms['batched_out']:.0f}, out= {batch}x1 {cpu_ms['separate_out']:.0f} "
+            f"({cpu_ms['separate_out'] / cpu_ms['batched_out']:.2f}x); whole-vol out= {cpu_ms['whole_volume_out']:.0f}"
+            f" | fresh 1x{batch} 4 KiB pages: {wall['batched_fresh_4k']:.1f} ms wall, "
+            f"{fault_medians['batched_fresh_4k']:.0f} faults, sys {sys_medians['batched_fresh_4k']:.0f} ms, CPU "
+            f"{cpu_ms['batched_fresh_4k']:.0f} ms")
     for sequence, eager in eager_rows:
         say(f"eager {sequence:6s}: 1x{batch} {eager['batched']:.1f} ms, {batch}x1 {eager['separate']:.1f} ms, "
             f"speed-up {eager['separate'] / eager['batched']:.2f}x")
@@ -381,7 +406,7 @@ def run(args: argparse.Namespace) -> int:
         "empty_separate": lambda: [torch.empty(shape).fill_(1.0) for _ in range(batch)],
         "refill": lambda: buffer.fill_(1.0),
     }
-    times, faults, system = interleaved_with_faults(allocation, args.batch_repeats, args.warmup)
+    times, faults, system, _ = interleaved_with_faults(allocation, args.batch_repeats, args.warmup)
     text = {name: f"{median_ms(times[name]):.1f} ms ({statistics.median(faults[name]):.0f} faults, "
                   f"sys {median_ms(system[name]):.0f} ms)" for name in allocation}
     say(f"output memory alone (.fill_(1), no arithmetic): torch.empty(({batch}, ...)) {text['empty_batched']}; "

@@ -78,8 +78,10 @@ def _write_function(sequence: str, magnitude: bool) -> Callable:
     return write
 
 
-# Outputs at least this large ask Linux for transparent huge pages (see ``fresh_output``).
+# Outputs at least twice this large ask Linux for transparent huge pages (see ``fresh_output``); False turns the
+# advice off (the benchmark compares both).
 HUGE_PAGE_BYTES = 2 * 1024 * 1024
+ADVISE_HUGE_PAGES = True
 _MADV_HUGEPAGE = 14  # <sys/mman.h> on Linux
 
 
@@ -96,7 +98,8 @@ def fresh_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tenso
     """
     tensor = torch.empty(shape, dtype=dtype, device=device)
     nbytes = tensor.numel() * tensor.element_size()
-    if tensor.device.type == "cpu" and sys.platform.startswith("linux") and nbytes >= 2 * HUGE_PAGE_BYTES:
+    if ADVISE_HUGE_PAGES and tensor.device.type == "cpu" and sys.platform.startswith("linux") \
+            and nbytes >= 2 * HUGE_PAGE_BYTES:
         start = tensor.data_ptr()
         aligned = -(-start // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES  # madvise needs an aligned start; use the inside
         length = (start + nbytes - aligned) // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES
