@@ -18,7 +18,9 @@ MT in [0, 0.05]; R2* stands in for R2 as ``simulate`` does when no R2 map is giv
    pages of a fresh output is a large share of a batched call on CPU, and the separate calls' 31.5 MiB outputs can
    be recycled from glibc's heap without it. Also the batched ``out=`` call with the plain whole-volume loop order
    (``CPU_CHUNK_VOXELS`` set to the volume) against the blocked order, the eager paths, and what the output memory
-   alone costs (``torch.empty``, ``fresh_output`` with its huge-page advice, B single-map tensors, refilling).
+   alone costs (one ``(B, *shape)`` ``torch.empty``, B single-map ones, refilling). ``--thp`` (PyTorch's
+   ``THP_MEM_ALLOC_ENABLE=1``) asks for 2 MiB pages: far fewer faults on a quiet machine, but the kernel then
+   compacts memory on fault, which on this busy machine cost more system time than the 4 KiB faults it saved.
 
 Timings interleave the variants round by round (copy, eager, fused, ... for every sequence, then the next round), so
 a burst of load from another process on a shared machine hits every variant alike; medians and ratios come from the
@@ -154,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from mri_ssl.physics import fused as fused_module
-    from mri_ssl.physics.fused import compile_disabled, fresh_output, fused_available, run_kernel
+    from mri_ssl.physics.fused import compile_disabled, fused_available, run_kernel
     from mri_ssl.physics.protocols import TYPICAL_PROTOCOLS, check_protocol, protocol_item, sample_protocol
     from mri_ssl.physics.sequences import MAP_ARGUMENTS, PROTOCOL_ARGUMENTS, as_protocol_batch
     from mri_ssl.physics.simulate import check_maps, simulate
@@ -337,28 +339,19 @@ def run(args: argparse.Namespace) -> int:
             finally:
                 fused_module.CPU_CHUNK_VOXELS = saved
 
-        def batched_fresh_4k():
-            # The same call with 4 KiB pages: fresh_output's huge-page advice off.
-            fused_module.ADVISE_HUGE_PAGES = False
-            try:
-                return batched_fresh()
-            finally:
-                fused_module.ADVISE_HUGE_PAGES = True
-
         compile_seconds, fused_out = timed(batched_fresh)
         separate_stack = torch.stack(separate_fresh())
         error = relative_error(fused_out, separate_stack)
         del fused_out, separate_stack
         whole_volume_out()  # compile the whole-volume layout before timing
         variants = {"batched_fresh": batched_fresh, "separate_fresh": separate_fresh, "batched_out": batched_out,
-                    "separate_out": separate_out, "whole_volume_out": whole_volume_out,
-                    "batched_fresh_4k": batched_fresh_4k}
+                    "separate_out": separate_out, "whole_volume_out": whole_volume_out}
         times, faults, system, cpu = interleaved_with_faults(variants, args.batch_repeats, args.warmup)
         medians = {name: median_ms(values) for name, values in times.items()}
         fault_medians = {name: statistics.median(values) for name, values in faults.items()}
         sys_medians = {name: median_ms(values) for name, values in system.items()}
         cpu_medians = {name: median_ms(values) for name, values in cpu.items()}
-        cpu_rows.append((sequence, cpu_medians, medians, fault_medians, sys_medians))
+        cpu_rows.append((sequence, cpu_medians))
         speedup = round(medians["separate_fresh"] / medians["batched_fresh"], 2)
         verdict = "PASS" if speedup >= BATCH_SPEEDUP_GOAL else "MISS"
         say(f"{sequence:8s} {medians['batched_fresh']:10.1f} {medians['separate_fresh']:10.1f} {speedup:7.2f}x "
@@ -386,15 +379,12 @@ def run(args: argparse.Namespace) -> int:
         f"({fused_module.CPU_CHUNK_VOXELS} voxels per block, maps read once) is faster. rel.err = max|batched - "
         "stacked separate| / max|separate| (fresh outputs)")
     say("process CPU ms per call (user + system, both threads; median), which a busy machine inflates less than "
-        "wall time, and the batched fresh call with 4 KiB pages (huge-page advice off):")
-    for sequence, cpu_ms, wall, fault_medians, sys_medians in cpu_rows:
+        "wall time:")
+    for sequence, cpu_ms in cpu_rows:
         say(f"  {sequence:6s} CPU ms: fresh 1x{batch} {cpu_ms['batched_fresh']:.0f}, fresh {batch}x1 "
             f"{cpu_ms['separate_fresh']:.0f} ({cpu_ms['separate_fresh'] / cpu_ms['batched_fresh']:.2f}x); out= "
             f"1x{batch} {cpu_ms['batched_out']:.0f}, out= {batch}x1 {cpu_ms['separate_out']:.0f} "
-            f"({cpu_ms['separate_out'] / cpu_ms['batched_out']:.2f}x); whole-vol out= {cpu_ms['whole_volume_out']:.0f}"
-            f" | fresh 1x{batch} 4 KiB pages: {wall['batched_fresh_4k']:.1f} ms wall, "
-            f"{fault_medians['batched_fresh_4k']:.0f} faults, sys {sys_medians['batched_fresh_4k']:.0f} ms, CPU "
-            f"{cpu_ms['batched_fresh_4k']:.0f} ms")
+            f"({cpu_ms['separate_out'] / cpu_ms['batched_out']:.2f}x); whole-vol out= {cpu_ms['whole_volume_out']:.0f}")
     for sequence, eager in eager_rows:
         say(f"eager {sequence:6s}: 1x{batch} {eager['batched']:.1f} ms, {batch}x1 {eager['separate']:.1f} ms, "
             f"speed-up {eager['separate'] / eager['batched']:.2f}x")
@@ -402,7 +392,6 @@ def run(args: argparse.Namespace) -> int:
     # What the output memory alone costs, before any arithmetic.
     allocation = {
         "empty_batched": lambda: torch.empty((batch, *shape)).fill_(1.0),
-        "advised_batched": lambda: fresh_output((batch, *shape), torch.float32, torch.device("cpu")).fill_(1.0),
         "empty_separate": lambda: [torch.empty(shape).fill_(1.0) for _ in range(batch)],
         "refill": lambda: buffer.fill_(1.0),
     }
@@ -410,8 +399,8 @@ def run(args: argparse.Namespace) -> int:
     text = {name: f"{median_ms(times[name]):.1f} ms ({statistics.median(faults[name]):.0f} faults, "
                   f"sys {median_ms(system[name]):.0f} ms)" for name in allocation}
     say(f"output memory alone (.fill_(1), no arithmetic): torch.empty(({batch}, ...)) {text['empty_batched']}; "
-        f"fresh_output(({batch}, ...)) with huge-page advice {text['advised_batched']}; {batch} x torch.empty(shape) "
-        f"{text['empty_separate']}; refilling an existing ({batch}, ...) buffer {text['refill']}")
+        f"{batch} x torch.empty(shape) {text['empty_separate']}; refilling an existing ({batch}, ...) buffer "
+        f"{text['refill']}")
     buffer = None
     say()
     say("fused_available: " + ", ".join(f"{s}={fused_available(s)}" for s in args.sequences))

@@ -363,14 +363,3 @@ def test_fused_autograd_path_matches_eager_gradients(make_maps, monkeypatch):
         image.sum().backward()
         grads.append(pd.grad)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-12)
-
-
-def test_fresh_output_without_madvise_is_silent(monkeypatch):
-    def no_libc():
-        raise OSError("no libc here")
-
-    monkeypatch.setattr(fused, "_libc", no_libc)
-    out = fused.fresh_output((3, 1024, 1024), torch.float32, torch.device("cpu"))  # 12 MiB: large enough to advise
-    assert out.shape == (3, 1024, 1024) and out.dtype == torch.float32
-    out.fill_(2.0)
-    assert float(out.sum()) == 2.0 * out.numel()

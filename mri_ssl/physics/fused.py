@@ -22,8 +22,6 @@ takes the magnitude in the same loop when asked, so ``simulate`` makes one pass 
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import logging
 import math
 import os
@@ -76,44 +74,6 @@ def _write_function(sequence: str, magnitude: bool) -> Callable:
     write.__code__ = write.__code__.replace(co_name=name)
     write.__name__ = write.__qualname__ = name
     return write
-
-
-# Outputs at least twice this large ask Linux for transparent huge pages (see ``fresh_output``); False turns the
-# advice off (the benchmark compares both).
-HUGE_PAGE_BYTES = 2 * 1024 * 1024
-ADVISE_HUGE_PAGES = True
-_MADV_HUGEPAGE = 14  # <sys/mman.h> on Linux
-
-
-def fresh_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """An uninitialised output tensor; on Linux CPU, a large one is advised to use 2 MiB pages before first touch.
-
-    Writing a fresh multi-hundred-MB output first costs one page fault per 4 KiB page, each zeroing its page in the
-    kernel: for 8 protocols of a 192x224x192 float32 volume (264 MB), 64,513 faults and about 100 ms of system CPU
-    time, more than the arithmetic. ``madvise(MADV_HUGEPAGE)`` on the buffer (honoured when
-    /sys/kernel/mm/transparent_hugepage/enabled is ``always`` or ``madvise``) cuts that to a few hundred 2 MiB faults
-    (measured: 638 faults, about 22 ms). It only advises the kernel about this buffer's pages; where it is not
-    available the call is skipped and nothing else changes. PyTorch's ``THP_MEM_ALLOC_ENABLE=1`` does the same for
-    every large CPU allocation of a process.
-    """
-    tensor = torch.empty(shape, dtype=dtype, device=device)
-    nbytes = tensor.numel() * tensor.element_size()
-    if ADVISE_HUGE_PAGES and tensor.device.type == "cpu" and sys.platform.startswith("linux") \
-            and nbytes >= 2 * HUGE_PAGE_BYTES:
-        start = tensor.data_ptr()
-        aligned = -(-start // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES  # madvise needs an aligned start; use the inside
-        length = (start + nbytes - aligned) // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES
-        if length > 0:
-            try:
-                _libc().madvise(ctypes.c_void_p(aligned), ctypes.c_size_t(length), _MADV_HUGEPAGE)
-            except (OSError, AttributeError):  # advice only: no libc or no madvise means 4 KiB pages, same values
-                pass
-    return tensor
-
-
-@functools.lru_cache(maxsize=1)
-def _libc():
-    return ctypes.CDLL(None, use_errno=True)
 
 
 def _needs_autograd(args) -> bool:
@@ -231,7 +191,7 @@ def run_kernel(
     try:
         if autograd:
             return _compiled_kernel(f"{sequence}/autograd", kernel, args, magnitude)
-        result = out if out is not None else fresh_output(shape, args[0].dtype, args[0].device)
+        result = out if out is not None else torch.empty(shape, dtype=args[0].dtype, device=args[0].device)
         key = sequence if magnitude else f"{sequence}/signal"
         write = _compiled.get(key)
         if write is None:
