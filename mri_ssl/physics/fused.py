@@ -15,6 +15,11 @@ Batches of protocols on CPU
     (outer, split between threads), then protocols, then the voxels of the block: a block of each map (64 KiB) is
     read from memory once and stays in the core's cache while all B protocols are written. The output layout is the
     ordinary contiguous ``(B, *map_shape)``; only the order in which its elements are written changes.
+    Measured on the 2-core EPYC this was written on (busy, shared): no gain over the whole-volume order within noise
+    (batched out= time blocked / whole-volume 0.85-1.08): there the fused kernels are bound by arithmetic (with one
+    thread, the same user CPU time per voxel and protocol batched or separate, e.g. FSE 68 vs 71 ms for 8). It is
+    kept for machines with more cores per memory channel, and ``benchmarks/simulator.py`` prints the comparison
+    (``blocked/whole``) so it can be checked, or dropped, anywhere.
 
 Without autograd, the compiled function writes straight into its output (``out=`` when the caller gives one), and
 takes the magnitude in the same loop when asked, so ``simulate`` makes one pass over the image, not two.
@@ -46,7 +51,7 @@ DISABLE_ENV = "MRI_SSL_DISABLE_COMPILE"
 
 # Voxels per block of the CPU loop order (see the module docstring): 64 KiB of each float32 map, so the 3-4 map
 # blocks fit in a 1 MiB L2 cache with room for the output lines being written. Measured on a 2-core EPYC
-# (192x224x192 maps, 8 FSE protocols): 4096 to 65536 give the same time within noise; whole-volume order is slower.
+# (192x224x192 maps, 8 protocols): 4096, 16384 and 65536 give the same time within noise.
 CPU_CHUNK_VOXELS = 16384
 
 
