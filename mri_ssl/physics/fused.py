@@ -16,10 +16,10 @@ Batches of protocols on CPU
     read from memory once and stays in the core's cache while all B protocols are written. The output layout is the
     ordinary contiguous ``(B, *map_shape)``; only the order in which its elements are written changes.
     Measured on the 2-core EPYC this was written on (busy, shared): no gain over the whole-volume order within noise
-    (batched out= time blocked / whole-volume 0.85-1.08): there the fused kernels are bound by arithmetic (with one
-    thread, the same user CPU time per voxel and protocol batched or separate, e.g. FSE 68 vs 71 ms for 8). It is
-    kept for machines with more cores per memory channel, and ``benchmarks/simulator.py`` prints the comparison
-    (``blocked/whole``) so it can be checked, or dropped, anywhere.
+    (batched out= time blocked / whole-volume 0.85-1.13 over three runs): there the fused kernels are bound by
+    arithmetic (with one thread, the same user CPU time per voxel and protocol batched or separate, e.g. FSE 68 vs
+    71 ms for 8). It is kept for machines with more cores per memory channel, and ``benchmarks/simulator.py`` prints
+    the comparison (``blocked/whole``) so it can be checked, or dropped, anywhere.
 
 Without autograd, the compiled function writes straight into its output (``out=`` when the caller gives one), and
 takes the magnitude in the same loop when asked, so ``simulate`` makes one pass over the image, not two.
