@@ -10,9 +10,9 @@ would recompile for every new protocol.
 
 Batches of protocols on CPU
     B protocols from one set of maps give a ``(B, *map_shape)`` image. Computed as B whole-volume passes (the order a
-    plain broadcast gives), every map is streamed from memory B times, exactly as B separate calls would stream it,
-    so one batched call saves nothing. Instead the compiled loop runs over blocks of ``CPU_CHUNK_VOXELS`` voxels
-    (outer, split between threads), then protocols, then the voxels of the block: a block of each map (64 KiB) is
+    plain broadcast gives), every map is streamed from memory B times, exactly as B separate calls would stream it.
+    Instead the compiled loop runs over blocks of ``CPU_CHUNK_VOXELS`` voxels (outer, split between threads), then
+    protocols, then the voxels of the block: a block of each map (64 KiB) is
     read from memory once and stays in the core's cache while all B protocols are written. The output layout is the
     ordinary contiguous ``(B, *map_shape)``; only the order in which its elements are written changes.
     Measured on the 2-core EPYC this was written on (busy, shared): no gain over the whole-volume order within noise
