@@ -11,10 +11,16 @@ MT in [0, 0.05]; R2* stands in for R2 as ``simulate`` does when no R2 map is giv
    Also ``simulate(..., fused=True, validate=False)`` (the kernel plus its ``.abs()``) and the cost of validation
    (``check_maps`` + ``check_protocol``) on its own.
    A probe with a long-TE FSE protocol shows what float32 denormals (exp(-R2 TE) underflowing) cost.
-2. Per sequence, B protocols from one set of maps (``sample_protocol``): one call with 1-D protocol tensors of length
-   B (output ``(B, *shape)``) against B calls with 0-d tensors, fused and eager; plus what the output memory alone
-   costs (a fresh ``(B, *shape)`` tensor, B fresh single-map tensors, or refilling an existing one), since page
-   faults on a fresh output are a large share of a batched call on CPU.
+2. Per sequence, B protocols from one set of maps (``sample_protocol``), through ``simulate(..., fused=True,
+   validate=False)``: one call with 1-D protocol tensors (output ``(B, *shape)``) against B calls with float
+   protocols, (a) every call returning fresh tensors (the issue's goal) and (b) refilling an ``out=`` buffer, with
+   the minor page faults and system CPU time of each call (``resource.getrusage``): the kernel zeroing newly touched
+   pages of a fresh output is a large share of a batched call on CPU, and the separate calls' 31.5 MiB outputs can
+   be recycled from glibc's heap without it. Also the batched ``out=`` call with the plain whole-volume loop order
+   (``CPU_CHUNK_VOXELS`` set to the volume) against the blocked order, the eager paths, and what the output memory
+   alone costs (one ``(B, *shape)`` ``torch.empty``, B single-map ones, refilling). ``--thp`` (PyTorch's
+   ``THP_MEM_ALLOC_ENABLE=1``) asks for 2 MiB pages: far fewer faults on a quiet machine, but the kernel then
+   compacts memory on fault, which on this busy machine cost more system time than the 4 KiB faults it saved.
 
 Timings interleave the variants round by round (copy, eager, fused, ... for every sequence, then the next round), so
 a burst of load from another process on a shared machine hits every variant alike; medians and ratios come from the
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -101,6 +108,29 @@ def interleaved(variants: dict, rounds: int, warmup: int) -> dict[str, list[floa
     return times
 
 
+def interleaved_with_faults(variants: dict, rounds: int, warmup: int):
+    """Like ``interleaved``, also returning each call's minor page faults, system CPU seconds and process CPU seconds
+    (user + system, all threads), from getrusage."""
+    for fn in variants.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in variants}
+    faults = {name: [] for name in variants}
+    system = {name: [] for name in variants}
+    cpu = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            seconds, result = timed(fn)
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            del result
+            times[name].append(seconds)
+            faults[name].append(after.ru_minflt - before.ru_minflt)
+            system[name].append(after.ru_stime - before.ru_stime)
+            cpu[name].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return times, faults, system, cpu
+
+
 def relative_error(result, reference) -> float:
     scale = float(reference.abs().max())
     return float((result - reference).abs().max()) / (scale if scale > 0 else 1.0)
@@ -127,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mri_ssl.physics import fused as fused_module
     from mri_ssl.physics.fused import compile_disabled, fused_available, run_kernel
-    from mri_ssl.physics.protocols import TYPICAL_PROTOCOLS, check_protocol, sample_protocol
+    from mri_ssl.physics.protocols import TYPICAL_PROTOCOLS, check_protocol, protocol_item, sample_protocol
     from mri_ssl.physics.sequences import MAP_ARGUMENTS, PROTOCOL_ARGUMENTS, as_protocol_batch
     from mri_ssl.physics.simulate import check_maps, simulate
 
@@ -231,7 +261,8 @@ def run(args: argparse.Namespace) -> int:
             f"{row['error']:8.1e} {str(row['compiled']):>8s}")
     say()
     say("compile = first fused call minus the steady median (the first sequence also pays inductor's start-up); "
-        "simulate = simulate(maps, seq, TYPICAL_PROTOCOLS[seq], fused=True, validate=False) = kernel + .abs(); "
+        "simulate = simulate(maps, seq, TYPICAL_PROTOCOLS[seq], fused=True, validate=False) = kernel with the "
+        "magnitude taken in the same loop; "
         "rel.err = max|fused - eager| / max|eager|")
     say(f"validation alone (check_maps on the 4 maps + check_protocol), as simulate(validate=True) adds it: "
         f"median {validation_ms:.1f} ms")
@@ -258,90 +289,127 @@ def run(args: argparse.Namespace) -> int:
     say()
 
     # ---------------------------------------------------------------------------------------------------------
-    # 2. B protocols from one set of maps: one batched call vs B calls.
+    # 2. B protocols from one set of maps: one simulate() call with 1-D protocol tensors against B calls, with fresh
+    # outputs (the issue's goal) and with out= buffers; page faults and system CPU time per call show the cost of
+    # fresh output memory, which the arithmetic does not explain.
     batch = args.protocols
-    say(f"{batch} protocols from one set of maps (sample_protocol): one call with 1-D protocol tensors -> "
-        f"({batch}, {', '.join(map(str, shape))}) vs {batch} calls with 0-d tensors (outputs kept in a list); "
-        f"median ms")
-    header = (f"{'sequence':8s} {'fused 1x' + str(batch):>10s} {'fused ' + str(batch) + 'x1':>10s} "
-              f"{'speed-up':>8s} {'goal':>6s} {'':4s} {'eager 1x' + str(batch):>10s} "
-              f"{'eager ' + str(batch) + 'x1':>10s} {'speed-up':>8s} {'fused Mvox/s':>12s} {'compile':>7s} "
-              f"{'rel.err':>8s} {'denorm%':>7s}")
+    say(f"{batch} protocols from one set of maps (sample_protocol), through simulate(..., fused=True, validate=False): "
+        f"one call with 1-D protocol tensors -> ({batch}, {', '.join(map(str, shape))}) vs {batch} calls with float "
+        f"protocols; median ms over {args.batch_repeats} interleaved rounds, speed-up = {batch} calls / 1 call")
+    say("  fresh: every call returns new tensors (the separate outputs kept in a list, as a batch keeps its own); "
+        "out=: the batched call refills one (B, ...) buffer, the separate calls refill its B planes")
+    say("  faults = minor page faults per call (median), sys = system CPU ms per call (median): the kernel zeroing "
+        "new pages")
+    header = (f"{'sequence':8s} {'fresh 1x' + str(batch):>10s} {'fresh ' + str(batch) + 'x1':>10s} {'speed-up':>8s} "
+              f"{'goal':>6s} {'':4s} {'faults':>7s} {'faults':>7s} {'sys':>5s} {'sys':>5s} "
+              f"{'out= 1x' + str(batch):>10s} {'out= ' + str(batch) + 'x1':>10s} {'speed-up':>8s} "
+              f"{'whole-vol':>9s} {'blocked/':>8s} {'compile':>7s} {'rel.err':>8s}")
+    units = (f"{'':8s} {'ms':>10s} {'ms':>10s} {'':>8s} {'':>6s} {'':4s} {'1x' + str(batch):>7s} "
+             f"{str(batch) + 'x1':>7s} {'1x' + str(batch):>5s} {str(batch) + 'x1':>5s} {'ms':>10s} {'ms':>10s} "
+             f"{'':>8s} {'out= ms':>9s} {'whole':>8s} {'s':>7s} {'':>8s}")
     say(header)
+    say(units)
     say("-" * len(header))
-    allocation_times: dict[str, list[float]] = {"fresh_batched": [], "fresh_separate": [], "reused": []}
-    reused = torch.empty((batch, *shape))
+    buffer = torch.empty((batch, *shape))
+    eager_rows = []
+    cpu_rows = []
     for sequence in args.sequences:
         protocols = sample_protocol(sequence, batch, generator=generator)
-        batched = kernel_arguments(sequence, protocols)
-        separate = [
-            kernel_arguments(sequence, {key: float(values[index]) for key, values in protocols.items()})
-            for index in range(batch)
-        ]
+        singles = [protocol_item(protocols, index) for index in range(batch)]
 
-        def fused_batched():
-            return run_kernel(sequence, *batched, fused=True)
+        def batched_fresh():
+            return simulate(maps, sequence, protocols, fused=True, validate=False)
 
-        def fused_separate():
-            return [run_kernel(sequence, *arguments, fused=True) for arguments in separate]
+        def separate_fresh():
+            return [simulate(maps, sequence, single, fused=True, validate=False) for single in singles]
 
-        def eager_batched():
-            return run_kernel(sequence, *batched, fused=False)
+        def batched_out():
+            return simulate(maps, sequence, protocols, fused=True, validate=False, out=buffer)
 
-        def eager_separate():
-            return [run_kernel(sequence, *arguments, fused=False) for arguments in separate]
+        def separate_out():
+            return [simulate(maps, sequence, single, fused=True, validate=False, out=buffer[index])
+                    for index, single in enumerate(singles)]
 
-        compile_seconds, fused_out = timed(fused_batched)
-        separate_out = torch.stack(fused_separate())
-        error = relative_error(fused_out, separate_out)
-        denormal = denormal_fraction(fused_out)
-        del fused_out, separate_out
-        times = interleaved(
-            {
-                "fused_batched": fused_batched,
-                "fused_separate": fused_separate,
-                # What the outputs cost before any arithmetic: allocation, page faults, first touch.
-                "fresh_batched": lambda: torch.empty((batch, *shape)).fill_(1.0),
-                "fresh_separate": lambda: [torch.empty(shape).fill_(1.0) for _ in range(batch)],
-                "reused": lambda: reused.fill_(1.0),
-            },
-            args.batch_repeats,
-            args.warmup,
-        )
-        for name in allocation_times:
-            allocation_times[name] += times[name]
-        if args.eager_batch_repeats > 0:
-            times.update(interleaved(
-                {"eager_batched": eager_batched, "eager_separate": eager_separate}, args.eager_batch_repeats, 0
-            ))
+        def whole_volume_out():
+            # The same batched call in the plain broadcast order (whole volume per protocol), for comparison.
+            saved = fused_module.CPU_CHUNK_VOXELS
+            fused_module.CPU_CHUNK_VOXELS = voxels
+            try:
+                return batched_out()
+            finally:
+                fused_module.CPU_CHUNK_VOXELS = saved
+
+        compile_seconds, fused_out = timed(batched_fresh)
+        separate_stack = torch.stack(separate_fresh())
+        error = relative_error(fused_out, separate_stack)
+        del fused_out, separate_stack
+        whole_volume_out()  # compile the whole-volume layout before timing
+        variants = {"batched_fresh": batched_fresh, "separate_fresh": separate_fresh, "batched_out": batched_out,
+                    "separate_out": separate_out, "whole_volume_out": whole_volume_out}
+        times, faults, system, cpu = interleaved_with_faults(variants, args.batch_repeats, args.warmup)
         medians = {name: median_ms(values) for name, values in times.items()}
-        speedup = round(medians["fused_separate"] / medians["fused_batched"], 2)
-        if args.eager_batch_repeats > 0:
-            eager_text = (f"{medians['eager_batched']:10.1f} {medians['eager_separate']:10.1f} "
-                          f"{medians['eager_separate'] / medians['eager_batched']:7.2f}x")
-        else:
-            eager_text = f"{'-':>10s} {'-':>10s} {'-':>8s}"
+        fault_medians = {name: statistics.median(values) for name, values in faults.items()}
+        sys_medians = {name: median_ms(values) for name, values in system.items()}
+        cpu_medians = {name: median_ms(values) for name, values in cpu.items()}
+        cpu_rows.append((sequence, cpu_medians))
+        speedup = round(medians["separate_fresh"] / medians["batched_fresh"], 2)
         verdict = "PASS" if speedup >= BATCH_SPEEDUP_GOAL else "MISS"
-        say(f"{sequence:8s} {medians['fused_batched']:10.1f} {medians['fused_separate']:10.1f} {speedup:7.2f}x "
+        say(f"{sequence:8s} {medians['batched_fresh']:10.1f} {medians['separate_fresh']:10.1f} {speedup:7.2f}x "
             f"{'>=' + format(BATCH_SPEEDUP_GOAL, 'g') + 'x':>6s} {verdict:4s} "
-            f"{eager_text} {batch * voxels / medians['fused_batched'] / 1e3:12.0f} "
-            f"{compile_seconds - medians['fused_batched'] / 1e3:7.1f} {error:8.1e} {100 * denormal:7.2f}")
-    reused = None  # release the buffer before the next sequence
+            f"{fault_medians['batched_fresh']:7.0f} {fault_medians['separate_fresh']:7.0f} "
+            f"{sys_medians['batched_fresh']:5.0f} {sys_medians['separate_fresh']:5.0f} "
+            f"{medians['batched_out']:10.1f} {medians['separate_out']:10.1f} "
+            f"{medians['separate_out'] / medians['batched_out']:7.2f}x {medians['whole_volume_out']:9.1f} "
+            f"{medians['batched_out'] / medians['whole_volume_out']:8.2f} "
+            f"{compile_seconds - medians['batched_fresh'] / 1e3:7.1f} {error:8.1e}")
+        if args.eager_batch_repeats > 0:
+            eager = {name: median_ms(values) for name, values in interleaved(
+                {
+                    "batched": lambda: simulate(maps, sequence, protocols, fused=False, validate=False),
+                    "separate": lambda: [simulate(maps, sequence, single, fused=False, validate=False)
+                                         for single in singles],
+                },
+                args.eager_batch_repeats,
+                0,
+            ).items()}
+            eager_rows.append((sequence, eager))
     say()
-    if allocation_times["reused"]:
-        alloc = {name: median_ms(values) for name, values in allocation_times.items()}
-        say(f"output memory alone (torch.empty(...).fill_(1), no arithmetic): one fresh ({batch}, "
-            f"{', '.join(map(str, shape))}) tensor {alloc['fresh_batched']:.1f} ms, {batch} fresh single-map tensors "
-            f"{alloc['fresh_separate']:.1f} ms, refilling an existing ({batch}, ...) tensor {alloc['reused']:.1f} ms")
-    say("rel.err (batched) = max|one batched call - stacked separate calls| / max|separate|; denorm% = output "
-        "voxels in float32's denormal range (slow arithmetic on x86; see the probe above)")
+    say("whole-vol out= = the batched out= call with the loop in plain broadcast order (each protocol over the whole "
+        "volume, so every map is read B times); blocked/whole < 1 means the blocked order "
+        f"({fused_module.CPU_CHUNK_VOXELS} voxels per block, maps read once) is faster. rel.err = max|batched - "
+        "stacked separate| / max|separate| (fresh outputs)")
+    say("process CPU ms per call (user + system, both threads; median), which a busy machine inflates less than "
+        "wall time:")
+    for sequence, cpu_ms in cpu_rows:
+        say(f"  {sequence:6s} CPU ms: fresh 1x{batch} {cpu_ms['batched_fresh']:.0f}, fresh {batch}x1 "
+            f"{cpu_ms['separate_fresh']:.0f} ({cpu_ms['separate_fresh'] / cpu_ms['batched_fresh']:.2f}x); out= "
+            f"1x{batch} {cpu_ms['batched_out']:.0f}, out= {batch}x1 {cpu_ms['separate_out']:.0f} "
+            f"({cpu_ms['separate_out'] / cpu_ms['batched_out']:.2f}x); whole-vol out= {cpu_ms['whole_volume_out']:.0f}")
+    for sequence, eager in eager_rows:
+        say(f"eager {sequence:6s}: 1x{batch} {eager['batched']:.1f} ms, {batch}x1 {eager['separate']:.1f} ms, "
+            f"speed-up {eager['separate'] / eager['batched']:.2f}x")
+
+    # What the output memory alone costs, before any arithmetic.
+    allocation = {
+        "empty_batched": lambda: torch.empty((batch, *shape)).fill_(1.0),
+        "empty_separate": lambda: [torch.empty(shape).fill_(1.0) for _ in range(batch)],
+        "refill": lambda: buffer.fill_(1.0),
+    }
+    times, faults, system, _ = interleaved_with_faults(allocation, args.batch_repeats, args.warmup)
+    text = {name: f"{median_ms(times[name]):.1f} ms ({statistics.median(faults[name]):.0f} faults, "
+                  f"sys {median_ms(system[name]):.0f} ms)" for name in allocation}
+    say(f"output memory alone (.fill_(1), no arithmetic): torch.empty(({batch}, ...)) {text['empty_batched']}; "
+        f"{batch} x torch.empty(shape) {text['empty_separate']}; refilling an existing ({batch}, ...) buffer "
+        f"{text['refill']}")
+    buffer = None
     say()
     say("fused_available: " + ", ".join(f"{s}={fused_available(s)}" for s in args.sequences))
     try:
         from torch._dynamo.utils import counters
 
-        say(f"dynamo graphs compiled in this run: {counters['stats'].get('unique_graphs', 'n/a')} "
-            f"(2 per sequence expected: 0-d protocols and batched protocols; more would mean recompilation)")
+        say(f"dynamo graphs compiled in this run: {counters['stats'].get('unique_graphs', 'n/a')} (per sequence "
+            f"4 expected: one protocol signed (run_kernel) and magnitude (simulate), a batch in blocks, a batch as one "
+            f"whole-volume block; more would mean recompilation)")
     except Exception:  # counters are private API; their absence only loses this line
         pass
     return 0

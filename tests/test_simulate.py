@@ -271,3 +271,95 @@ def test_failure_inside_the_compiled_call_falls_back(make_maps, monkeypatch):
     out = simulate(maps, "fse", protocol, fused=True)
     assert torch.equal(out, simulate(maps, "fse", protocol, fused=False))
     assert not fused.fused_available("fse") and "fse" not in fused._compiled
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# out= and the blocked loop order of batched protocols
+
+
+@pytest.mark.parametrize("use_fused", [False, True], ids=["eager", "fused"])
+def test_out_gives_the_same_image_in_the_given_buffer(use_fused, make_maps, monkeypatch):
+    monkeypatch.delenv(fused.DISABLE_ENV, raising=False)
+    maps = make_maps((4, 4, 4), dtype=torch.float32, with_mt=True)
+    for sequence in SEQUENCES:
+        batch = sample_protocol(sequence, 3, generator=torch.Generator().manual_seed(5))
+        for protocol, shape in ((batch, (3, 4, 4, 4)), (protocol_item(batch, 1), (4, 4, 4))):
+            fresh = simulate(maps, sequence, protocol, fused=use_fused)
+            buffer = torch.full(shape, float("nan"))
+            returned = simulate(maps, sequence, protocol, fused=use_fused, out=buffer)
+            assert returned is buffer
+            assert torch.equal(buffer, fresh), sequence
+            # A second call refills the buffer completely (no stale values) and a fresh call is independent of it.
+            other = protocol_item(sample_protocol(sequence, 1, generator=torch.Generator().manual_seed(9)), 0)
+            if len(shape) == 3:
+                simulate(maps, sequence, other, fused=use_fused, out=buffer)
+                assert torch.equal(buffer, simulate(maps, sequence, other, fused=use_fused))
+                assert not torch.equal(buffer, fresh)
+            assert simulate(maps, sequence, protocol, fused=use_fused).data_ptr() != buffer.data_ptr()
+
+
+def test_wrong_out_is_named_before_any_work(make_maps, monkeypatch):
+    maps = make_maps((3, 4, 5), dtype=torch.float32)
+    protocol = sample_protocol("fse", 2, generator=torch.Generator().manual_seed(3))
+    calls = []
+    monkeypatch.setitem(sequences.KERNELS, "fse", lambda *args: calls.append(args))
+    cases = [
+        (torch.empty(3, 4, 5), "has shape (3, 4, 5), expected (2, 3, 4, 5)"),
+        (torch.empty(2, 3, 4, 5, dtype=F64), "has dtype torch.float64, expected torch.float32"),
+        (torch.empty(2, 3, 5, 4).transpose(-1, -2), "must be contiguous"),
+        (torch.empty(2, 3, 4, 5, requires_grad=True), "cannot be used with autograd"),
+        ([[0.0]], "must be a torch.Tensor"),
+    ]
+    for use_fused in (False, True):
+        for out, message in cases:
+            source, text = _source(InputError, simulate, maps, "fse", protocol, fused=use_fused, out=out)
+            assert source == "out" and message in text, text
+    grad_maps = dict(maps, pd=maps["pd"].clone().requires_grad_(True))
+    source, text = _source(InputError, simulate, grad_maps, "fse", protocol, out=torch.empty(2, 3, 4, 5))
+    assert source == "out" and "autograd" in text
+    assert calls == []
+
+
+@pytest.mark.parametrize("sequence", ["fse", "mprage"])
+def test_blocked_order_with_a_remainder_equals_a_loop(sequence, make_maps, monkeypatch):
+    """Blocks of 7 voxels over 60: eight whole blocks plus a remainder of 4, each written for all protocols."""
+    monkeypatch.delenv(fused.DISABLE_ENV, raising=False)
+    monkeypatch.setattr(fused, "CPU_CHUNK_VOXELS", 7)
+    maps = make_maps((3, 4, 5), dtype=torch.float32, with_mt=True)
+    maps["b1"] = torch.linspace(0.5, 1.5, 60).reshape(3, 4, 5)  # a b1 map is blocked like the other maps
+    protocol = sample_protocol(sequence, 5, generator=torch.Generator().manual_seed(8))
+    out = torch.full((5, 3, 4, 5), float("nan"))
+    simulate(maps, sequence, protocol, fused=True, out=out)
+    for b in range(5):
+        single = simulate(maps, sequence, protocol_item(protocol, b), fused=False)
+        assert _relative_difference(out[b], single) <= 1e-5, (sequence, b)
+
+
+def test_block_views_cover_every_voxel_once():
+    """The views the blocked loop writes through tile the output exactly, voxel for voxel with the map views."""
+    out = torch.zeros(3, 2, 5, 7)
+    maps = torch.arange(70.0).reshape(2, 5, 7)
+    protocol = torch.arange(3.0).reshape(3, 1, 1, 1)
+    parts = fused._blocked_views(out, (maps, protocol, torch.tensor(2.0)), 16)
+    assert [tuple(view.shape) for view, _ in parts] == [(4, 3, 16), (1, 3, 6)]
+    for view, (map_view, protocol_view, scalar) in parts:
+        assert tuple(protocol_view.shape) == (1, 3, 1) and scalar.ndim == 0
+        view += map_view + 1000 * protocol_view  # through the views into out
+    # Every voxel written once, with its own map value, in the plane of its own protocol.
+    assert torch.equal(out, maps + 1000 * protocol)
+    # Layouts the blocked order does not cover fall back to one broadcast call.
+    assert fused._blocked_views(torch.zeros(3, 2, 5, 7), (torch.zeros(3, 2, 5, 7), protocol), 16) is None
+
+
+def test_fused_autograd_path_matches_eager_gradients(make_maps, monkeypatch):
+    """With maps that require grad, the fused path returns a fresh differentiable image (no out buffer)."""
+    monkeypatch.delenv(fused.DISABLE_ENV, raising=False)
+    maps = make_maps((2, 3, 4))
+    protocol = sample_protocol("fse", 2, generator=torch.Generator().manual_seed(6))
+    grads = []
+    for use_fused in (False, True):
+        pd = maps["pd"].clone().requires_grad_(True)
+        image = simulate(dict(maps, pd=pd), "fse", protocol, fused=use_fused)
+        image.sum().backward()
+        grads.append(pd.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-12)

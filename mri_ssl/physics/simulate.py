@@ -85,6 +85,7 @@ def simulate(
     fused: bool = False,
     validate: bool = True,
     spatial_dims: int | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Simulate the magnitude image of ``sequence`` with ``protocol`` from qMRI ``maps``.
 
@@ -100,9 +101,14 @@ def simulate(
         validate: check maps and protocol first (``check_maps``, ``check_protocol``); pass False in a training
             loop whose data were checked once.
         spatial_dims: when given, the number of dimensions every map must have.
+        out: a contiguous tensor of the result's shape, dtype (the maps') and device to write the image into, e.g.
+            one buffer a training loop refills every step instead of allocating (and, on CPU, page-faulting) a new
+            image each call; ``out`` is returned. Not with autograd. A wrong shape, dtype or device raises
+            ``InputError`` naming ``out``. It must not share memory with the maps.
 
     Returns:
-        The magnitude image, shape ``map_shape`` for one protocol given as scalars, or ``(B, *map_shape)`` for B.
+        The magnitude image, shape ``map_shape`` for one protocol given as scalars, or ``(B, *map_shape)`` for B;
+        a new tensor unless ``out`` is given.
     """
     sequence = check_sequence(sequence)
     if validate:
@@ -120,6 +126,4 @@ def simulate(
     params = tuple(protocol[name] for name in PROTOCOL_ARGUMENTS[sequence])
     map_values, params = as_protocol_batch(map_values, params)
     *map_values, b1 = map_values
-    signal = run_kernel(sequence, *map_values, *params, b1, fused=fused)
-    # In place where autograd allows it: a second full-size allocation costs about 40 % of a fused kernel.
-    return signal.abs() if signal.requires_grad else signal.abs_()
+    return run_kernel(sequence, *map_values, *params, b1, fused=fused, out=out, magnitude=True)
