@@ -6,6 +6,7 @@ The iteration receives the collated qMRI maps (or real images) and builds the tw
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from typing import Callable, Iterable, Sequence
@@ -196,12 +197,25 @@ class ContrastiveTrainer(Trainer):
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip_norm)
 
 
+def local_loss(loss: Callable) -> Callable:
+    """A copy of ``loss`` that does not gather across ranks (``gather_distributed=False``), or ``loss`` itself when
+    it has no such switch."""
+    if getattr(loss, "gather_distributed", False):
+        loss = copy.copy(loss)
+        loss.gather_distributed = False
+    return loss
+
+
 class ValidationLoss:
     """At each epoch end, the mean pretraining loss on a fixed validation set, in ``engine.state.metrics``.
 
     The reference code validated through freshly random augmentations, so its validation loss moved with the dice
     roll and no best checkpoint could be chosen. Here the view pair is re-seeded with ``seed`` before every
     validation pass, so every epoch is scored on exactly the same views.
+
+    Under torch.distributed every rank scores the whole validation set with the unwrapped network and a loss that
+    gathers nothing: no collectives (a rank that validates differently cannot leave another waiting), and the value
+    equals the single-process one (gathering would count the other ranks' copies of the same items as negatives).
     """
 
     def __init__(self, data_loader: Iterable, view_pair: Callable, seed: int = 12345, metric_name: str = "val_loss",
@@ -222,8 +236,10 @@ class ValidationLoss:
         network.eval()
         if hasattr(self.view_pair, "set_random_state"):
             self.view_pair.set_random_state(seed=self.seed)
-        saved_pair = trainer.view_pair
+        saved = trainer.view_pair, trainer.network, trainer.contrastive_loss
         trainer.view_pair = self.view_pair
+        trainer.network = getattr(network, "module", network)  # DDP's forward would broadcast buffers
+        trainer.contrastive_loss = local_loss(trainer.contrastive_loss)
         cpu_rng = torch.get_rng_state()
         try:
             total, count = 0.0, 0
@@ -235,7 +251,7 @@ class ValidationLoss:
                 total += float(trainer.compute_losses(inputs)["loss"]) * inputs.shape[0]
                 count += inputs.shape[0]
         finally:
-            trainer.view_pair = saved_pair
+            trainer.view_pair, trainer.network, trainer.contrastive_loss = saved
             torch.set_rng_state(cpu_rng)
             network.train(was_training)
         if count == 0:
