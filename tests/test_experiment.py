@@ -23,7 +23,7 @@ TINY_PRETRAIN = {**TINY_ENCODER, "demo_resolution_mm": 4.0, "demo_subjects": 4, 
                  "crop_size": [16, 16, 16], "batch_size": 2, "num_epochs": 1, "epoch_length": 2}
 TINY_DOWNSTREAM = {**TINY_ENCODER, "demo_resolution_mm": 4.0, "demo_subjects": 4, "demo_validation_subjects": 1,
                    "demo_test_subjects": 1, "decoder_features": [8, 8, 8, 4, 4], "patch_size": [16, 16, 16],
-                   "batch_size": 2, "num_epochs": 1, "epoch_length": 2, "sw_batch_size": 8}
+                   "batch_size": 2, "num_epochs": 1, "epoch_length": 2, "sw_batch_size": 8, "val_interval": 1}
 
 
 def write_grid(folder: Path, extra_downstream=(), modes=("random", "seqinv"), **top) -> Path:
