@@ -245,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(slim encoders pretrained in the Base, SeqAug and SeqInv modes; frozen-encoder tissue "
                     "segmentation and denoising trained on simulated T1w, with a random-init baseline; evaluated on "
                     "unseen contrasts and the real MNI152 T1). Stage 3: results.md / results.csv, figures/*.png and "
-                    "a printed table. About 10 minutes and 3.3 GB on 2 CPU cores with one seed; finished runs are reused.",
+                    "a printed table. About 10 minutes and 3.3 GB on 2 CPU cores with one seed; finished runs are "
+                    "reused.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     demo.add_argument("--out", default="demo_out", help="output folder")
     demo.add_argument("--resolution-mm", type=float, default=1.0, help="stage 1 phantom voxel size in mm")
