@@ -272,3 +272,18 @@ def test_stage1_trainer_uses_the_attention_term():
     trainer.run()
     output = trainer.state.output
     assert output["loss"] == pytest.approx(output["ce"] + 0.01 * output["attention"], rel=1e-5)
+
+
+def test_stage1_trainer_stops_on_a_nan_loss_before_the_weights_change():
+    from mri_ssl.engines import CAMClassifierTrainer
+    from mri_ssl.engines.guards import NonFiniteLossError
+
+    torch.manual_seed(6)
+    network = CAMClassifier(encoder_config=TINY_ENCODER)
+    before = [p.detach().clone() for p in network.parameters()]
+    batches = [{"image": torch.full((4, 3, 16, 16), float("nan")), "abnormal": torch.tensor([0, 0, 1, 0])}]
+    trainer = CAMClassifierTrainer("cpu", 1, batches, network, torch.optim.AdamW(network.parameters()),
+                                   CAMClassificationLoss(0.01))
+    with pytest.raises(NonFiniteLossError, match="epoch 1, iteration 1"):
+        trainer.run()
+    assert all(torch.equal(a, b) for a, b in zip(before, network.parameters()))

@@ -122,3 +122,18 @@ def test_gradient_clipping_limits_the_norm_between_backward_and_step():
     for bad in (0, -1, float("inf")):
         with pytest.raises(InputError, match="grad_clip_norm"):
             GradientClipping(bad)
+
+
+def test_backward_and_step_clips_the_gradient_norm_before_the_step():
+    from mri_ssl.engines.clipping import backward_and_step
+
+    weight = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([weight], lr=1.0)
+    loss = (weight * torch.tensor([30.0, 40.0])).sum()  # gradient (30, 40), norm 50
+    backward_and_step(loss, optimizer, [weight], max_norm=5.0)
+    assert torch.allclose(weight.detach(), torch.tensor([-3.0, -4.0]))  # clipped to norm 5, then one SGD step
+    for no_clip in (None, 0):
+        weight.data.zero_()
+        optimizer.zero_grad()
+        backward_and_step((weight * torch.tensor([30.0, 40.0])).sum(), optimizer, [weight], max_norm=no_clip)
+        assert torch.allclose(weight.detach(), torch.tensor([-30.0, -40.0]))

@@ -15,7 +15,8 @@ from monai.engines import Trainer
 from monai.inferers import SimpleInferer
 from monai.utils import CommonKeys
 
-from mri_ssl.engines.contrastive_trainer import NonFiniteLossError
+from mri_ssl.engines.clipping import backward_and_step
+from mri_ssl.engines.guards import check_loss
 from mri_ssl.errors import InputError
 
 
@@ -52,15 +53,7 @@ class CAMClassifierTrainer(Trainer):
             logits, cams = self.inferer(images, self.network, return_cams=True)
         losses = self.loss_function(logits, cams, labels)
         loss = losses["loss"]
-        if not bool(torch.isfinite(loss)):
-            raise NonFiniteLossError(f"non-finite loss {float(loss.detach())} at epoch {engine.state.epoch}, "
-                                     f"iteration {engine.state.iteration}")
-        if self.amp and self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
+        check_loss(loss, engine)  # NonFiniteLossError before backward: the weights stay finite
+        backward_and_step(loss, self.optimizer, self.network.parameters(), None, self.scaler if self.amp else None)
         return {CommonKeys.LOSS: float(loss.detach()), "ce": float(losses["ce"].detach()),
                 "attention": float(losses["attention"].detach())}

@@ -1,4 +1,5 @@
-"""Gradient-norm clipping for MONAI's SupervisedTrainer, which has no clipping option of its own."""
+"""Gradient-norm clipping: a handler for MONAI's SupervisedTrainer, which has no clipping option of its own, and
+``backward_and_step`` for the custom trainers' iterations."""
 
 from __future__ import annotations
 
@@ -34,3 +35,21 @@ class GradientClipping:
         parameters = [p for group in engine.optimizer.param_groups for p in group["params"] if p.grad is not None]
         if parameters:
             engine.state.grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, self.max_norm))
+
+
+def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters, max_norm: float | None,
+                      scaler=None) -> None:
+    """Backward pass, optional gradient-norm clipping to ``max_norm`` (None or 0: none) and the optimizer step, through
+    ``scaler`` (a ``GradScaler``, for AMP) when given. Under AMP the gradients are unscaled before clipping."""
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        if max_norm:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        if max_norm:
+            torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        optimizer.step()

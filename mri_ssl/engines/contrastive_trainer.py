@@ -19,6 +19,7 @@ from monai.inferers import SimpleInferer
 from monai.utils import CommonKeys
 
 from mri_ssl.distributed import rank
+from mri_ssl.engines.clipping import backward_and_step
 from mri_ssl.engines.guards import NonFiniteLossError, check_loss  # noqa: F401 (NonFiniteLossError re-exported)
 from mri_ssl.errors import InputError
 
@@ -175,26 +176,14 @@ class ContrastiveTrainer(Trainer):
         losses = self.compute_losses(inputs)
         loss = losses["loss"]
         check_loss(loss, engine)  # stop before backward/step: the weights and the last checkpoint stay finite
-        if self.amp and self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-            self._clip()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self._clip()
-            self.optimizer.step()
+        backward_and_step(loss, self.optimizer, self.network.parameters(), self.grad_clip_norm,
+                          self.scaler if self.amp else None)
         self.epoch_projection_std.append(projection_std(losses["projection"]))
         # The epoch's running mean, kept current at every iteration: the train handlers (StatsHandler, TensorBoard)
         # run at EPOCH_COMPLETED before this trainer's own epoch-end log, and must not see last epoch's value.
         engine.state.metrics["projection_std"] = sum(self.epoch_projection_std) / len(self.epoch_projection_std)
         return {CommonKeys.LOSS: float(loss.detach()), **{k: float(v.detach()) for k, v in losses.items()
                                                           if k in ("contrastive", "reconstruction")}}
-
-    def _clip(self) -> None:
-        if self.grad_clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip_norm)
 
 
 def local_loss(loss: Callable) -> Callable:

@@ -44,6 +44,7 @@ from mri_ssl.data.cmr_studies import DISEASE_LABELS
 from mri_ssl.data.nifti import save_json
 from mri_ssl.distributed import is_main_process, rank, world_size
 from mri_ssl.engines.checkpoint import load_checkpoint, load_network_weights
+from mri_ssl.engines.clipping import backward_and_step
 from mri_ssl.engines.guards import check_loss
 from mri_ssl.errors import InputError
 from mri_ssl.losses.clip import weight_decay_groups
@@ -210,22 +211,10 @@ class VideoTextTrainer(Trainer):
             out = self.inferer(video, self.network, ids)
         loss = _unwrap(self.network).loss(out["video"], out["text"])  # float32 inside
         check_loss(loss, engine)  # the global loss: the same on every rank, so all stop together
-        if self.amp and self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-            self._clip()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self._clip()
-            self.optimizer.step()
+        backward_and_step(loss, self.optimizer, self.network.parameters(), self.grad_clip_norm,
+                          self.scaler if self.amp else None)
         self._epoch_losses.append(float(loss.detach()))
         return {CommonKeys.LOSS: float(loss.detach())}
-
-    def _clip(self) -> None:
-        if self.grad_clip_norm:
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip_norm)
 
     @torch.no_grad()
     def validation_loss(self) -> float:
