@@ -185,8 +185,7 @@ def execute_run(run: Run, folder: Path, infer: bool = True,
             result.error = f"{stage} exited with status {code}; end of {log_path.name}:\n{log[-LOG_TAIL_CHARS:]}"
             break
     result.seconds = time.perf_counter() - started
-    cpu = [cost["cpu_s"] for cost in stage_costs.values()]
-    result.cpu_seconds = sum(cpu) if cpu and None not in cpu else None
+    result.cpu_seconds = total_cpu_seconds(stage_costs)
     if result.status == STATUS_OK and run.spec.evaluate:
         summary_path = folder / "logs" / "evaluation" / "summary.json"
         try:
@@ -201,15 +200,19 @@ def execute_run(run: Run, folder: Path, infer: bool = True,
     return result
 
 
+def total_cpu_seconds(stage_costs: dict) -> float | None:
+    """The CPU seconds of a run from its per-stage ``{"wall_s", "cpu_s"}`` record; None if any stage lacks one."""
+    cpu = [cost.get("cpu_s") for cost in stage_costs.values()]
+    return sum(cpu) if cpu and None not in cpu else None
+
+
 def cached_result(run: Run, folder: Path) -> RunResult | None:
     """The finished result of an identical earlier run in ``folder``, or None."""
     content = _read_result(folder)
     if not content or content.get("status") != STATUS_OK or content.get("config_hash") != run.config_hash:
         return None
-    stages = content.get("stages") or {}
-    cpu = [cost.get("cpu_s") for cost in stages.values()]
     return RunResult(run, STATUS_OK, folder, seconds=float(content.get("seconds", 0.0)), cached=True,
-                     cpu_seconds=sum(cpu) if cpu and None not in cpu else None,
+                     cpu_seconds=total_cpu_seconds(content.get("stages") or {}),
                      summary=content.get("summary"))
 
 
