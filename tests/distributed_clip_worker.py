@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from mri_ssl.losses import CLIPLoss
-from rank_processes import init_from_environment
+from rank_processes import end_worker, init_from_environment
 
 GLOBAL_BATCH, FEATURES, SEED = 8, 6, 0
 
@@ -44,7 +44,7 @@ def main(out_dir: Path) -> None:
     dist.all_gather_object(everyone, mine)
     if rank == 0:
         torch.save({"world_size": world, "video": video, "text": text, "ranks": everyone}, out_dir / "results.pt")
-    dist.destroy_process_group()
+    end_worker()
 
 
 if __name__ == "__main__":

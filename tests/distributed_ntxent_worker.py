@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mri_ssl.losses import NTXentLoss
-from rank_processes import init_from_environment
+from rank_processes import end_worker, init_from_environment
 
 GLOBAL_BATCH, IN_FEATURES, OUT_FEATURES, SEED = 8, 16, 12, 0
 
@@ -58,7 +58,7 @@ def main(out_dir: Path) -> None:
     dist.all_gather_object(everyone, mine)
     if rank == 0:
         torch.save({"world_size": world, "x1": x1, "x2": x2, "ranks": everyone}, out_dir / "results.pt")
-    dist.destroy_process_group()
+    end_worker()
 
 
 if __name__ == "__main__":

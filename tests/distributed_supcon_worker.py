@@ -1,6 +1,7 @@
-"""Worker for the distributed SupCon test; run under torchrun with 2 CPU processes (gloo).
+"""Worker for the distributed SupCon test: 2 CPU processes (gloo) meeting through a file store.
 
-Usage: ``python -m torch.distributed.run --standalone --nproc_per_node 2 tests/distributed_supcon_worker.py OUT_DIR``
+Started once per rank by ``tests/rank_processes.run_ranks`` (no port): ``python tests/distributed_supcon_worker.py
+OUT_DIR``.
 
 Every rank builds the same seeded global batch (two views and coarse labels) and keeps its own contiguous slice of
 items. Rank 0 writes ``OUT_DIR/results.pt`` holding the global inputs and, per rank, the loss and the gradient w.r.t.
@@ -9,7 +10,6 @@ the rank's local projections.
 
 from __future__ import annotations
 
-import datetime
 import sys
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from mri_ssl.losses import SupConLoss
+from rank_processes import end_worker, init_from_environment
 
 GLOBAL_BATCH, DIM, SEED, TEMPERATURE = 8, 6, 0, 0.1
 
@@ -31,8 +32,7 @@ def make_global_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def main(out_dir: Path) -> None:
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world = init_from_environment(timeout_seconds=60)
     local = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
     x1, x2, labels = make_global_inputs()
     z1 = x1[local].clone().requires_grad_(True)
@@ -45,7 +45,7 @@ def main(out_dir: Path) -> None:
     if rank == 0:
         torch.save({"world_size": world, "x1": x1, "x2": x2, "labels": labels, "ranks": everyone},
                    out_dir / "results.pt")
-    dist.destroy_process_group()
+    end_worker()
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from mri_ssl.errors import InputError
-from rank_processes import init_from_environment
+from rank_processes import end_worker, init_from_environment
 
 VOCAB, LENGTH, FRAMES, SIZE = 20, 6, 4, 16
 
@@ -98,7 +98,7 @@ def main(out_dir: Path) -> None:
     result["ragged"] = ragged_last_batch()
     result["mismatch"] = unmatched_all_reduce(rank, out_dir)
     torch.save(result, out_dir / f"rank{rank}.pt")
-    # No destroy_process_group: the timed-out group is broken, and the processes end here anyway.
+    end_worker()  # the timed-out group is broken; end_worker meets on the default group and leaves
 
 
 if __name__ == "__main__":
