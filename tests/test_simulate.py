@@ -48,6 +48,22 @@ def test_non_finite_map_is_named(name, bad, make_maps):
     assert source == name
 
 
+def test_bad_voxels_are_counted_wherever_they_are_in_a_large_float32_map():
+    """The one-pass check (aminmax) must see a bad voxel at the end of a vectorised map, and the message counts all."""
+    shape = (16, 16, 17)
+    maps = {"pd": torch.rand(shape), "r1": torch.rand(shape) + 0.2, "r2s": torch.rand(shape) + 1.0}
+    check_maps(maps)
+    check_maps({**maps, "pd": torch.ones(shape, dtype=torch.int32)})  # an integer map in range passes
+    flat = maps["r1"].clone().flatten()
+    flat[[-1, 7, 100]] = torch.tensor([float("nan"), float("inf"), float("nan")])
+    source, message = _source(InputError, check_maps, {**maps, "r1": flat.reshape(shape)})
+    assert source == "r1" and "3 non-finite voxel(s)" in message
+    flat = maps["r2s"].clone().flatten()
+    flat[[-1, 5]] = -2.0
+    source, message = _source(InputError, check_maps, {**maps, "r2s": flat.reshape(shape)})
+    assert source == "r2s" and "found 2 voxel(s) outside, e.g. -2" in message
+
+
 @pytest.mark.parametrize("name", ["pd", "r1", "r2s", "r2"])
 def test_negative_map_is_named(name, make_maps):
     maps = make_maps((2, 3, 4), with_r2=True)
