@@ -100,6 +100,26 @@ def test_best_checkpoint_follows_mode_max_and_a_separate_metric_engine(tmp_path)
         AtomicCheckpointer(tmp_path, network, mode="largest")
 
 
+def test_a_run_that_never_validated_says_why_best_is_missing(tmp_path, caplog):
+    """val_interval beyond the last epoch: no best.pt; the run warns, and loading best.pt points at final.pt."""
+    from ignite.engine import Engine
+
+    from mri_ssl.engines import AtomicCheckpointer
+
+    trainer = Engine(lambda engine, batch: None)
+    AtomicCheckpointer(tmp_path, torch.nn.Linear(2, 2), metric_name="val_loss", export_encoder=False).attach(trainer)
+    with caplog.at_level("WARNING", logger="mri_ssl.engines.checkpoint"):
+        trainer.run([0], max_epochs=2)
+    assert not (tmp_path / "best.pt").exists() and (tmp_path / "final.pt").is_file()
+    assert "no best.pt written: val_loss was never computed" in caplog.text
+    with pytest.raises(InputError, match="wrote final.pt but no best.pt.*val_interval") as error:
+        load_checkpoint(tmp_path / "best.pt")
+    assert str(tmp_path / "final.pt") in str(error.value)
+    (tmp_path / "final.pt").unlink()
+    with pytest.raises(InputError, match="checkpoint not found$"):  # no hint where there is no final.pt
+        load_checkpoint(tmp_path / "best.pt")
+
+
 def test_gradient_clipping_limits_the_norm_between_backward_and_step():
     from monai.engines import SupervisedTrainer
 

@@ -58,7 +58,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Load a checkpoint with ``weights_only=True``; raise ``InputError`` naming the file if it cannot be read."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(path, "checkpoint not found")
+        hint = ""
+        if path.name == BEST and (path.parent / FINAL).is_file():
+            hint = (f"; the run wrote {FINAL} but no {BEST}, so its validation metric was never computed (e.g. "
+                    f"val_interval larger than the number of epochs): validate at least once, or use "
+                    f"{path.parent / FINAL}")
+        raise InputError(path, "checkpoint not found" + hint)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
@@ -226,6 +231,10 @@ class AtomicCheckpointer:
             return
         self._save(engine, FINAL)
         save_safetensors(self._network().state_dict(), safetensors_path(self.save_dir / FINAL))
+        if self.metric_name and not math.isfinite(self.best_metric) and not (self.save_dir / BEST).is_file():
+            logger.warning("no %s written: %s was never computed with a finite value in %d epoch(s) (validation "
+                           "runs every val_interval epochs); evaluation that reads %s will fail, use %s instead",
+                           BEST, self.metric_name, engine.state.epoch, BEST, self.save_dir / FINAL)
         encoder = self._encoder()
         if encoder is not None:
             export_encoder(encoder, self.save_dir / ENCODER_FINAL)
