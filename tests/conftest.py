@@ -25,3 +25,14 @@ def _make_maps(shape=(3, 4, 5), dtype=torch.float64, device="cpu", seed=0, with_
 def make_maps():
     """Factory for small, seeded, physically valid qMRI maps: ``make_maps(shape, dtype, device, seed, ...)``."""
     return _make_maps
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch intra-op thread for the test, as the bundle subprocesses run (``bundle_runner``): tiny models on a
+    shared 2-core machine run ~20x slower with two threads fighting other processes. Use it in a module with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,13 +13,7 @@ REPORTS = ["The left ventricle is dilated with reduced function, EF 39%.", "Norm
            "Patchy late enhancement of the mid inferior septum."]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: two intra-op threads fighting other processes run ~20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def save_tiny_bert(folder, seed: int = 0):

@@ -23,13 +23,7 @@ from bundle_runner import bundle_dir, run_bundle, write_override
 REPORTS = ["The left ventricle is dilated, EF 39%.", "Normal LV size. EF 62%.", "Patchy late enhancement."]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: two intra-op threads fighting other processes run ~20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def test_tokenizer_rules():

@@ -22,13 +22,7 @@ CONFIG = {"embed_dim": 16, "seed": 0, "video_config": {"cnn_features": [4, 8], "
 BATCHES_PER_EPOCH = 3
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: two intra-op threads fighting other processes run ~20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 class Killed(Exception):
