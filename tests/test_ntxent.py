@@ -103,7 +103,7 @@ def test_bad_temperature_is_named(temperature):
 
 
 def test_two_ranks_give_the_global_batch_loss_and_gradients(tmp_path):
-    run_ranks(WORKER, tmp_path, [tmp_path])  # file store, no port; all ranks killed past its timeout
+    run_ranks(WORKER, tmp_path, [tmp_path])  # file store, no port; all ranks stopped past its timeout
     results = torch.load(tmp_path / "results.pt", weights_only=True)
     world, ranks = results["world_size"], results["ranks"]
     assert world == 2
