@@ -113,8 +113,9 @@ def test_pretrain_finetune_probe_and_evaluate_through_monai_bundle_run(tmp_path,
     write_series(dicom, "P1", "lge", positions=3, description="PSIR LGE")
     (dicom / "broken.dcm").write_bytes(b"DICM" * 10)
     output = tmp_path / "series.csv"
-    _run_in_process(tmp_path, [CONFIGS / "train.json", CONFIGS / "inference.json", cpu, tiny],
-                    input_dir=str(dicom), output_file=str(output))
+    _run_in_process(tmp_path, [CONFIGS / "train.json", CONFIGS / "inference.json", CONFIGS / "classify_dicom.json",
+                               cpu, tiny], input_dir=str(dicom), output_file=str(output),
+                    checkpoint=str(tmp_path / "models" / "best.pt"))
     rows = output.read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("patient,series_uid")
     assert {row.split(",")[4] for row in rows[1:]} == {"Cine", "LGE"}

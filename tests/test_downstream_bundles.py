@@ -72,7 +72,8 @@ def run_train_evaluate_infer(name, root, demo_data_dir, encoder_path):
     for stage, extra in (("train", []), ("evaluate", ["evaluate.json"]), ("inference", ["inference.json"])):
         files = [configs[0]] + [str(bundle_dir(name) / "configs" / f) for f in extra] + [configs[1], str(tiny)]
         if stage == "inference":
-            files.append(str(write_override(root, "inputs.json", input_dir=str(input_dir))))
+            files.append(str(write_override(root, "inputs.json", input_dir=str(input_dir),
+                                            checkpoint=str(root / "models" / "best.pt"))))
         results[stage] = run_bundle(root, files)
         assert results[stage].returncode == 0, f"{stage}:\n{results[stage].stderr[-4000:]}"
     return results

@@ -53,7 +53,7 @@ def chain(tmp_path_factory):
     run(root, "stage1")
     run(root, "stage1", "evaluate")
     run(root, "stage1", "generate_heatmaps")
-    run(root, "stage1", "inference")
+    run(root, "stage1", "inference", checkpoint=str(root / "models" / "stage1" / "best.pt"))
     run(root, "pretrain")
     run(root, "finetune_cls", linear_evaluation=True)
     run(root, "finetune_cls", "evaluate", linear_evaluation=True)

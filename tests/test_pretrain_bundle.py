@@ -11,7 +11,7 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
-from bundle_runner import run_bundle
+from bundle_runner import run_bundle, write_override
 from mri_ssl.data.datalist import resolve_datalist
 from mri_ssl.engines import NonFiniteLossError, load_checkpoint, load_encoder
 
@@ -73,7 +73,8 @@ def test_each_view_mode_trains_through_monai_bundle_run(tmp_path, demo_data_dir,
     assert encoder.features == tuple(TINY["features"])
     assert encoder(torch.randn(1, 1, 16, 16, 16)).shape == (1, TINY["features"][-1])
     if mode == "seqaug":  # inference.json: one CSV row of encoder features per validation volume
-        result = run_bundle(tmp_path, [str(BUNDLE / "configs" / "inference.json"), CONFIGS[1], str(tiny)])
+        weights = write_override(tmp_path, "weights.json", checkpoint=str(tmp_path / "models" / "encoder_final.pt"))
+        result = run_bundle(tmp_path, [str(BUNDLE / "configs" / "inference.json"), CONFIGS[1], str(tiny), str(weights)])
         assert result.returncode == 0, result.stderr[-3000:]
         rows = (tmp_path / "features" / "features.csv").read_text().splitlines()
         assert len(rows) == 1 + TINY["demo_validation_subjects"]

@@ -104,13 +104,18 @@ def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu"
 
 def load_network_weights(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """The network state dict of a checkpoint: from ``X.safetensors`` when present beside ``X.pt``, else from
-    ``X.pt``'s ``network`` entry (read with ``weights_only=True``)."""
+    ``X.pt``'s ``network`` entry, ``X.pt`` itself when it is a plain state dict, or the ``state_dict`` of an exported
+    encoder file (all read with ``weights_only=True``)."""
     twin = safetensors_path(path)
     if twin.is_file():
         return load_safetensors(twin, map_location)[0]
     payload = load_checkpoint(path, map_location=map_location)
+    if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return payload  # a plain state dict, as a bundle's shipped models/model.pt
+    if isinstance(payload, dict) and set(payload) == {"config", "state_dict"}:
+        return payload["state_dict"]  # an exported encoder file (export_encoder)
     if not isinstance(payload, dict) or "network" not in payload:
-        raise InputError(path, "not a training checkpoint: it has no 'network' entry")
+        raise InputError(path, "neither a training checkpoint (no 'network' entry) nor a plain state dict")
     return payload["network"]
 
 

@@ -106,6 +106,14 @@ def _command_run_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_train_shipped_weights(args: argparse.Namespace) -> int:
+    from mri_ssl.trust.shipped_weights import RECIPES, train_shipped_weights
+
+    for name in (sorted(RECIPES) if args.bundles == ["all"] else args.bundles):
+        train_shipped_weights(name, workdir=args.workdir, url_base=args.url_base)
+    return 0
+
+
 def add_trust_commands(commands) -> None:
     """Add the bundle-trust subcommands to the `mri-ssl` subparsers."""
     verify = commands.add_parser(
@@ -164,3 +172,15 @@ def add_trust_commands(commands) -> None:
                      help="a config override, VALUE parsed as JSON (scanned like the configs); repeat for several")
     run.add_argument("--trust-bundle", action="store_true", help="run even if the static scan refused something")
     run.set_defaults(handler=_command_run_bundle)
+
+    weights = commands.add_parser(
+        "train-shipped-weights", help="train the small demo weights a bundle ships as models/model.pt",
+        description="Run a bundle's CPU recipe (its training config + configs/cpu_demo.json on the embedded demo data, "
+                    "after the pretraining it depends on) in a temporary folder, write the inference network's "
+                    "plain state dict to bundles/NAME/models/model.pt and its sha256 to large_files.yml.")
+    weights.add_argument("bundles", nargs="+", metavar="NAME", help="bundle names, or 'all'")
+    weights.add_argument("--workdir", default=None, help="parent of the temporary run folders (default: system temp)")
+    weights.add_argument("--url-base", default=None,
+                         help="where the repository's files are published; large_files.yml url = URL_BASE/bundles/"
+                              "NAME/models/model.pt")
+    weights.set_defaults(handler=_command_train_shipped_weights)

@@ -53,14 +53,15 @@ from mri_ssl.errors import InputError
 from mri_ssl.trust.files import is_sha256, sha256_file
 from mri_ssl.trust.metadata_schema import METADATA_SCHEMA
 from mri_ssl.trust.scan import scan_bundle
+from mri_ssl.trust.zoo import ZOO_CHECKS, run_zoo_checks
 
 VERIFY_FILE = "configs/verify_bundle.json"
 CPU_DEMO = "configs/cpu_demo.json"
 REQUIRED_FILES = ("LICENSE", "configs/metadata.json", "docs/README.md", "large_files.yml", CPU_DEMO)
 STAGES = ("train", "evaluate", "inference")
 STAGE_WORKFLOW_TYPE = {"train": "train", "evaluate": "eval", "inference": "infer"}
-ALL_CHECKS = ("layout", "metadata", "static-scan", "large-files", "net-in-out", "torchscript", "workflows")
-RUNNING_CHECKS = frozenset({"net-in-out", "torchscript", "workflows"})
+ALL_CHECKS = ("layout", "metadata", "static-scan", "large-files", "zoo", "net-in-out", "torchscript", "workflows")
+RUNNING_CHECKS = frozenset({"zoo", "net-in-out", "torchscript", "workflows"})
 
 
 @dataclass
@@ -337,10 +338,14 @@ def verify_bundle(bundle_root: str | os.PathLike, trust_bundle: bool = False,
     running = [c for c in selected if c in RUNNING_CHECKS]
     if running and not scan_ok and not trust_bundle:
         for name in running:
-            for each in ([f"workflow-{stage}" for stage in STAGES] if name == "workflows" else [name]):
+            for each in ([f"workflow-{stage}" for stage in STAGES] if name == "workflows" else
+                         [f"zoo-{check}" for check in ZOO_CHECKS] if name == "zoo" else [name]):
                 record(each, "SKIP", "not parsed or run: the static scan failed (pass --trust-bundle to run it "
                                      "anyway)")
         return report
+    if "zoo" in selected:
+        with tempfile.TemporaryDirectory(prefix=f"zoo_{root.name}_") as folder:
+            run_zoo_checks(root, settings, Path(folder), record, _failure)
     net_skip = (settings.get("net_in_out") or {}).get("skip")
     if "net-in-out" in selected and net_skip:
         record("net-in-out", "SKIP", f"opted out in configs/verify_bundle.json: {net_skip}")
