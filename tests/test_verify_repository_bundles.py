@@ -14,11 +14,13 @@ import sys
 import pytest
 
 from bundle_runner import REPO
+from mri_ssl.trust.zoo import ZOO_CHECKS
 
 BUNDLES = sorted(p.name for p in (REPO / "bundles").iterdir() if (p / "configs").is_dir())
 # A SKIP is accepted only for these reasons: no evaluate config, or an opt-out (TorchScript, net-in-out or a workflow
 # stage) that the bundle documents with its reason in configs/verify_bundle.json, printed by every verify run.
-ACCEPTED_SKIPS = ("the bundle has no evaluate config", "opted out in configs/verify_bundle.json")
+ACCEPTED_SKIPS = ("the bundle has no evaluate config", "opted out in configs/verify_bundle.json",
+                  "excluded as the zoo excludes such bundles")
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,8 @@ def test_bundle_passes_verify_bundle(verification, bundle):
     assert bundle in report, result.stdout[-3000:] + result.stderr[-3000:]
     checks = {c["name"]: c for c in report[bundle]}
     assert set(checks) == {"layout", "metadata", "static-scan", "large-files", "net-in-out", "torchscript",
-                           "workflow-train", "workflow-evaluate", "workflow-inference"}
+                           "workflow-train", "workflow-evaluate", "workflow-inference",
+                           *(f"zoo-{name}" for name in ZOO_CHECKS)}
     failed = [f"{c['status']} {c['name']}: {c['detail']}" for c in checks.values()
               if c["status"] == "FAIL" or (c["status"] == "SKIP" and not c["detail"].startswith(ACCEPTED_SKIPS))]
     assert failed == [], "\n".join(failed)
