@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 
 METADATA = {
+    "schema": ("https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/"
+               "meta_schema_20240725.json"),
     "version": "0.1.0",
     "changelog": {"0.1.0": "first release"},
     "monai_version": "1.6.1",
@@ -85,6 +87,18 @@ def write_json(path: Path, value) -> Path:
     return path
 
 
+def tiny_weights() -> bytes:
+    """models/model.pt of the tiny bundle: a plain state dict of its network_def, as the model zoo expects."""
+    import io
+
+    import torch
+
+    torch.manual_seed(0)
+    buffer = io.BytesIO()
+    torch.save(torch.nn.Conv3d(1, 2, kernel_size=3, padding=1).state_dict(), buffer)
+    return buffer.getvalue()
+
+
 def make_tiny_bundle(root: Path, **replace) -> Path:
     """Write the tiny bundle to ``root``; ``replace`` maps a relative file name to new content (None removes it)."""
     files = {
@@ -96,6 +110,7 @@ def make_tiny_bundle(root: Path, **replace) -> Path:
         "configs/inference.json": INFERENCE,
         "configs/cpu_demo.json": {"num_epochs": 1},
         "configs/verify_bundle.json": {"overrides": {}},
+        "models/model.pt": tiny_weights(),
     }
     files.update(replace)
     for name, content in files.items():
@@ -103,7 +118,9 @@ def make_tiny_bundle(root: Path, **replace) -> Path:
             continue
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, str):
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        elif isinstance(content, str):
             path.write_text(content)
         else:
             write_json(path, content)
