@@ -1,6 +1,9 @@
 """`mri-ssl verify-bundle`: is a bundle complete, safe to parse, and does it run as the model zoo expects?
 
-Checks, in order (one line each, PASS / FAIL / SKIP):
+Two groups of checks, one line each (PASS / FAIL / SKIP). ``zoo-*``: the MONAI model zoo's own CI checks done the
+zoo's way on a fresh copy of the bundle (:mod:`mri_ssl.trust.zoo`: files incl. ``models/model.pt``, version,
+metadata, inference properties, net in/out and TorchScript scripting on ``configs/inference.json`` alone at n = 1);
+a bundle the zoo would refuse fails here. The others are our stricter extra checks, in order:
 
 1. ``layout``: LICENSE, configs/metadata.json, configs/inference.json (or .yaml), configs/cpu_demo.json,
    docs/README.md and large_files.yml exist.
