@@ -56,7 +56,7 @@ from mri_ssl.errors import InputError
 from mri_ssl.trust.files import is_sha256, sha256_file
 from mri_ssl.trust.metadata_schema import METADATA_SCHEMA
 from mri_ssl.trust.scan import scan_bundle
-from mri_ssl.trust.zoo import ZOO_CHECKS, run_zoo_checks
+from mri_ssl.trust.zoo import ZOO_CHECKS, inference_config, run_zoo_checks
 
 VERIFY_FILE = "configs/verify_bundle.json"
 CPU_DEMO = "configs/cpu_demo.json"
@@ -92,13 +92,6 @@ class BundleReport:
         return result
 
 
-def _inference_config(root: Path) -> Path | None:
-    for name in ("inference.json", "inference.yaml", "inference.yml"):
-        if (root / "configs" / name).is_file():
-            return root / "configs" / name
-    return None
-
-
 def load_verify_settings(root: Path) -> dict[str, Any]:
     path = root / VERIFY_FILE
     if not path.is_file():
@@ -123,7 +116,7 @@ def load_verify_settings(root: Path) -> dict[str, Any]:
 def stage_configs(root: Path, settings: dict[str, Any]) -> dict[str, list[Path] | None]:
     """Config stack per stage (without cpu_demo.json); None where the bundle has no such stage."""
     configs = root / "configs"
-    inference = _inference_config(root)
+    inference = inference_config(root)
     defaults: dict[str, list[Path] | None] = {
         "train": [configs / "train.json"] if (configs / "train.json").is_file() else None,
         "evaluate": ([configs / "train.json", configs / "evaluate.json"]
@@ -143,7 +136,7 @@ def stage_configs(root: Path, settings: dict[str, Any]) -> dict[str, list[Path] 
 
 def check_layout(root: Path) -> list[str]:
     missing = [name for name in REQUIRED_FILES if not (root / name).is_file()]
-    if _inference_config(root) is None:
+    if inference_config(root) is None:
         missing.append("configs/inference.json")
     return [f"missing {name}" for name in missing]
 
