@@ -38,9 +38,10 @@ def _command_demo(args: argparse.Namespace) -> int:
                        seed=args.seed, fused=args.fused, progress=not args.quiet, seeds=args.seeds,
                        grid_path=args.grid, bundles_dir=args.bundles_dir, simulation_only=args.simulation_only,
                        trust_bundles=args.trust_bundle, jobs=args.jobs)
-    print(format_summary(summary))
     print(f"outputs in {Path(args.out).resolve()}")
-    return 0
+    print(format_summary(summary))  # last: it ends with why the exit status is 1, when a run did not finish
+    experiment = summary.get("experiment")
+    return 1 if experiment and experiment["failed"] else 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -195,7 +196,7 @@ def _command_experiment(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from mri_ssl.experiments import expand_runs, load_grid, run_grid, write_tables
-    from mri_ssl.experiments.runner import STATUS_OK
+    from mri_ssl.experiments.runner import failure_report
 
     grid = load_grid(args.grid, bundles_dir=args.bundles_dir)
     if args.seeds:
@@ -211,7 +212,10 @@ def _command_experiment(args: argparse.Namespace) -> int:
     paths = write_tables(grid, results, out)
     print(paths["markdown"].read_text())
     print(f"tables in {paths['markdown']} and {paths['csv']}; every run in {out / 'runs.csv'}")
-    return 0 if all(result.status == STATUS_OK for result in results) else 1
+    failures = failure_report(results, out / "runs.csv")
+    for line in failures:
+        print(line)
+    return 1 if failures else 0
 
 # check-data
 

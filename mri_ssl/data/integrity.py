@@ -778,13 +778,16 @@ def check_data(datalist: str | os.PathLike, splits: Sequence[str] = ("training",
     if label_values is None and label_key and isinstance(content.get("labels"), Mapping):
         label_values = [int(value) for value in content["labels"]]
     report = IntegrityReport(str(datalist), dataset_findings=_check_splits(content))
+    # Relative entries are relative to the datalist's own folder, wherever the caller stands: MONAI joins them onto
+    # ``base_dir``, which must therefore be absolute (its default, the datalist's folder as given, is relative when
+    # the datalist path is, and the join below would then double it).
     base = datalist.resolve().parent
     work = []
     for split in splits:
         if not content.get(split):
             continue
         raw_entries = content[split]
-        for index, entry in enumerate(load_decathlon_datalist(datalist, data_list_key=split)):
+        for index, entry in enumerate(load_decathlon_datalist(datalist, data_list_key=split, base_dir=base)):
             missing = [key for key in require_keys or () if key not in entry]
             if missing and skip_incomplete:
                 continue

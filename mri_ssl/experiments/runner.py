@@ -52,6 +52,7 @@ class RunResult:
     cached: bool = False
     error: str = ""              # what went wrong, with the end of the failed stage's log
     reason: str = ""             # the one line that says why (see ``error_summary``)
+    log: str = ""                # the failed stage's log file
     summary: dict | None = None
 
     def row(self) -> dict:
@@ -159,6 +160,7 @@ def execute_run(run: Run, folder: Path, infer: bool = True,
                 timeout_s: float | None = None, environment: dict[str, str] | None = None) -> RunResult:
     """Run every stage of ``run`` in ``folder`` (emptied first); write and return its result. ``environment`` is
     added to the bundle processes' environment (e.g. thread counts)."""
+    folder = Path(folder).resolve()  # the bundle's working folder: the paths handed to it must not be relative
     if folder.exists():
         shutil.rmtree(folder)  # a stale or failed attempt: start clean so no old checkpoint is resumed by mistake
     folder.mkdir(parents=True)
@@ -183,6 +185,7 @@ def execute_run(run: Run, folder: Path, infer: bool = True,
             result.status = STATUS_FAILED
             result.reason = f"{stage}: {error_summary(log) or f'exit status {code}'}"
             result.error = f"{stage} exited with status {code}; end of {log_path.name}:\n{log[-LOG_TAIL_CHARS:]}"
+            result.log = str(log_path)
             break
     result.seconds = time.perf_counter() - started
     result.cpu_seconds = total_cpu_seconds(stage_costs)
@@ -263,7 +266,7 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, infer: bool = True, progres
     jobs = int(jobs)
     if not trust_bundles:
         require_trusted(grid)
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()  # each bundle runs in its own folder: every path handed to it is absolute
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(grid.path, out_dir / "grid.yaml")
     runs = [run for run in expand_runs(grid, infer) if only is None or only(run)]
@@ -328,6 +331,23 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, infer: bool = True, progres
     ordered = [results[id(run)] for run in runs]
     write_runs_csv(ordered, out_dir / "runs.csv")
     return ordered
+
+
+def failure_report(results: list[RunResult], runs_csv: str | os.PathLike | None = None) -> list[str]:
+    """The closing lines a user needs when runs did not finish: how many, the first failure's reason and its log
+    (a skipped run points at the failed run it waited for). Empty when every run finished."""
+    missing = [result for result in results if result.status != STATUS_OK]
+    if not missing:
+        return []
+    failed = [result for result in missing if result.status == STATUS_FAILED]
+    lines = [f"{len(missing)} of {len(results)} runs did not finish ({len(failed)} failed, "
+             f"{len(missing) - len(failed)} skipped): {', '.join(result.run.label for result in missing)}"]
+    first = (failed or missing)[0]
+    lines.append(f"first failure: {first.run.label}: {first.reason or first.status}")
+    lines.append(f"its log: {first.log}" if first.log else f"its folder: {first.folder}")
+    if runs_csv is not None:
+        lines.append(f"every run's status: {runs_csv}")
+    return lines
 
 
 def write_runs_csv(results: list[RunResult], path: Path) -> Path:

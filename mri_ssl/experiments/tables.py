@@ -198,6 +198,11 @@ def write_tables(grid: Grid, results: Sequence[RunResult], out_dir: str | os.Pat
     out_dir = Path(out_dir)
     records = collect(grid, results)
     sections = [f"# Experiment `{grid.name}`", ""]
+    missing = [r.run.label for r in results if r.status != STATUS_OK]
+    if missing:
+        sections += [f"**Incomplete: {len(missing)} of {len(results)} runs did not finish** ({', '.join(missing)}); "
+                     "their cells say `failed` or `n/a`, and the means cover only the seeds that finished. See "
+                     "*Runs that did not finish* below.", ""]
     for spec in grid.downstream:
         for metric in spec.metrics:
             sections.append(markdown_table(records, grid, spec, metric))
