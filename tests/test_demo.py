@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -131,8 +132,9 @@ def test_demo_with_a_failed_run_exits_1_and_says_why_last(tmp_path, capsys, monk
     grid["downstream"][0]["overrides"]["dataset_dir"] = "no_such_manifest.json"  # relative: from the current folder
     grid_path.write_text(yaml.safe_dump(grid))
     monkeypatch.chdir(tmp_path)
+    bundles = os.path.relpath(Path(__file__).resolve().parents[1] / "bundles")  # relative, from the current folder
     assert main(["demo", "--resolution-mm", "4", "--random-protocols", "1", "--quiet",
-                 "--grid", str(Path("grid") / "grid.yaml")]) == 1
+                 "--grid", str(Path("grid") / "grid.yaml"), "--bundles-dir", bundles]) == 1
     printed = capsys.readouterr().out
     assert "INCOMPLETE RESULTS: 1 of 1 runs did not finish" in printed
     closing = printed.strip().splitlines()[-4:]
