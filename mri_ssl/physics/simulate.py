@@ -73,7 +73,7 @@ def check_maps(maps: Mapping[str, torch.Tensor], spatial_dims: int | None = 3) -
         # extreme, so finite extremes inside the range prove every voxel is. The counts for the message take more
         # passes and boolean volumes (checking four 192x224x192 maps that way took 104 ms, against 5 ms), so they
         # are only taken on failure.
-        smallest, largest = (float(v) for v in torch.aminmax(values))
+        smallest, largest = (float(v) for v in torch.aminmax(values.detach()))
         low, high, sentence = MAP_RANGES[name]
         if not (math.isfinite(smallest) and math.isfinite(largest)):
             count = int((~torch.isfinite(values)).sum())
@@ -89,7 +89,7 @@ def simulate(
     sequence: str,
     protocol: Mapping,
     *,
-    fused: bool = False,
+    fused: bool | None = None,
     validate: bool = True,
     spatial_dims: int | None = None,
     out: torch.Tensor | None = None,
@@ -104,7 +104,11 @@ def simulate(
         sequence: ``fse``, ``gre``, ``flair`` or ``mprage``.
         protocol: parameters as ``PROTOCOL_PARAMETERS[sequence]`` lists them; floats for one protocol, or 1-D
             tensors of length B for a batch of B protocols (as ``sample_protocol`` returns them).
-        fused: run the compiled kernel (``mri_ssl.physics.fused``), falling back to eager silently.
+        fused: True: the compiled kernel (``mri_ssl.physics.fused``; the first call of a sequence compiles, seconds on
+            CPU), falling back to eager silently where compiling fails; False: eager (in place when no gradient is
+            needed); None (default): eager until this process has spent ``fused.AUTO_COMPILE_AFTER_S`` seconds in
+            eager calls of the sequence, compiled from then on, so one-off calls never compile and a training loop
+            compiles once.
         validate: check maps and protocol first (``check_maps``, ``check_protocol``); pass False in a training
             loop whose data were checked once.
         spatial_dims: when given, the number of dimensions every map must have.
