@@ -474,3 +474,18 @@ def test_auto_rule_compiles_once_eager_time_reaches_the_budget(make_maps, monkey
     assert torch.equal(simulate(maps, "flair", TYPICAL_PROTOCOLS["flair"], fused=False),
                        simulate(maps, "flair", TYPICAL_PROTOCOLS["flair"], fused=False))
     assert len(compiles) == 1
+
+
+@pytest.mark.parametrize("validate", [True, False], ids=["checked", "unchecked"])
+def test_exponent_floor_holds_on_every_eager_path(validate, make_maps):
+    """A long-TE FSE drives exp(-R2 TE) below float32's normal range: checked or not, the floor applies (no
+    denormals) and the in-place image equals the functional kernel's."""
+    maps = make_maps((4, 4, 4), dtype=torch.float32)
+    maps["r2s"] = torch.linspace(1.0, 60.0, 64).reshape(4, 4, 4)  # R2* TE up to 150
+    protocol = {"tr": 3.0, "te": 2.5}
+    image = simulate(maps, "fse", protocol, fused=False, validate=validate)
+    grad_maps = dict(maps, pd=maps["pd"].clone().requires_grad_(True))
+    functional = simulate(grad_maps, "fse", protocol, fused=False, validate=validate).detach()
+    tiny = torch.finfo(torch.float32).tiny
+    assert bool(((image == 0) | (image.abs() >= tiny)).all()) and bool((image > 0).all())
+    torch.testing.assert_close(image, functional, rtol=1e-6, atol=0.0)

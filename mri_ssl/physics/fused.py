@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
@@ -106,6 +106,7 @@ def run_kernel(
     fused: bool | None = None,
     out: torch.Tensor | None = None,
     magnitude: bool = False,
+    checked_maxima: Mapping[str, float] | None = None,
 ) -> torch.Tensor:
     """Run the signal kernel of ``sequence`` on broadcastable tensors, eagerly or compiled.
 
@@ -122,6 +123,9 @@ def run_kernel(
             buffer refilled every step of a training loop, which saves allocating, and on CPU page-faulting, a new
             image each call). Not with autograd. Anything else raises ``InputError`` naming ``out``.
         magnitude: return ``|signal|`` (what ``simulate`` returns) instead of the signed signal.
+        checked_maxima: only for maps and a protocol that ``check_maps`` and ``check_protocol`` passed: the largest
+            value of each rate map, by kernel argument name (``r1``, ``r2``, ``r2s``). The in-place kernels then
+            skip clamps that cannot act and magnitudes that cannot change the signal.
     """
     autograd = _needs_autograd(args)
     shape = torch.broadcast_shapes(*(a.shape for a in args))
@@ -129,10 +133,10 @@ def run_kernel(
         check_out(out, shape, args[0].dtype, args[0].device, autograd)
     key = f"{sequence}/autograd" if autograd else (sequence if magnitude else f"{sequence}/signal")
     if fused is False or compile_disabled() or sequence in _failed:
-        return _eager(sequence, args, shape, out, magnitude, autograd)
+        return _eager(sequence, args, shape, out, magnitude, autograd, checked_maxima)
     if fused is None and key not in _compiled and _eager_seconds.get(key, 0.0) < AUTO_COMPILE_AFTER_S:
         start = time.perf_counter()
-        result = _eager(sequence, args, shape, out, magnitude, autograd)
+        result = _eager(sequence, args, shape, out, magnitude, autograd, checked_maxima)
         _eager_seconds[key] = _eager_seconds.get(key, 0.0) + time.perf_counter() - start
         return result
     kernel, prepared = KERNELS[sequence], args
@@ -158,11 +162,11 @@ def run_kernel(
         _failed.add(sequence)
         for stale in [k for k in _compiled if k.split("/")[0] == sequence]:
             _compiled.pop(stale)
-        return _eager(sequence, args, shape, out, magnitude, autograd)
+        return _eager(sequence, args, shape, out, magnitude, autograd, checked_maxima)
 
 
 def _eager(sequence: str, args: tuple, shape: torch.Size, out: torch.Tensor | None, magnitude: bool,
-           autograd: bool) -> torch.Tensor:
+           autograd: bool, checked_maxima: Mapping[str, float] | None = None) -> torch.Tensor:
     """The functional kernel where autograd needs it (or no in-place kernel exists), else the in-place one."""
     if autograd or sequence not in INPLACE_KERNELS:
         signal = KERNELS[sequence](*args)
@@ -173,7 +177,7 @@ def _eager(sequence: str, args: tuple, shape: torch.Size, out: torch.Tensor | No
         return signal.abs() if signal.requires_grad else signal.abs_()
     if out is None:
         out = torch.empty(shape, dtype=args[0].dtype, device=args[0].device)
-    return INPLACE_KERNELS[sequence](out, *args, magnitude=magnitude)
+    return INPLACE_KERNELS[sequence](out, *args, magnitude=magnitude, checked_maxima=checked_maxima)
 
 
 def fused_available(sequence: str) -> bool:

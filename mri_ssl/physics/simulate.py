@@ -44,12 +44,17 @@ def check_map_names(map_names: Sequence[str] | str, source: str = "map_names") -
     return names
 
 
-def check_maps(maps: Mapping[str, torch.Tensor], spatial_dims: int | None = 3) -> None:
+def check_maps(maps: Mapping[str, torch.Tensor], spatial_dims: int | None = 3) -> dict[str, float]:
     """Raise ``InputError`` naming the map and the problem if the maps cannot be simulated from.
 
     Checks: pd, r1 and r2s present; no unknown names; every map finite and within its physical range; all maps of
     one shape; ``spatial_dims`` dimensions when given (2-D maps where 3-D are expected are an error).
+
+    Returns:
+        The largest value of each non-empty map, which the check found anyway (``simulate`` uses the rates' to skip
+        clamping exponents that cannot reach the floor).
     """
+    largest_values = {}
     unknown = sorted(set(maps) - set(MAP_NAMES))
     if unknown:
         raise InputError(unknown[0], f"unknown map name; expected some of {', '.join(MAP_NAMES)}")
@@ -82,6 +87,8 @@ def check_maps(maps: Mapping[str, torch.Tensor], spatial_dims: int | None = 3) -
             bad = values < low if high is None else (values < low) | (values >= high)
             value = float(values[bad].flatten()[0])
             raise InputError(name, f"{sentence}; found {int(bad.sum())} voxel(s) outside, e.g. {value:.6g}")
+        largest_values[name] = largest
+    return largest_values
 
 
 def simulate(
@@ -122,8 +129,10 @@ def simulate(
         a new tensor unless ``out`` is given.
     """
     sequence = check_sequence(sequence)
+    largest_values = None
     if validate:
-        check_maps(maps, spatial_dims=spatial_dims)
+        largest_values = check_maps(maps, spatial_dims=spatial_dims)
+        largest_values.setdefault("r2", largest_values.get("r2s"))
         check_protocol(sequence, protocol)
     else:
         missing = [k for k in PROTOCOL_PARAMETERS[sequence] if k not in protocol]
@@ -137,4 +146,5 @@ def simulate(
     params = tuple(protocol[name] for name in PROTOCOL_ARGUMENTS[sequence])
     map_values, params = as_protocol_batch(map_values, params)
     *map_values, b1 = map_values
-    return run_kernel(sequence, *map_values, *params, b1, fused=fused, out=out, magnitude=True)
+    return run_kernel(sequence, *map_values, *params, b1, fused=fused, out=out, magnitude=True,
+                      checked_maxima=largest_values)
