@@ -513,18 +513,20 @@ def nitorch_table(args: argparse.Namespace, maps: dict, shape: tuple) -> None:
         differences[sequence] = (relative_error(eager, reference), relative_error(fused, eager))
         del reference, eager, fused
     load_before = os.getloadavg()
-    times = interleaved(variants, args.repeats, args.warmup)
+    times, faults, _, _ = interleaved_with_faults(variants, args.repeats, args.warmup)
     load_after = os.getloadavg()
     medians = {name: median_ms(values) for name, values in times.items()}
+    fault_medians = {name: statistics.median(values) for name, values in faults.items()}
     say(f"against NITorch ({os.path.abspath(args.nitorch)}): TYPICAL_PROTOCOLS, median ms over {args.repeats} "
         f"interleaved rounds (nitorch, eager, fused per sequence in turn); load average before "
         f"{load_before[0]:.2f}, after {load_after[0]:.2f} (1 min)")
     say("  nitorch = its generator (fse, spgr, flair, mprage); eager = simulate(maps, seq, protocol, fused=False), "
         "the default call with validation; fused = simulate(..., fused=True, validate=False), the training-loop call")
     header = (f"{'sequence':8s} {'nitorch':>8s} {'eager':>8s} {'fused':>8s} {'nitorch/':>8s} {'':4s} "
-              f"{'nitorch/':>8s} {'':4s} {'compile':>7s} {'rel.diff':>8s} {'fused vs':>8s}")
+              f"{'nitorch/':>8s} {'':4s} {'compile':>7s} {'rel.diff':>8s} {'fused vs':>8s} "
+              f"{'page faults per call':>22s}")
     units = (f"{'':8s} {'ms':>8s} {'ms':>8s} {'ms':>8s} {'eager':>8s} {'':4s} {'fused':>8s} {'':4s} {'s':>7s} "
-             f"{'nitorch':>8s} {'eager':>8s}")
+             f"{'nitorch':>8s} {'eager':>8s} {'nitorch':>8s} {'eager':>6s} {'fused':>6s}")
     say(header)
     say(units)
     say("-" * len(header))
@@ -539,14 +541,21 @@ def nitorch_table(args: argparse.Namespace, maps: dict, shape: tuple) -> None:
             f"{'PASS' if eager_ratio >= NITORCH_EAGER_GOAL else 'MISS':4s} {fused_ratio:7.1f}x "
             f"{'PASS' if fused_ratio >= NITORCH_FUSED_GOAL else 'MISS':4s} "
             f"{first_fused_s[sequence] - row['fused'] / 1e3:7.1f} {differences[sequence][0]:8.1e} "
-            f"{differences[sequence][1]:8.1e}")
+            f"{differences[sequence][1]:8.1e} {fault_medians[sequence + '/nitorch']:8.0f} "
+            f"{fault_medians[sequence + '/eager']:6.0f} {fault_medians[sequence + '/fused']:6.0f}")
     say(f"{'all':8s} {totals['nitorch']:8.1f} {totals['eager']:8.1f} {totals['fused']:8.1f} "
         f"{totals['nitorch'] / totals['eager']:7.2f}x {'':4s} {totals['nitorch'] / totals['fused']:7.1f}x")
     say(f"goals: nitorch/eager >= {NITORCH_EAGER_GOAL:g}x, nitorch/fused >= {NITORCH_FUSED_GOAL:g}x; compile = first "
         f"fused call minus the median ({'on-disk' if args.warm_cache else 'fresh'} inductor cache); rel.diff "
         f"nitorch = max|eager - |nitorch|| / max|nitorch| (NITorch's FLAIR is signed, so its magnitude is compared; "
-        f"its MPRAGE samples the echo one pulse before the k-space centre, which makes a difference of order 1e-3)")
+        f"its MPRAGE samples the echo one pulse before the k-space centre, which makes a difference of order 1e-3); "
+        f"page faults = minor faults per call (median): a fresh {shape[0]}x{shape[1]}x{shape[2]} float32 buffer that "
+        f"glibc does not recycle costs about {voxels_of(shape) * 4 // 4096} faults, the kernel zeroing every page")
     say()
+
+
+def voxels_of(shape) -> int:
+    return shape[0] * shape[1] * shape[2]
 
 
 def denormal_fraction(values) -> float:
