@@ -46,8 +46,9 @@ _failed: set[str] = set()
 # Set MRI_SSL_DISABLE_COMPILE=1 to force the eager path (e.g. to debug, or on a machine without a compiler).
 DISABLE_ENV = "MRI_SSL_DISABLE_COMPILE"
 
-# Eager seconds per kernel variant after which ``fused=None`` compiles: about the first-call compile time of one
-# kernel measured on a 2-core CPU (cold inductor cache; ``benchmarks/simulator.py`` prints it).
+# Eager seconds per kernel variant after which ``fused=None`` compiles: the cold first-call compile of the FSE kernel
+# on a quiet 2-core CPU (3.8 s), rounded up. ``benchmarks/simulator.py`` prints the compile seconds of each kernel;
+# on a loaded machine or with a cold inductor start-up they are several times longer, with a warm cache shorter.
 AUTO_COMPILE_AFTER_S = 4.0
 _eager_seconds: dict[str, float] = {}
 
