@@ -448,8 +448,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         from torch._dynamo.utils import counters
 
-        say(f"dynamo graphs compiled in this run: {counters['stats'].get('unique_graphs', 'n/a')} (per sequence: "
-            f"signed (run_kernel) and magnitude (simulate), each once for a volume and once for a batch)")
+        say(f"dynamo graphs compiled in this run: {counters['stats'].get('unique_graphs', 'n/a')} (per sequence 3: "
+            f"the signed signal of a volume (run_kernel), the magnitude of a volume and of a batch (simulate); more "
+            f"would mean recompilation)")
     except Exception:  # counters are private API; their absence only loses this line
         pass
     return 0
