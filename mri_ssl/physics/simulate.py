@@ -51,8 +51,8 @@ def check_maps(maps: Mapping[str, torch.Tensor], spatial_dims: int | None = 3) -
     one shape; ``spatial_dims`` dimensions when given (2-D maps where 3-D are expected are an error).
 
     Returns:
-        The largest value of each non-empty map, which the check found anyway (``simulate`` uses the rates' to skip
-        clamping exponents that cannot reach the floor).
+        The largest value of each non-empty map, which the check finds anyway; ``simulate`` passes those of the
+        rate maps on, so that the eager kernels skip clamping exponents that cannot reach the floor.
     """
     largest_values = {}
     unknown = sorted(set(maps) - set(MAP_NAMES))
