@@ -748,7 +748,7 @@ def _shared_file_finding(cases: Sequence[CaseReport], shown: str, how: str) -> F
         return None
     splits = {case.split for case in cases}
     status = "error" if len(splits) > 1 else "warning"
-    what = "two splits: the same image would be trained on and tested on" if status == "error" else "two subjects"
+    what = "two splits (a leak between training and evaluation)" if status == "error" else "two subjects"
     return Finding(shown, "duplicate_file", status, f"{shown}: {how} under {what}: {', '.join(owners)}",
                    sorted(splits))
 
