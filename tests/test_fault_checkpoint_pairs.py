@@ -6,29 +6,24 @@ and the loader reads the (newer) ``.pt`` when the ids differ.
 """
 
 import logging
+import multiprocessing
 import os
 import signal
-import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 
 from mri_ssl.engines import AtomicCheckpointer, load_checkpoint, load_encoder, load_network_weights
 from mri_ssl.engines import checkpoint as checkpoint_module
 from mri_ssl.networks import CNNEncoder3D
 
-# A run whose network weights equal the epoch number, whose "val_loss" falls every epoch (so every epoch writes a new
-# best pair), and whose third best twin is never written: the process SIGKILLs itself inside that write.
-KILLED_RUN = textwrap.dedent("""
-    import os, signal, sys
-    import torch
-    from ignite.engine import Engine, Events
-    from mri_ssl.engines import AtomicCheckpointer
-    from mri_ssl.engines import checkpoint
 
+def run_killed_in_the_third_twin(folder: str) -> None:
+    """A run whose network weights equal the epoch number, whose "val_loss" falls every epoch (so every epoch writes
+    a new best pair), and whose third best twin is never written: the process SIGKILLs itself inside that write."""
+    torch.set_num_threads(1)
     network = torch.nn.Linear(2, 1)
     trainer = Engine(lambda engine, batch: None)
 
@@ -38,23 +33,27 @@ KILLED_RUN = textwrap.dedent("""
             network.weight.fill_(engine.state.epoch)
         engine.state.metrics["val_loss"] = 1.0 / engine.state.epoch
 
-    real_save_safetensors = checkpoint.save_safetensors
+    real_save_safetensors = checkpoint_module.save_safetensors
 
     def die_in_the_third_twin(state_dict, path, metadata=None):
         if float(state_dict["weight"][0, 0]) == 3:
             os.kill(os.getpid(), signal.SIGKILL)
         return real_save_safetensors(state_dict, path, metadata)
 
-    checkpoint.save_safetensors = die_in_the_third_twin
-    AtomicCheckpointer(sys.argv[1], network, export_encoder=False).attach(trainer)
+    checkpoint_module.save_safetensors = die_in_the_third_twin  # in the forked child only
+    AtomicCheckpointer(folder, network, export_encoder=False).attach(trainer)
     trainer.run([0], max_epochs=5)
-""")
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL and fork")
 def test_a_kill_between_the_two_files_loads_the_newer_checkpoint_with_a_warning(tmp_path, caplog):
-    done = subprocess.run([sys.executable, "-c", KILLED_RUN, str(tmp_path)], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == -signal.SIGKILL, done.stderr
+    # A forked child (torch and ignite already imported) is killed for real, in a moment.
+    child = multiprocessing.get_context("fork").Process(target=run_killed_in_the_third_twin, args=(str(tmp_path),))
+    child.start()
+    child.join(timeout=120)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == -signal.SIGKILL
     assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 3
     assert (tmp_path / "best.safetensors").is_file()  # the twin of epoch 2 is still there
     with caplog.at_level(logging.WARNING):
