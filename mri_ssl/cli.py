@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 
 from mri_ssl import __version__
-from mri_ssl.errors import InputError
+from mri_ssl.errors import InputError, WriteError
 
 EXIT_BAD_INPUT = 2
 
@@ -397,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return int(args.handler(args) or 0)
-    except InputError as error:
+    except (InputError, WriteError) as error:  # bad input, or a file the disk refused: one line naming it
         print(f"mri-ssl {args.command}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

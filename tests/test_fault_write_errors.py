@@ -111,3 +111,27 @@ def test_a_real_full_disk_keeps_the_old_checkpoint_and_says_so(small_filesystem)
     assert load_checkpoint(target)["epoch"] == 1 and leftovers(target.parent) == []
     with pytest.raises(WriteError, match=r"report.md: cannot write: no space left on device \(ENOSPC\)"):
         atomic_write_text(small_filesystem / "report.md", "x" * 2_000_000)
+
+
+def test_the_command_line_reports_a_refused_write_in_one_line(tmp_path, monkeypatch, capsys):
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    from mri_ssl.cli import main
+
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((6, 6, 6)).astype(np.float32), np.eye(4)),
+             str(tmp_path / "a.nii.gz"))
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"training": [{"image": "a.nii.gz", "subject": "s1"}]}))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", full)
+    report = tmp_path / "check.json"
+    assert main(["check-data", str(manifest), "--label-key", "", "--report", str(report), "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (f"mri-ssl check-data: error: {report}: cannot write: no space left on device (ENOSPC); "
+                     f"nothing was written")
