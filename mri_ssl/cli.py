@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 
 from mri_ssl import __version__
-from mri_ssl.errors import InputError
+from mri_ssl.errors import InputError, WriteError
 
 EXIT_BAD_INPUT = 2
 
@@ -208,7 +208,7 @@ def _command_experiment(args: argparse.Namespace) -> int:
         return 0
     timeout_s = args.timeout_min * 60.0 if args.timeout_min else None
     results = run_grid(grid, out, infer=not args.no_inference, progress=not args.quiet, timeout_s=timeout_s,
-                       trust_bundles=args.trust_bundle, jobs=args.jobs)
+                       trust_bundles=args.trust_bundle, jobs=args.jobs, wait_for_lock=args.wait)
     paths = write_tables(grid, results, out)
     print(paths["markdown"].read_text())
     print(f"tables in {paths['markdown']} and {paths['csv']}; every run in {out / 'runs.csv'}")
@@ -366,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="bundle runs at once, each with its share of the CPU threads (1 on a GPU)")
     experiment.add_argument("--trust-bundle", action="store_true",
                             help="run the bundles even if the static scan refused something in them or the grid")
+    experiment.add_argument("--wait", action="store_true",
+                            help="if another runner is writing --out, wait for it instead of stopping")
     experiment.set_defaults(handler=_command_experiment)
 
     check_data = commands.add_parser(
@@ -401,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return int(args.handler(args) or 0)
-    except InputError as error:
+    except (InputError, WriteError) as error:  # bad input, or a file the disk refused: one line naming it
         print(f"mri-ssl {args.command}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -13,7 +13,8 @@ Layout of the output folder::
 A run whose ``result.json`` says ``ok`` with the same config hash is skipped on a re-run. A failed run is reported
 (its ``result.json`` holds the stage and the end of its log) and the grid goes on; the downstream runs of a failed
 pretraining run are reported as skipped. Each run is a subprocess, so a crash or leak stays inside it and its
-memory goes back to the system when it ends.
+memory goes back to the system when it ends. Bundle processes end with the runner, a run folder still used by a live
+process is never deleted, and one runner at a time writes an output folder (``mri_ssl.experiments.processes``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from typing import Callable
 from mri_ssl.data.nifti import save_json
 from mri_ssl.errors import InputError
 from mri_ssl.experiments.grid import Grid, Run, expand_placeholders, expand_runs
+from mri_ssl.experiments.processes import (BUNDLE_PROCESSES, clear_run_folder, output_lock, stop_on_signals,
+                                           write_owner)
 
 STATUS_OK, STATUS_FAILED, STATUS_SKIPPED = "ok", "failed", "skipped"
 RESULT_FILE = "result.json"
@@ -90,7 +93,16 @@ def _run_stage(command: list[str], log_path: Path, on_epoch: Callable[[int, int 
     where ``os.wait4`` is missing)."""
     env = {**os.environ, **(environment or {}), "PYTHONUNBUFFERED": "1"}
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent, env=env)
+        process = BUNDLE_PROCESSES.start(command, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent, env=env)
+    try:
+        write_owner(log_path.parent, process.pid)
+        return _follow_stage(process, log_path, on_epoch, timeout_s)
+    finally:
+        BUNDLE_PROCESSES.finished(process)
+
+
+def _follow_stage(process: subprocess.Popen, log_path: Path, on_epoch: Callable[[int, int | None], None] | None,
+                  timeout_s: float | None) -> tuple[int, float | None]:
     started, seen = time.monotonic(), 0
     while True:
         return_code, cpu_seconds = _wait(process, timeout_s=0.5)
@@ -161,9 +173,9 @@ def execute_run(run: Run, folder: Path, infer: bool = True,
     """Run every stage of ``run`` in ``folder`` (emptied first); write and return its result. ``environment`` is
     added to the bundle processes' environment (e.g. thread counts)."""
     folder = Path(folder).resolve()  # the bundle's working folder: the paths handed to it must not be relative
-    if folder.exists():
-        shutil.rmtree(folder)  # a stale or failed attempt: start clean so no old checkpoint is resumed by mistake
+    clear_run_folder(folder)  # a stale or failed attempt: start clean so no old checkpoint is resumed by mistake
     folder.mkdir(parents=True)
+    write_owner(folder)
     out_dir = folder.parents[1]
     overrides = expand_placeholders(dict(run.overrides), {"out_dir": out_dir.resolve()})
     if run.upstream is not None:
@@ -251,7 +263,21 @@ def thread_environment(jobs: int, cpus: int | None = None) -> dict[str, str]:
 
 def run_grid(grid: Grid, out_dir: str | os.PathLike, infer: bool = True, progress: bool = True,
              timeout_s: float | None = None, only: Callable[[Run], bool] | None = None,
-             trust_bundles: bool = False, jobs: int = 1) -> list[RunResult]:
+             trust_bundles: bool = False, jobs: int = 1, wait_for_lock: bool = False) -> list[RunResult]:
+    """Run (or reuse) every run of ``grid`` under ``out_dir`` (see ``_run_grid``), holding the folder's lock.
+
+    A second runner on the same ``out_dir`` gets an ``InputError`` saying so (or, with ``wait_for_lock``, waits).
+    SIGTERM / SIGINT end the bundle processes before the runner stops.
+    """
+    out_dir = Path(out_dir).resolve()  # each bundle runs in its own folder: every path handed to it is absolute
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with output_lock(out_dir, wait=wait_for_lock), stop_on_signals():
+        return _run_grid(grid, out_dir, infer, progress, timeout_s, only, trust_bundles, jobs)
+
+
+def _run_grid(grid: Grid, out_dir: str | os.PathLike, infer: bool = True, progress: bool = True,
+              timeout_s: float | None = None, only: Callable[[Run], bool] | None = None,
+              trust_bundles: bool = False, jobs: int = 1) -> list[RunResult]:
     """Run (or reuse) every run of ``grid`` under ``out_dir``; return one result per run, in grid order.
 
     ``only`` selects a subset of the runs (the others are left out of the results); ``timeout_s`` bounds each stage.
@@ -266,8 +292,7 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, infer: bool = True, progres
     jobs = int(jobs)
     if not trust_bundles:
         require_trusted(grid)
-    out_dir = Path(out_dir).resolve()  # each bundle runs in its own folder: every path handed to it is absolute
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir).resolve()
     shutil.copyfile(grid.path, out_dir / "grid.yaml")
     runs = [run for run in expand_runs(grid, infer) if only is None or only(run)]
     selected = {id(run) for run in runs}
