@@ -195,6 +195,7 @@ def _command_experiment(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from mri_ssl.experiments import expand_runs, load_grid, run_grid, write_tables
+    from mri_ssl.experiments.figures import plot_learning_curves
     from mri_ssl.experiments.runner import STATUS_OK
 
     grid = load_grid(args.grid, bundles_dir=args.bundles_dir)
@@ -210,7 +211,9 @@ def _command_experiment(args: argparse.Namespace) -> int:
                        trust_bundles=args.trust_bundle, jobs=args.jobs)
     paths = write_tables(grid, results, out)
     print(paths["markdown"].read_text())
-    print(f"tables in {paths['markdown']} and {paths['csv']}; every run in {out / 'runs.csv'}")
+    curves = plot_learning_curves(results, grid, out / "figures" / "learning_curves.png")
+    print(f"tables in {paths['markdown']} and {paths['csv']}; every run in {out / 'runs.csv'}"
+          + (f"; probe and loss against steps in {curves}" if curves else ""))
     return 0 if all(result.status == STATUS_OK for result in results) else 1
 
 # check-data

@@ -180,7 +180,8 @@ class RepresentationProbe:
         log_dir: TensorBoard folder (``probe/<name>`` and ``probe_random_init/<name>`` scalars against iterations);
             None: no TensorBoard.
         history_path: JSON file rewritten after every probe: ``{"random_init": {...}, "history": [{"iteration",
-            "epoch", ...scores}, ...]}``; None: no file.
+            "epoch", ...scores, "train_loss", "val_*"}, ...]}`` (``train_loss``: the mean training loss since the
+            previous probe; ``val_*``: the engine's validation metrics at that moment); None: no file.
         batch_size: views per forward pass.
 
     ``engine.state.metrics`` gets ``probe_<name>`` for every score of ``probe_scores`` (``probe_score`` for choosing
@@ -208,6 +209,7 @@ class RepresentationProbe:
         self.views: tuple[torch.Tensor, torch.Tensor] | None = None
         self.random_init: dict[str, float] | None = None
         self.history: list[dict] = []
+        self._train_losses: list[float] = []
         self._writer = None
 
     def build_views(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,7 +242,14 @@ class RepresentationProbe:
         from ignite.engine import Events
 
         engine.add_event_handler(Events.STARTED, self)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._add_train_loss)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+
+    def _add_train_loss(self, engine) -> None:
+        output = engine.state.output
+        loss = output.get("loss") if isinstance(output, Mapping) else output
+        if isinstance(loss, (int, float, torch.Tensor)):
+            self._train_losses.append(float(loss))
 
     def __call__(self, engine) -> None:
         network, device = engine.network, engine.state.device
@@ -249,7 +258,14 @@ class RepresentationProbe:
                                                              self.random_init_seed), device)
         scores = self.measure(network, device)
         iteration, epoch = int(engine.state.iteration), int(engine.state.epoch)
-        self.history.append({"iteration": iteration, "epoch": epoch, **scores})
+        # Beside the probe, the losses the curves need: the training loss since the last probe and the validation
+        # loss terms computed at this epoch's end (``ValidationLoss`` runs first).
+        losses = {name: float(value) for name, value in engine.state.metrics.items()
+                  if name.startswith("val_") and isinstance(value, (int, float))}
+        if self._train_losses:
+            losses["train_loss"] = float(np.mean(self._train_losses))
+        self._train_losses = []
+        self.history.append({"iteration": iteration, "epoch": epoch, **scores, **losses})
         engine.state.metrics.update({f"probe_{name}": value for name, value in scores.items()})
         self._write(iteration, scores)
         self._log(iteration, scores)
