@@ -160,3 +160,35 @@ def test_the_probe_is_attached_before_checkpoint_selection_runs():
     engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: calls.append(e.state.metrics.get("probe_score")))
     engine.run([0], max_epochs=2)
     assert len(probe.history) == 2 and calls[1] == probe.history[-1]["score"]
+
+
+def fake_pretraining_result(mode: str, seed: int, top1_end: float):
+    from types import SimpleNamespace
+
+    from mri_ssl.experiments.runner import STATUS_OK
+
+    def scores(top1, iteration):
+        return {"iteration": iteration, "epoch": iteration // 10, "features_top1": top1, "projection_top1": top1,
+                "features_top5": min(1.0, 2 * top1), "ntxent": 4.0 - top1, "ntxent_chance": math.log(63),
+                "spread": 0.1, "spread_healthy": 0.177, "top1_chance": 1 / 32, "n": 32, "train_loss": 2.0 - top1}
+
+    probe = {"random_init": scores(0.5, 0), "history": [scores(0.4, 0), scores(top1_end, 30)]}
+    return SimpleNamespace(run=SimpleNamespace(kind="pretrain", mode=mode, seed=seed), status=STATUS_OK, probe=probe)
+
+
+def test_the_probe_table_and_learning_curves_read_the_runs_histories(tmp_path):
+    from types import SimpleNamespace
+
+    from mri_ssl.experiments.figures import plot_learning_curves
+    from mri_ssl.experiments.tables import probe_markdown
+
+    results = [fake_pretraining_result("base", 0, 0.3), fake_pretraining_result("seqinv", 0, 0.8),
+               fake_pretraining_result("seqinv", 1, 0.9)]
+    grid = SimpleNamespace(name="curves", modes=("random", "base", "seqinv"))
+    table = probe_markdown(results, grid)
+    assert "| SeqInv | end | 2 | 0.850 ± 0.071 |" in table
+    assert "| Base | step 0 | 1 | 0.400 |" in table and "| Base | random init | 1 | 0.500 |" in table
+    assert "N = 32" in table and f"{math.log(63):.3f}" in table
+    path = plot_learning_curves(results, grid, tmp_path / "figures" / "learning_curves.png")
+    assert path.is_file() and path.stat().st_size > 10_000
+    assert plot_learning_curves([], grid, tmp_path / "none.png") is None
