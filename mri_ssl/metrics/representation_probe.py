@@ -185,7 +185,8 @@ class RepresentationProbe:
         batch_size: views per forward pass.
 
     ``engine.state.metrics`` gets ``probe_<name>`` for every score of ``probe_scores`` (``probe_score`` for choosing
-    the best checkpoint); attach the probe before the checkpointer so it sees the current epoch's values.
+    the best checkpoint) at each epoch-end probe; attach the probe before the checkpointer so it sees the current
+    epoch's values.
     """
 
     def __init__(self, data: Iterable[Mapping], input_keys: Sequence[str], view_pair: Callable,
@@ -241,7 +242,9 @@ class RepresentationProbe:
     def attach(self, engine) -> None:
         from ignite.engine import Events
 
-        engine.add_event_handler(Events.STARTED, self)
+        # The start's probe is recorded (history, log, TensorBoard) but not put in state.metrics: a checkpointer
+        # would read it at the next epoch's end as the score of weights that have trained since.
+        engine.add_event_handler(Events.STARTED, self, False)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._add_train_loss)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
 
@@ -251,7 +254,7 @@ class RepresentationProbe:
         if isinstance(loss, (int, float, torch.Tensor)):
             self._train_losses.append(float(loss))
 
-    def __call__(self, engine) -> None:
+    def __call__(self, engine, publish: bool = True) -> None:
         network, device = engine.network, engine.state.device
         if self.random_init is None:
             self.random_init = self.measure(random_init_copy(getattr(network, "module", network),
@@ -266,7 +269,8 @@ class RepresentationProbe:
             losses["train_loss"] = float(np.mean(self._train_losses))
         self._train_losses = []
         self.history.append({"iteration": iteration, "epoch": epoch, **scores, **losses})
-        engine.state.metrics.update({f"probe_{name}": value for name, value in scores.items()})
+        if publish:
+            engine.state.metrics.update({f"probe_{name}": value for name, value in scores.items()})
         self._write(iteration, scores)
         self._log(iteration, scores)
 
