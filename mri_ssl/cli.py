@@ -196,6 +196,7 @@ def _command_experiment(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from mri_ssl.experiments import expand_runs, load_grid, run_grid, write_tables
+    from mri_ssl.experiments.figures import plot_learning_curves
     from mri_ssl.experiments.runner import failure_report
 
     grid = load_grid(args.grid, bundles_dir=args.bundles_dir)
@@ -211,7 +212,9 @@ def _command_experiment(args: argparse.Namespace) -> int:
                        trust_bundles=args.trust_bundle, jobs=args.jobs, wait_for_lock=args.wait)
     paths = write_tables(grid, results, out)
     print(paths["markdown"].read_text())
-    print(f"tables in {paths['markdown']} and {paths['csv']}; every run in {out / 'runs.csv'}")
+    curves = plot_learning_curves(results, grid, out / "figures" / "learning_curves.png")
+    print(f"tables in {paths['markdown']} and {paths['csv']}; every run in {out / 'runs.csv'}"
+          + (f"; probe and loss against steps in {curves}" if curves else ""))
     failures = failure_report(results, out / "runs.csv")
     for line in failures:
         print(line)

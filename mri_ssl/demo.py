@@ -26,11 +26,11 @@ from mri_ssl.data.demo_data import write_phantom_files
 from mri_ssl.data.nifti import save_json, save_nifti
 from mri_ssl.errors import InputError
 from mri_ssl.experiments import collect, load_grid, run_grid, write_tables
-from mri_ssl.experiments.figures import plot_metric_bars, plot_segmentation_overlays
+from mri_ssl.experiments.figures import plot_learning_curves, plot_metric_bars, plot_segmentation_overlays
 from mri_ssl.experiments.memory import ProcessTreeMemory
 from mri_ssl.experiments.grid import Grid, expand_placeholders
 from mri_ssl.experiments.runner import STATUS_OK, failure_report, require_trusted
-from mri_ssl.experiments.tables import format_plain_tables
+from mri_ssl.experiments.tables import format_plain_tables, probe_markdown
 from mri_ssl.physics.phantom import TISSUE_CLASSES, mni152_phantom, mprage_fidelity
 from mri_ssl.physics.protocols import SEQUENCES, TYPICAL_PROTOCOLS, protocol_item, sample_protocol
 from mri_ssl.physics.simulate import simulate
@@ -211,6 +211,9 @@ def draw_figures(grid: Grid, results, records, out_dir: Path) -> list[str]:
     bars = plot_metric_bars(records, grid, out_dir / "figures" / "metrics.png")
     if bars:
         figures.append(str(bars.relative_to(out_dir)))
+    curves = plot_learning_curves(results, grid, out_dir / "figures" / "learning_curves.png")
+    if curves:
+        figures.append(str(curves.relative_to(out_dir)))
     for spec in grid.downstream:
         data_dir = spec.overrides.get("demo_data_dir")
         writes_label_maps = bool(spec.inference) or spec.overrides.get("save_predictions") is True
@@ -275,6 +278,7 @@ def run_demo(
                 "results_markdown": str(tables["markdown"].relative_to(out_dir)),
                 "results_csv": str(tables["csv"].relative_to(out_dir)), "figures": figures,
                 "table": format_plain_tables(records, grid),
+                "probe_table": probe_markdown(results, grid),
             }
     summary["seconds"] = round(time.perf_counter() - started, 2)
     summary["peak_memory_gb"] = memory.peak_gb
@@ -291,6 +295,8 @@ def format_summary(summary: dict) -> str:
             lines += ["", f"INCOMPLETE RESULTS: {len(experiment['failed'])} of {experiment['runs']} runs did not "
                           "finish; cells marked 'failed' or 'n/a' have no number, and the others cover fewer runs"]
         lines += ["", experiment["table"] or "(no finished run: nothing to tabulate)"]
+        if experiment.get("probe_table"):
+            lines += ["", experiment["probe_table"]]
         lines.append(f"results: {experiment['results_markdown']}, {experiment['results_csv']}; figures: "
                      f"{', '.join(experiment['figures'] + [summary['montage']])}")
     stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in summary["stage_seconds"].items())

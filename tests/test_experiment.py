@@ -86,7 +86,8 @@ def test_hash_follows_what_decides_a_result(tmp_path):
     ({"modes": ["simclr"]}, "modes"),
     ({"label_fractions": [0.0]}, "label_fractions"),
     ({"overrides": {"seed": 3}}, "experiment runner sets"),
-    ({"downstream": []}, "no dataset"),
+    ({"downstream": [], "modes": ["random"]}, "no dataset"),
+    ({"downstream": {"name": "tissue"}}, "must be a list"),
 ])
 def test_bad_grids_are_named(tmp_path, change, message):
     path = write_grid(tmp_path)
@@ -95,6 +96,15 @@ def test_bad_grids_are_named(tmp_path, change, message):
     path.write_text(yaml.safe_dump(content))
     with pytest.raises(InputError, match=message):
         load_grid(path)
+
+
+def test_a_grid_without_downstream_runs_only_pretraining(tmp_path):
+    path = write_grid(tmp_path)
+    content = yaml.safe_load(path.read_text())
+    content["downstream"] = []
+    path.write_text(yaml.safe_dump(content))
+    runs = expand_runs(load_grid(path))
+    assert runs and all(run.kind == "pretrain" for run in runs)
 
 
 def test_missing_config_file_is_named(tmp_path):

@@ -16,7 +16,7 @@ type by hand. The YAML format (``experiments/demo.yaml`` is a commented example)
       encoder: encoder_best.pt          # the exported encoder the downstream runs load (from the run's models/)
       overrides: {...}
       mode_overrides: {base: {...}}     # optional, per mode
-    downstream:
+    downstream:                         # may be empty: a grid of pretraining runs only (their probe curves)
       - name: tissue                    # a dataset and task: one table
         bundle: mri_segmentation
         configs: [train.json, cpu_demo.json]
@@ -259,9 +259,11 @@ def load_grid(path: str | os.PathLike, bundles_dir: str | os.PathLike | None = N
         pretraining = _stage(_require(content, "pretraining", where, dict), f"{where} pretraining", bundles,
                              grid_dir, downstream=False)
         pretraining = _with_common(pretraining, common)
-    entries = _require(content, "downstream", where, list)
-    if not entries:
-        raise InputError(where, "'downstream' lists no dataset / task")
+    entries = content.get("downstream") or []
+    if not isinstance(entries, list):
+        raise InputError(where, f"'downstream' must be a list of datasets / tasks, got {entries!r}")
+    if not entries and pretraining is None:
+        raise InputError(where, "'downstream' lists no dataset / task and no mode is pretrained: nothing to run")
     downstream = tuple(_with_common(_stage(entry, f"{where} downstream[{index}]", bundles, grid_dir, True), common)
                        for index, entry in enumerate(entries))
     names = [spec.name for spec in downstream]

@@ -7,7 +7,8 @@ Layout of the output folder::
         overrides.json                  the overrides given after the bundle's config files
         <stage>.log                     what the bundle printed, per stage (train / evaluate / inference)
         models/, logs/evaluation/...    what the bundle wrote (checkpoints, the evaluation report)
-        result.json                     written last: status, seconds, config hash, the evaluation summary
+        result.json                     written last: status, seconds, config hash, the evaluation summary and, for
+                                        a pretraining run, its representation probe history (logs/probe.json)
     OUT/runs.csv                        every run with its status
 
 A run whose ``result.json`` says ``ok`` with the same config hash is skipped on a re-run. A failed run is reported
@@ -40,6 +41,7 @@ from mri_ssl.experiments.processes import (BUNDLE_PROCESSES, clear_run_folder, o
 
 STATUS_OK, STATUS_FAILED, STATUS_SKIPPED = "ok", "failed", "skipped"
 RESULT_FILE = "result.json"
+PROBE_FILE = "probe.json"  # written by a pretraining run's RepresentationProbe in its logs/ folder
 LOG_TAIL_CHARS = 3000
 EPOCH_PATTERN = re.compile(r"Epoch\[(\d+)\] Complete")
 TOTAL_EPOCHS_PATTERN = re.compile(r"until (\d+) epochs")  # ignite's first "Engine run ... until N epochs" line
@@ -57,6 +59,7 @@ class RunResult:
     reason: str = ""             # the one line that says why (see ``error_summary``)
     log: str = ""                # the failed stage's log file
     summary: dict | None = None
+    probe: dict | None = None    # a pretraining run's representation probe history (``logs/probe.json``)
 
     def row(self) -> dict:
         return {"label": self.run.label, "kind": self.run.kind, "task": self.run.task, "mode": self.run.mode,
@@ -208,10 +211,16 @@ def execute_run(run: Run, folder: Path, infer: bool = True,
         except (OSError, ValueError) as error:
             result.status = STATUS_FAILED
             result.error = result.reason = f"the evaluation wrote no readable {summary_path} ({error})"
+    probe_path = folder / "logs" / PROBE_FILE
+    if probe_path.is_file():
+        try:
+            result.probe = json.loads(probe_path.read_text())
+        except ValueError:
+            result.probe = {"error": f"unreadable {probe_path}"}
     save_json({"label": run.label, "status": result.status, "config_hash": run.config_hash,
                "seconds": round(result.seconds, 2), "stages": stage_costs, "reason": result.reason,
                "error": result.error,
-               "overrides": overrides, "summary": result.summary}, folder / RESULT_FILE)
+               "overrides": overrides, "summary": result.summary, "probe": result.probe}, folder / RESULT_FILE)
     return result
 
 
@@ -228,7 +237,7 @@ def cached_result(run: Run, folder: Path) -> RunResult | None:
         return None
     return RunResult(run, STATUS_OK, folder, seconds=float(content.get("seconds", 0.0)), cached=True,
                      cpu_seconds=total_cpu_seconds(content.get("stages") or {}),
-                     summary=content.get("summary"))
+                     summary=content.get("summary"), probe=content.get("probe"))
 
 
 def untrusted_findings(grid: Grid) -> list[str]:
