@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from mri_ssl.errors import InputError
-from mri_ssl.networks import PAPER_FEATURES, CNNEncoder3D, ProjectionHead, Reconstructor
+from mri_ssl.networks import (PAPER_FEATURES, CAMClassifier, CNNEncoder3D, FrozenEncoderUNet, ProjectionHead,
+                              Reconstructor, SequenceClassifier)
 
 SLIM = (4, 8, 8, 16, 16)
 
@@ -106,3 +107,23 @@ def test_encoder_norm_option_is_exported_and_batch_norm_keeps_pooled_features_ap
     assert float(batch(x).std(dim=0).mean()) > 3 * float(instance(x).std(dim=0).mean())
     with pytest.raises(InputError, match="norm"):
         CNNEncoder3D(2, 3, (4,), norm="group")
+
+
+@pytest.mark.parametrize("build, shape", [
+    (lambda: CNNEncoder3D(features=(4, 8, 8)), (1, 1, 16, 16, 16)),
+    (lambda: FrozenEncoderUNet(out_channels=3, decoder_features=(8, 8, 4, 4), encoder_config={"features": (4, 8, 8)}),
+     (1, 1, 16, 16, 16)),
+    (lambda: CAMClassifier(encoder_config={"features": (4, 8)}), (2, 3, 16, 16)),
+    (lambda: SequenceClassifier(encoder="", encoder_config={"img_size": 24, "patch_size": 12, "hidden_size": 16,
+                                                            "mlp_dim": 16, "num_layers": 1, "num_heads": 2},
+                                num_classes=5), (2, 1, 24, 24)),
+], ids=["encoder", "frozen_unet", "cam_classifier", "sequence_classifier"])
+def test_bundle_networks_script_like_eager(build, shape):
+    """MONAI's ckpt_export (the model zoo's TorchScript check) scripts, not traces: every bundle network scripts and
+    the scripted module computes what the eager one does."""
+    torch.manual_seed(0)
+    network = build().eval()
+    scripted = torch.jit.script(network)
+    x = torch.rand(shape)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), network(x), atol=1e-5)

@@ -10,7 +10,7 @@ loss that trains through the CAMs.
 from __future__ import annotations
 
 import os
-from typing import Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ def class_activation_maps(feature_maps: torch.Tensor, class_weights: torch.Tenso
     """``M[b, c] = sum_k class_weights[c, k] * feature_maps[b, k]``: (B, K, *spatial), (C, K) -> (B, C, *spatial)."""
     if feature_maps.ndim < 3 or class_weights.ndim != 2 or class_weights.shape[1] != feature_maps.shape[1]:
         raise InputError("feature_maps", f"expected (B, K, *spatial) maps and (C, K) weights, got "
-                                         f"{tuple(feature_maps.shape)} and {tuple(class_weights.shape)}")
+                                         f"{list(feature_maps.shape)} and {list(class_weights.shape)}")
     return torch.einsum("bk...,ck->bc...", feature_maps, class_weights.to(feature_maps.dtype))
 
 
@@ -89,9 +89,13 @@ class CAMClassifier(nn.Module):
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (parameter for parameter in self.parameters() if parameter.requires_grad)
 
-    def forward(self, x: torch.Tensor, return_cams: bool = False):
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
-            pooled, stages = self.encoder(x, return_stages=True)
+    def forward(self, x: torch.Tensor,
+                return_cams: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        if self.freeze_encoder:  # linear evaluation: no gradient through the encoder
+            with torch.no_grad():
+                pooled, stages = self.encoder.forward_stages(x)
+        else:
+            pooled, stages = self.encoder.forward_stages(x)
         logits = self.classifier(pooled)
         if not return_cams:
             return logits

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import List, Sequence, Tuple, Union
 
 import torch
 from monai.networks.blocks import Convolution
@@ -87,19 +87,26 @@ class CNNEncoder3D(nn.Module):
     @property
     def downsampling_factor(self) -> int:
         """Each spatial size of the input must be a multiple of this."""
-        return 2 ** (len(self.features) - 1)
+        return int(2 ** (len(self.features) - 1))
 
     def config(self) -> dict:
         """Constructor arguments, saved with exported weights so the encoder can be rebuilt without code."""
         return {"spatial_dims": self.spatial_dims, "in_channels": self.in_channels, "features": list(self.features),
                 "dropout": self.dropout, "norm": self.norm}
 
-    def forward(self, x: torch.Tensor, return_stages: bool = False):
-        stages = []
+    def forward_stages(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """``(pooled, [stage_0, ..., stage_last])``: the pooled feature and the skip connections a decoder needs."""
+        stages: List[torch.Tensor] = []
         for index, stage in enumerate(self.stages):
             if index > 0:
                 x = self.downsample(x)
             x = stage(x)
             stages.append(x)
-        pooled = torch.flatten(self.pool(x), 1)
-        return (pooled, stages) if return_stages else pooled
+        return torch.flatten(self.pool(x), 1), stages
+
+    def forward(self, x: torch.Tensor,
+                return_stages: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor, List[torch.Tensor]]]:
+        pooled, stages = self.forward_stages(x)
+        if return_stages:
+            return pooled, stages
+        return pooled

@@ -34,7 +34,7 @@ class UpBlock(nn.Module):
         x = self.upsample(x)
         if x.shape[2:] != skip.shape[2:]:
             raise InputError("input", f"spatial size must be a multiple of the encoder's downsampling factor; "
-                                      f"upsampled {tuple(x.shape[2:])} does not match skip {tuple(skip.shape[2:])}")
+                                      f"upsampled {list(x.shape[2:])} does not match skip {list(skip.shape[2:])}")
         return self.convs(torch.cat([skip, x], dim=1))
 
 
@@ -124,12 +124,13 @@ class FrozenEncoderUNet(nn.Module):
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.freeze_encoder:
             with torch.no_grad():
-                return self.encoder(x, return_stages=True)[1]
-        return self.encoder(x, return_stages=True)[1]
+                return self.encoder.forward_stages(x)[1]
+        return self.encoder.forward_stages(x)[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stages = self.encode(x)
         x = self.bottleneck(stages[-1])
-        for block, skip in zip(self.up_blocks, reversed(stages[:-1])):
-            x = block(x, skip)
+        skips = stages[:-1]
+        for index, block in enumerate(self.up_blocks):  # deepest skip first (written for TorchScript)
+            x = block(x, skips[len(skips) - 1 - index])
         return self.head(self.refine(x))

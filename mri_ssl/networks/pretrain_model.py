@@ -38,7 +38,7 @@ class ContrastiveReconstructionModel(nn.Module):
                                                in_channels)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        features, stages = self.encoder(x, return_stages=True)
+        features, stages = self.encoder.forward_stages(x)
         output = {"features": features, "projection": self.projector(features)}
         if self.reconstructor is not None:
             output["reconstruction"] = self.reconstructor(stages[-1])

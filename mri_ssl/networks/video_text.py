@@ -112,7 +112,7 @@ class VideoEncoder(nn.Module):
             tokens = self.frame_encoder.vit(frames)[0]
             grid = self.frame_encoder.grid_size
             return tokens, (grid, grid)
-        last = self.frame_encoder(frames, return_stages=True)[1][-1]  # (N, width, h, w)
+        last = self.frame_encoder.forward_stages(frames)[1][-1]  # (N, width, h, w)
         return last.flatten(2).transpose(1, 2), tuple(last.shape[-2:])
 
     def space_code(self, grid: tuple[int, int]) -> torch.Tensor:

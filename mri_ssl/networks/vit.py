@@ -80,7 +80,7 @@ class ViTEncoder2D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != (self.img_size, self.img_size):
             raise InputError("input", f"expected images of {self.img_size} x {self.img_size} pixels, got "
-                                      f"{tuple(x.shape[-2:])}; resize them first (the bundle's Resized does)")
+                                      f"{list(x.shape[-2:])}; resize them first (the bundle's Resized does)")
         tokens, _ = self.vit(x)
         return tokens.mean(dim=1)
 
