@@ -13,12 +13,16 @@ PATCH = [16, 16, 16]
 CROPS = 200
 
 
-def training_augmentation(seed: int = 0):
-    folder = bundle_dir("mri_segmentation")
+def training_config(**overrides) -> ConfigParser:
     parser = ConfigParser()
-    parser.read_config([str(folder / "configs" / "train.json")])
-    parser["patch_size"] = PATCH
-    augmentation = parser.get_parsed_content("train#augmentation")
+    parser.read_config([str(bundle_dir("mri_segmentation") / "configs" / "train.json")])
+    for key, value in {"patch_size": PATCH, **overrides}.items():
+        parser[key] = value
+    return parser
+
+
+def training_augmentation(seed: int = 0):
+    augmentation = training_config().get_parsed_content("train#augmentation")
     augmentation.set_random_state(seed=seed)
     return augmentation
 
@@ -59,12 +63,7 @@ def test_training_labels_keep_their_class_values():
 @pytest.mark.parametrize("ratios", [[0, 0, 1, 0], [0, 0, 0, 1]])
 def test_crop_class_ratios_choose_the_crop_centres(ratios):
     """``crop_class_ratios`` is handed to the sampler: all weight on one class puts every crop centre in it."""
-    folder = bundle_dir("mri_segmentation")
-    parser = ConfigParser()
-    parser.read_config([str(folder / "configs" / "train.json")])
-    parser["patch_size"] = PATCH
-    parser["crop_class_ratios"] = ratios
-    sampler = parser.get_parsed_content("train#augmentation#transforms#1")
+    sampler = training_config(crop_class_ratios=ratios).get_parsed_content("train#augmentation#transforms#1")
     sampler.set_random_state(seed=0)
     wanted = ratios.index(1)
     for _ in range(20):
