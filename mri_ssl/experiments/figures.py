@@ -22,7 +22,8 @@ from mri_ssl.experiments.tables import MODE_TITLES, row_title
 
 MODE_COLOURS = {"random": "#9e9e9e", "base": "#1f77b4", "seqaug": "#ff7f0e", "seqinv": "#2ca02c"}
 METRIC_TITLES = {"dice_mean": "Dice (mean over tissues)", "hd95_mm_mean": "HD95 (mm, mean over tissues)",
-                 "psnr_db": "PSNR (dB, peak = clean data range)", "psnr_peak1_db": "PSNR (dB, peak 1 on z-scores)"}
+                 "psnr_db": "PSNR (dB, peak = clean data range)", "psnr_peak1_db": "PSNR (dB, peak 1 on z-scores)",
+                 "psnr_gain_db": "PSNR gain over the noisy input (dB)"}
 
 
 def _pyplot():
