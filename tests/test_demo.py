@@ -107,7 +107,8 @@ def test_full_demo_on_a_tiny_grid_writes_tables_figures_and_summary(tmp_path, ca
     for figure in experiment["figures"] + ["montage.png"]:
         png = (out / figure).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000, figure
-    assert sorted(experiment["figures"]) == ["figures/metrics.png", "figures/tissue_overlays.png"]
+    assert sorted(experiment["figures"]) == ["figures/learning_curves.png", "figures/metrics.png",
+                                             "figures/tissue_overlays.png"]
     assert (out / "grid.yaml").read_text() == grid_path.read_text()  # the configuration used
 
     # The Markdown table holds the numbers the runs' own evaluation reports computed.

@@ -20,7 +20,8 @@ BUNDLES = REPO / "bundles"
 TINY_ENCODER = {"features": [4, 8, 8, 8], "dropout": 0.1}
 TINY_PRETRAIN = {**TINY_ENCODER, "demo_resolution_mm": 4.0, "demo_subjects": 4, "demo_validation_subjects": 2,
                  "reconstruction_channels": [8, 8, 4], "projection_hidden": 16, "projection_dim": 8,
-                 "crop_size": [16, 16, 16], "batch_size": 2, "num_epochs": 1, "epoch_length": 2}
+                 "crop_size": [16, 16, 16], "batch_size": 2, "num_epochs": 1, "epoch_length": 2,
+                 "val_interval": 1}  # validate once: the probe picks encoder_best.pt, which the downstream runs load
 TINY_DOWNSTREAM = {**TINY_ENCODER, "demo_resolution_mm": 4.0, "demo_subjects": 4, "demo_validation_subjects": 1,
                    "demo_test_subjects": 1, "decoder_features": [8, 8, 8, 4, 4], "patch_size": [16, 16, 16],
                    "batch_size": 2, "num_epochs": 1, "epoch_length": 2, "sw_batch_size": 8, "val_interval": 1}

@@ -17,6 +17,10 @@ from mri_ssl.errors import InputError
 from mri_ssl.parameters import check_bundle_parameters
 
 CHECK_STEP = "$check_bundle_parameters(@checked_parameters, multiple_of=@checked_multiples, exit_on_error=True)"
+# Where a size is checked against the network's downsampling factor, building the network consumes random numbers:
+# the values are checked first, then the seed is set, so the network built for the size check is the seeded one.
+SEEDED_CHECK_STEPS = ["$check_bundle_parameters(@checked_parameters, exit_on_error=True)",
+                      "$monai.utils.set_determinism(seed=@seed)", CHECK_STEP]
 
 
 def training_configs() -> list[Path]:
@@ -35,7 +39,10 @@ def test_every_training_config_checks_its_parameters_before_anything_else():
     assert len({path.parents[1].name for path in configs}) == 6
     for path in configs:
         content = json.loads(path.read_text())
-        assert content["initialize"][0] == CHECK_STEP, path
+        steps = content["initialize"]
+        assert steps[0] == CHECK_STEP or steps[:3] == SEEDED_CHECK_STEPS, path
+        if "@network_def" in json.dumps(content.get("checked_multiples", {})):
+            assert steps[:3] == SEEDED_CHECK_STEPS, f"{path}: the network is built before the seed is set"
         if "imports" in content:
             assert "$from mri_ssl.parameters import check_bundle_parameters" in content["imports"], path
 
@@ -60,19 +67,27 @@ FIRST_STEPS = [("mri_ssl_pretrain", "train.json"), ("mri_segmentation", "train.j
 
 
 def first_step_error(parser: ConfigParser, capsys) -> str:
-    """The one line the parameter check prints when it stops the bundle (exit status 2)."""
+    """The one line the parameter check prints when it stops the bundle (exit status 2): the initialize steps up to
+    the full check (``CHECK_STEP``) are run."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as stopped:
-        parser.get_parsed_content("initialize#0")
+        run_checks(parser)
     assert stopped.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1, lines
     return lines[0]
 
 
+def run_checks(parser: ConfigParser) -> None:
+    """Run the parameter-check steps at the start of ``initialize`` (through ``CHECK_STEP``)."""
+    steps = parser.config["initialize"]
+    for index in range(steps.index(CHECK_STEP) + 1):
+        parser.get_parsed_content(f"initialize#{index}")
+
+
 @pytest.mark.parametrize("bundle, config", FIRST_STEPS)
 def test_the_shipped_values_pass_and_nonsense_fails_before_any_data(bundle, config, tmp_path, capsys):
-    parser_for(bundle, config, tmp_path).get_parsed_content("initialize#0")  # the shipped values pass
+    run_checks(parser_for(bundle, config, tmp_path))  # the shipped values pass
     cardiac_pretrain = bundle.startswith("cardiac") and config == "pretrain.json"
     epochs = "pretrain_epochs" if cardiac_pretrain else "max_epochs" if bundle == "cmr_video_text" else "num_epochs"
     rate = "base_learning_rate" if cardiac_pretrain else "learning_rate"
