@@ -27,14 +27,17 @@ def problems_of(out: Path) -> list[str]:
     text = results.read_text() if results.is_file() else ""
     if not text:
         problems.append(f"{results}: missing or empty")
-    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| **")]
-    body = [line for line in rows if "labels<br>" not in line]  # table rows, not headers
+    lines = text.splitlines()
+    # Table body rows: not a header (the row above a |---| separator), not a section row (| **In domain** |).
+    body = [line for index, line in enumerate(lines)
+            if line.startswith("| ") and not line.startswith("| **")
+            and not (index + 1 < len(lines) and re.match(r"^\|[-:| ]+\|$", lines[index + 1]))]
     if not body:
         problems.append(f"{results}: no table rows")
     empty = [line for line in body if re.search(r"\|\s*(failed|n/a)?\s*\|", line)]
     problems += [f"{results}: a row with an empty cell: {line}" for line in empty]
-    if body and not all(re.search(r"\d+\.\d+ ± \d+\.\d+", line) for line in body):
-        problems.append(f"{results}: a table row without a number")
+    without = [line for line in body if not re.search(r"\d+\.\d+", line)]  # metric and probe tables alike
+    problems += [f"{results}: a table row without a number: {line}" for line in without]
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
     experiment = summary.get("experiment") or {}
     figures = experiment.get("figures", []) + ([summary["montage"]] if "montage" in summary else [])
