@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(slim encoders pretrained in the Base, SeqAug and SeqInv modes; frozen-encoder tissue "
                     "segmentation and denoising trained on simulated T1w, with a random-init baseline; evaluated on "
                     "unseen contrasts and the real MNI152 T1). Stage 3: results.md / results.csv, figures/*.png and "
-                    "a printed table. About 10 minutes and 3.3 GB on 2 CPU cores with one seed; finished runs are "
+                    "a printed table. About 12 minutes and 3.7 GB on 2 CPU cores with one seed; finished runs are "
                     "reused.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     demo.add_argument("--out", default="demo_out", help="output folder")
