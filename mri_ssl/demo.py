@@ -117,7 +117,7 @@ def run_simulation_stage(
     protocol, 1.. are random ones) each with a JSON sidecar of its protocol, and ``montage.png``.
     """
     started = time.perf_counter()
-    out_dir = Path(out_dir).resolve()  # bundle runs work in their own folders: hand them absolute paths
+    out_dir = Path(out_dir)
     bar = tqdm(total=3 + len(SEQUENCES), desc="demo stage 1", unit="step", disable=not progress)
 
     bar.set_postfix_str("building MNI152 phantom")
@@ -219,7 +219,7 @@ def draw_figures(grid: Grid, results, records, out_dir: Path) -> list[str]:
         writes_label_maps = bool(spec.inference) or spec.overrides.get("save_predictions") is True
         if not writes_label_maps or not data_dir or spec.bundle_dir.name != "mri_segmentation":
             continue
-        datalist = Path(expand_placeholders(data_dir, {"out_dir": out_dir.resolve()})) / "datalist.json"
+        datalist = Path(expand_placeholders(data_dir, {"out_dir": out_dir})) / "datalist.json"
         if datalist.is_file():
             path = plot_segmentation_overlays(results, grid, spec.name, datalist,
                                               out_dir / "figures" / f"{spec.name}_overlays.png")

@@ -180,9 +180,9 @@ def execute_run(run: Run, folder: Path, infer: bool = True,
     folder.mkdir(parents=True)
     write_owner(folder)
     out_dir = folder.parents[1]
-    overrides = expand_placeholders(dict(run.overrides), {"out_dir": out_dir.resolve()})
+    overrides = expand_placeholders(dict(run.overrides), {"out_dir": out_dir})
     if run.upstream is not None:
-        overrides["encoder_path"] = str(run_folder(out_dir, run.upstream).resolve() / "models" / run.spec.encoder)
+        overrides["encoder_path"] = str(run_folder(out_dir, run.upstream) / "models" / run.spec.encoder)
     overrides_path = save_json(overrides, folder / "overrides.json")
     started = time.perf_counter()
     result = RunResult(run, STATUS_OK, folder)
@@ -284,7 +284,7 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, infer: bool = True, progres
         return _run_grid(grid, out_dir, infer, progress, timeout_s, only, trust_bundles, jobs)
 
 
-def _run_grid(grid: Grid, out_dir: str | os.PathLike, infer: bool = True, progress: bool = True,
+def _run_grid(grid: Grid, out_dir: Path, infer: bool = True, progress: bool = True,
               timeout_s: float | None = None, only: Callable[[Run], bool] | None = None,
               trust_bundles: bool = False, jobs: int = 1) -> list[RunResult]:
     """Run (or reuse) every run of ``grid`` under ``out_dir``; return one result per run, in grid order.
@@ -301,7 +301,6 @@ def _run_grid(grid: Grid, out_dir: str | os.PathLike, infer: bool = True, progre
     jobs = int(jobs)
     if not trust_bundles:
         require_trusted(grid)
-    out_dir = Path(out_dir).resolve()
     shutil.copyfile(grid.path, out_dir / "grid.yaml")
     runs = [run for run in expand_runs(grid, infer) if only is None or only(run)]
     selected = {id(run) for run in runs}
