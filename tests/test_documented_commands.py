@@ -35,6 +35,7 @@ import pytest
 
 from bundle_runner import REPO, run_killing_group
 from mri_ssl.cli import build_parser
+from mri_ssl.trust.verify import load_verify_settings
 
 DOCS = [REPO / "README.md", *sorted((REPO / "bundles").glob("*/docs/README.md"))]
 MARKER = re.compile(r"<!--\s*(?:commands:\s*)?([\w-]+)\s*-->")
@@ -187,11 +188,11 @@ def _fresh_copy(doc: Path, tmp_path: Path) -> Path:
 
 def _test_budget(bundle: Path, tmp_path: Path) -> Path | None:
     """The bundle's test budget (``configs/verify_bundle.json`` overrides) as a config file, or None."""
-    verify = bundle / "configs" / "verify_bundle.json"
-    if not verify.is_file():
+    overrides = load_verify_settings(bundle).get("overrides")
+    if not overrides:
         return None
     path = tmp_path / f"{bundle.name}_test_budget.json"
-    path.write_text(json.dumps(json.loads(verify.read_text()).get("overrides", {})))
+    path.write_text(json.dumps(overrides))
     return path
 
 
