@@ -3,6 +3,12 @@
 What it measures, on random but physically valid float32 maps (PD in [0, 1], R1 in [0.2, 3] 1/s, R2* in [1, 40] 1/s,
 MT in [0, 0.05]; R2* stands in for R2 as ``simulate`` does when no R2 map is given):
 
+0. With ``--nitorch PATH`` (a NITorch source tree; NITorch, which the reference work used, is on no package
+   registry): per sequence with ``TYPICAL_PROTOCOLS``, NITorch's own generator (``fse``, ``spgr``, ``flair``,
+   ``mprage`` from ``nitorch.tools.qmri.generators``) against ``simulate`` eager (the default call, validation
+   included) and fused (``validate=False``, as a training loop calls it), on the same maps in one process: medians,
+   the ratios, the first fused call's compile seconds and the largest relative difference. Without it the part is
+   skipped.
 1. Per sequence, one protocol (``TYPICAL_PROTOCOLS``): the signal kernel called through
    ``mri_ssl.physics.fused.run_kernel`` with the protocol values as 0-d tensors (prepared by ``as_protocol_batch``,
    exactly as ``simulate`` prepares them), eager and fused. Median ms, Mvoxel/s, and the ratio to the
@@ -20,8 +26,7 @@ MT in [0, 0.05]; R2* stands in for R2 as ``simulate`` does when no R2 map is giv
    protocols, (a) every call returning fresh tensors (the issue's goal) and (b) refilling an ``out=`` buffer, with
    the minor page faults and system CPU time of each call (``resource.getrusage``): the kernel zeroing newly touched
    pages of a fresh output is a large share of a batched call on CPU, and the separate calls' 31.5 MiB outputs can
-   be recycled from glibc's heap without it. Also the batched ``out=`` call with the plain whole-volume loop order
-   (``CPU_CHUNK_VOXELS`` set to the volume) against the blocked order, the eager paths, and what the output memory
+   be recycled from glibc's heap without it. Also the eager paths, and what the output memory
    alone costs (one ``(B, *shape)`` ``torch.empty``, B single-map ones, refilling). ``--thp`` (PyTorch's
    ``THP_MEM_ALLOC_ENABLE=1``) asks for 2 MiB pages: far fewer faults on a quiet machine, but the kernel then
    compacts memory on fault, which on this busy machine cost more system time than the 4 KiB faults it saved.
@@ -35,6 +40,7 @@ temporary directory so they are cold-start figures (``--warm-cache`` uses the no
 The goals are printed as PASS/MISS for information; the exit code is 0 either way. Typical use::
 
     PYTHONPATH=. python benchmarks/simulator.py
+    PYTHONPATH=. python benchmarks/simulator.py --threads 2 --nitorch /path/to/nitorch-source --parts nitorch
     PYTHONPATH=. python benchmarks/simulator.py --shape 96 112 96 --repeats 5 --sequences fse mprage
 """
 
@@ -53,6 +59,10 @@ SEQUENCE_NAMES = ("fse", "gre", "flair", "mprage")
 # Fused time / memory-bound time the fused path should stay within on a 2-core CPU.
 MEMORY_BOUND_GOALS = {"fse": 2.0, "gre": 2.0, "flair": 2.0, "mprage": 4.0}
 BATCH_SPEEDUP_GOAL = 1.5
+# Against NITorch (the reference implementation): the default (eager) path at least as fast, the fused one 5x.
+NITORCH_EAGER_GOAL = 1.0
+NITORCH_FUSED_GOAL = 5.0
+PARTS = ("nitorch", "kernels", "batched")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -81,6 +91,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warm-cache", action="store_true",
                         help="use the normal inductor on-disk cache (compile seconds then show cache hits)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the maps and the sampled protocols")
+    parser.add_argument("--nitorch", metavar="PATH", default=None,
+                        help="a NITorch source tree (the folder holding the nitorch package; NITorch is not on any "
+                        "package registry, and needs torch-interpol): adds the table against its sequence generators")
+    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS,
+                        help="which parts to run: nitorch (only with --nitorch), kernels (one protocol vs the memory "
+                        "bound), batched (B protocols per call)")
     return parser.parse_args(argv)
 
 
@@ -203,6 +219,14 @@ def run(args: argparse.Namespace) -> int:
         f"validation, no .abs(); {fused_module.DISABLE_ENV} set: {compile_disabled()}")
     say()
 
+    if "nitorch" in args.parts and args.nitorch:
+        nitorch_table(args, maps, shape)
+    elif "nitorch" in args.parts:
+        say("against NITorch: skipped (give --nitorch PATH to a NITorch source tree)")
+        say()
+    if "kernels" not in args.parts and "batched" not in args.parts:
+        return 0
+    # Part 'batched' is compared with part 'kernels' (per-protocol times, copy bandwidth), so it runs that too.
     # ---------------------------------------------------------------------------------------------------------
     # 1. One protocol per call. Everything is compiled first; then every round times every sequence's variants,
     # so a burst of load from elsewhere spreads over all sequences instead of ruining one.
@@ -299,147 +323,240 @@ def run(args: argparse.Namespace) -> int:
             f"({probe['slow'] / probe['typical']:.1f}x), eager {probe['slow_eager']:.1f} ms")
     say()
 
-    # ---------------------------------------------------------------------------------------------------------
-    # 2. B protocols from one set of maps: one simulate() call with 1-D protocol tensors against B calls, with fresh
-    # outputs (the issue's goal) and with out= buffers; page faults and system CPU time per call show the cost of
-    # fresh output memory, which the arithmetic does not explain.
-    batch = args.protocols
-    say(f"{batch} protocols from one set of maps (sample_protocol), through simulate(..., fused=True, validate=False): "
-        f"one call with 1-D protocol tensors -> ({batch}, {', '.join(map(str, shape))}) vs {batch} calls with float "
-        f"protocols; median ms over {args.batch_repeats} interleaved rounds, speed-up = {batch} calls / 1 call")
-    say("  fresh: every call returns new tensors (the separate outputs kept in a list, as a batch keeps its own); "
-        "out=: the batched call refills one (B, ...) buffer, the separate calls refill its B planes")
-    say("  faults = minor page faults per call (median), sys = system CPU ms per call (median): the kernel zeroing "
-        "new pages")
-    header = (f"{'sequence':8s} {'fresh 1x' + str(batch):>10s} {'fresh ' + str(batch) + 'x1':>10s} {'speed-up':>8s} "
-              f"{'goal':>6s} {'':4s} {'faults':>7s} {'faults':>7s} {'sys':>5s} {'sys':>5s} "
-              f"{'out= 1x' + str(batch):>10s} {'out= ' + str(batch) + 'x1':>10s} {'speed-up':>8s} "
-              f"{'whole-vol':>9s} {'blocked/':>8s} {'compile':>7s} {'rel.err':>8s}")
-    units = (f"{'':8s} {'ms':>10s} {'ms':>10s} {'':>8s} {'':>6s} {'':4s} {'1x' + str(batch):>7s} "
-             f"{str(batch) + 'x1':>7s} {'1x' + str(batch):>5s} {str(batch) + 'x1':>5s} {'ms':>10s} {'ms':>10s} "
-             f"{'':>8s} {'out= ms':>9s} {'whole':>8s} {'s':>7s} {'':>8s}")
-    say(header)
-    say(units)
-    say("-" * len(header))
-    buffer = torch.empty((batch, *shape))
-    eager_rows = []
-    cpu_rows = []
-    bound_rows = []
-    for sequence in args.sequences:
-        protocols = sample_protocol(sequence, batch, generator=generator)
-        singles = [protocol_item(protocols, index) for index in range(batch)]
+    if "batched" in args.parts:
+        # ---------------------------------------------------------------------------------------------------------
+        # 2. B protocols from one set of maps: one simulate() call with 1-D protocol tensors against B calls, with fresh
+        # outputs (the issue's goal) and with out= buffers; page faults and system CPU time per call show the cost of
+        # fresh output memory, which the arithmetic does not explain.
+        batch = args.protocols
+        say(f"{batch} protocols from one set of maps (sample_protocol), through simulate(..., fused=True, "
+            f"validate=False): one call with 1-D protocol tensors -> ({batch}, {', '.join(map(str, shape))}) vs "
+            f"{batch} calls with float "
+            f"protocols; median ms over {args.batch_repeats} interleaved rounds, speed-up = {batch} calls / 1 call")
+        say("  fresh: every call returns new tensors (the separate outputs kept in a list, as a batch keeps its own); "
+            "out=: the batched call refills one (B, ...) buffer, the separate calls refill its B planes")
+        say("  faults = minor page faults per call (median), sys = system CPU ms per call (median): the kernel zeroing "
+            "new pages")
+        header = (f"{'sequence':8s} {'fresh 1x' + str(batch):>10s} {'fresh ' + str(batch) + 'x1':>10s} "
+                  f"{'speed-up':>8s} "
+                  f"{'goal':>6s} {'':4s} {'faults':>7s} {'faults':>7s} {'sys':>5s} {'sys':>5s} "
+                  f"{'out= 1x' + str(batch):>10s} {'out= ' + str(batch) + 'x1':>10s} {'speed-up':>8s} "
+                  f"{'compile':>7s} {'rel.err':>8s}")
+        units = (f"{'':8s} {'ms':>10s} {'ms':>10s} {'':>8s} {'':>6s} {'':4s} {'1x' + str(batch):>7s} "
+                 f"{str(batch) + 'x1':>7s} {'1x' + str(batch):>5s} {str(batch) + 'x1':>5s} {'ms':>10s} {'ms':>10s} "
+                 f"{'':>8s} {'s':>7s} {'':>8s}")
+        say(header)
+        say(units)
+        say("-" * len(header))
+        buffer = torch.empty((batch, *shape))
+        eager_rows = []
+        cpu_rows = []
+        bound_rows = []
+        for sequence in args.sequences:
+            protocols = sample_protocol(sequence, batch, generator=generator)
+            singles = [protocol_item(protocols, index) for index in range(batch)]
 
-        def batched_fresh():
-            return simulate(maps, sequence, protocols, fused=True, validate=False)
+            def batched_fresh():
+                return simulate(maps, sequence, protocols, fused=True, validate=False)
 
-        def separate_fresh():
-            return [simulate(maps, sequence, single, fused=True, validate=False) for single in singles]
+            def separate_fresh():
+                return [simulate(maps, sequence, single, fused=True, validate=False) for single in singles]
 
-        def batched_out():
-            return simulate(maps, sequence, protocols, fused=True, validate=False, out=buffer)
+            def batched_out():
+                return simulate(maps, sequence, protocols, fused=True, validate=False, out=buffer)
 
-        def separate_out():
-            return [simulate(maps, sequence, single, fused=True, validate=False, out=buffer[index])
-                    for index, single in enumerate(singles)]
+            def separate_out():
+                return [simulate(maps, sequence, single, fused=True, validate=False, out=buffer[index])
+                        for index, single in enumerate(singles)]
 
-        def whole_volume_out():
-            # The same batched call in the plain broadcast order (whole volume per protocol), for comparison.
-            saved = fused_module.CPU_CHUNK_VOXELS
-            fused_module.CPU_CHUNK_VOXELS = voxels
-            try:
-                return batched_out()
-            finally:
-                fused_module.CPU_CHUNK_VOXELS = saved
+            compile_seconds, fused_out = timed(batched_fresh)
+            separate_stack = torch.stack(separate_fresh())
+            error = relative_error(fused_out, separate_stack)
+            del fused_out, separate_stack
+            variants = {"batched_fresh": batched_fresh, "separate_fresh": separate_fresh, "batched_out": batched_out,
+                        "separate_out": separate_out}
+            times, faults, system, cpu = interleaved_with_faults(variants, args.batch_repeats, args.warmup)
+            medians = {name: median_ms(values) for name, values in times.items()}
+            fault_medians = {name: statistics.median(values) for name, values in faults.items()}
+            sys_medians = {name: median_ms(values) for name, values in system.items()}
+            cpu_medians = {name: median_ms(values) for name, values in cpu.items()}
+            cpu_rows.append((sequence, cpu_medians))
+            bound_rows.append((sequence, medians["batched_out"]))
+            speedup = round(medians["separate_fresh"] / medians["batched_fresh"], 2)
+            verdict = "PASS" if speedup >= BATCH_SPEEDUP_GOAL else "MISS"
+            say(f"{sequence:8s} {medians['batched_fresh']:10.1f} {medians['separate_fresh']:10.1f} {speedup:7.2f}x "
+                f"{'>=' + format(BATCH_SPEEDUP_GOAL, 'g') + 'x':>6s} {verdict:4s} "
+                f"{fault_medians['batched_fresh']:7.0f} {fault_medians['separate_fresh']:7.0f} "
+                f"{sys_medians['batched_fresh']:5.0f} {sys_medians['separate_fresh']:5.0f} "
+                f"{medians['batched_out']:10.1f} {medians['separate_out']:10.1f} "
+                f"{medians['separate_out'] / medians['batched_out']:7.2f}x "
+                f"{compile_seconds - medians['batched_fresh'] / 1e3:7.1f} {error:8.1e}")
+            if args.eager_batch_repeats > 0:
+                eager = {name: median_ms(values) for name, values in interleaved(
+                    {
+                        "batched": lambda: simulate(maps, sequence, protocols, fused=False, validate=False),
+                        "separate": lambda: [simulate(maps, sequence, single, fused=False, validate=False)
+                                             for single in singles],
+                    },
+                    args.eager_batch_repeats,
+                    0,
+                ).items()}
+                eager_rows.append((sequence, eager))
+        say()
+        say("rel.err = max|batched - stacked separate| / max|separate| (fresh outputs)")
+        say("process CPU ms per call (user + system, both threads; median), which a busy machine inflates less than "
+            "wall time:")
+        for sequence, cpu_ms in cpu_rows:
+            say(f"  {sequence:6s} CPU ms: fresh 1x{batch} {cpu_ms['batched_fresh']:.0f}, fresh {batch}x1 "
+                f"{cpu_ms['separate_fresh']:.0f} ({cpu_ms['separate_fresh'] / cpu_ms['batched_fresh']:.2f}x); out= "
+                f"1x{batch} {cpu_ms['batched_out']:.0f}, out= {batch}x1 {cpu_ms['separate_out']:.0f} "
+                f"({cpu_ms['separate_out'] / cpu_ms['batched_out']:.2f}x)")
+        say(f"what bounds a batch: memory-bound time of the batched call ((maps + {batch} outputs) x voxels x 4 B / "
+            f"copy bandwidth) and of {batch} separate calls ({batch} x (maps + 1)), against the arithmetic: "
+            f"the batched out= time per protocol beside one single-protocol out= call (section 1). Per protocol about "
+            f"equal means the kernel is bound by arithmetic, which batching does not reduce: it then saves only the "
+            f"maps' re-reading and "
+            f"each call's own overhead.")
+        for sequence, batched_out_ms in bound_rows:
+            inputs = single[sequence]["inputs"]
+            batched_bound = (inputs + batch) * bytes_per_map / bandwidth * 1e3
+            separate_bound = batch * (inputs + 1) * bytes_per_map / bandwidth * 1e3
+            say(f"  {sequence:6s} mem-bound: 1x{batch} {batched_bound:.1f} ms, {batch}x1 {separate_bound:.1f} ms "
+                f"(at most {separate_bound / batched_bound:.2f}x from batching if memory-bound); batched out= "
+                f"{batched_out_ms:.1f} ms = {batched_out_ms / batch:.2f} ms per protocol vs "
+                f"{single[sequence]['fused_out']:.2f} ms for one protocol alone "
+                f"({batched_out_ms / batch / single[sequence]['fused_out']:.2f}x)")
+        for sequence, eager in eager_rows:
+            say(f"eager {sequence:6s}: 1x{batch} {eager['batched']:.1f} ms, {batch}x1 {eager['separate']:.1f} ms, "
+                f"speed-up {eager['separate'] / eager['batched']:.2f}x")
 
-        compile_seconds, fused_out = timed(batched_fresh)
-        separate_stack = torch.stack(separate_fresh())
-        error = relative_error(fused_out, separate_stack)
-        del fused_out, separate_stack
-        whole_volume_out()  # compile the whole-volume layout before timing
-        variants = {"batched_fresh": batched_fresh, "separate_fresh": separate_fresh, "batched_out": batched_out,
-                    "separate_out": separate_out, "whole_volume_out": whole_volume_out}
-        times, faults, system, cpu = interleaved_with_faults(variants, args.batch_repeats, args.warmup)
-        medians = {name: median_ms(values) for name, values in times.items()}
-        fault_medians = {name: statistics.median(values) for name, values in faults.items()}
-        sys_medians = {name: median_ms(values) for name, values in system.items()}
-        cpu_medians = {name: median_ms(values) for name, values in cpu.items()}
-        cpu_rows.append((sequence, cpu_medians))
-        bound_rows.append((sequence, medians["batched_out"]))
-        speedup = round(medians["separate_fresh"] / medians["batched_fresh"], 2)
-        verdict = "PASS" if speedup >= BATCH_SPEEDUP_GOAL else "MISS"
-        say(f"{sequence:8s} {medians['batched_fresh']:10.1f} {medians['separate_fresh']:10.1f} {speedup:7.2f}x "
-            f"{'>=' + format(BATCH_SPEEDUP_GOAL, 'g') + 'x':>6s} {verdict:4s} "
-            f"{fault_medians['batched_fresh']:7.0f} {fault_medians['separate_fresh']:7.0f} "
-            f"{sys_medians['batched_fresh']:5.0f} {sys_medians['separate_fresh']:5.0f} "
-            f"{medians['batched_out']:10.1f} {medians['separate_out']:10.1f} "
-            f"{medians['separate_out'] / medians['batched_out']:7.2f}x {medians['whole_volume_out']:9.1f} "
-            f"{medians['batched_out'] / medians['whole_volume_out']:8.2f} "
-            f"{compile_seconds - medians['batched_fresh'] / 1e3:7.1f} {error:8.1e}")
-        if args.eager_batch_repeats > 0:
-            eager = {name: median_ms(values) for name, values in interleaved(
-                {
-                    "batched": lambda: simulate(maps, sequence, protocols, fused=False, validate=False),
-                    "separate": lambda: [simulate(maps, sequence, single, fused=False, validate=False)
-                                         for single in singles],
-                },
-                args.eager_batch_repeats,
-                0,
-            ).items()}
-            eager_rows.append((sequence, eager))
-    say()
-    say("whole-vol out= = the batched out= call with the loop in plain broadcast order (each protocol over the whole "
-        "volume, so every map is read B times); blocked/whole < 1 means the blocked order "
-        f"({fused_module.CPU_CHUNK_VOXELS} voxels per block, maps read once) is faster. rel.err = max|batched - "
-        "stacked separate| / max|separate| (fresh outputs)")
-    say("process CPU ms per call (user + system, both threads; median), which a busy machine inflates less than "
-        "wall time:")
-    for sequence, cpu_ms in cpu_rows:
-        say(f"  {sequence:6s} CPU ms: fresh 1x{batch} {cpu_ms['batched_fresh']:.0f}, fresh {batch}x1 "
-            f"{cpu_ms['separate_fresh']:.0f} ({cpu_ms['separate_fresh'] / cpu_ms['batched_fresh']:.2f}x); out= "
-            f"1x{batch} {cpu_ms['batched_out']:.0f}, out= {batch}x1 {cpu_ms['separate_out']:.0f} "
-            f"({cpu_ms['separate_out'] / cpu_ms['batched_out']:.2f}x); whole-vol out= {cpu_ms['whole_volume_out']:.0f}")
-    say(f"what bounds a batch: memory-bound time of the batched call ((maps + {batch} outputs) x voxels x 4 B / copy "
-        f"bandwidth) and of {batch} separate calls ({batch} x (maps + 1)), against the arithmetic: the batched out= "
-        f"time per protocol beside one single-protocol out= call (section 1). Per protocol about equal means the "
-        f"kernel is bound by arithmetic, which batching does not reduce: it then saves only the maps' re-reading and "
-        f"each call's own overhead.")
-    for sequence, batched_out_ms in bound_rows:
-        inputs = single[sequence]["inputs"]
-        batched_bound = (inputs + batch) * bytes_per_map / bandwidth * 1e3
-        separate_bound = batch * (inputs + 1) * bytes_per_map / bandwidth * 1e3
-        say(f"  {sequence:6s} mem-bound: 1x{batch} {batched_bound:.1f} ms, {batch}x1 {separate_bound:.1f} ms "
-            f"(at most {separate_bound / batched_bound:.2f}x from batching if memory-bound); batched out= "
-            f"{batched_out_ms:.1f} ms = {batched_out_ms / batch:.2f} ms per protocol vs "
-            f"{single[sequence]['fused_out']:.2f} ms for one protocol alone "
-            f"({batched_out_ms / batch / single[sequence]['fused_out']:.2f}x)")
-    for sequence, eager in eager_rows:
-        say(f"eager {sequence:6s}: 1x{batch} {eager['batched']:.1f} ms, {batch}x1 {eager['separate']:.1f} ms, "
-            f"speed-up {eager['separate'] / eager['batched']:.2f}x")
-
-    # What the output memory alone costs, before any arithmetic.
-    allocation = {
-        "empty_batched": lambda: torch.empty((batch, *shape)).fill_(1.0),
-        "empty_separate": lambda: [torch.empty(shape).fill_(1.0) for _ in range(batch)],
-        "refill": lambda: buffer.fill_(1.0),
-    }
-    times, faults, system, _ = interleaved_with_faults(allocation, args.batch_repeats, args.warmup)
-    text = {name: f"{median_ms(times[name]):.1f} ms ({statistics.median(faults[name]):.0f} faults, "
-                  f"sys {median_ms(system[name]):.0f} ms)" for name in allocation}
-    say(f"output memory alone (.fill_(1), no arithmetic): torch.empty(({batch}, ...)) {text['empty_batched']}; "
-        f"{batch} x torch.empty(shape) {text['empty_separate']}; refilling an existing ({batch}, ...) buffer "
-        f"{text['refill']}")
-    buffer = None
-    say()
+        # What the output memory alone costs, before any arithmetic.
+        allocation = {
+            "empty_batched": lambda: torch.empty((batch, *shape)).fill_(1.0),
+            "empty_separate": lambda: [torch.empty(shape).fill_(1.0) for _ in range(batch)],
+            "refill": lambda: buffer.fill_(1.0),
+        }
+        times, faults, system, _ = interleaved_with_faults(allocation, args.batch_repeats, args.warmup)
+        text = {name: f"{median_ms(times[name]):.1f} ms ({statistics.median(faults[name]):.0f} faults, "
+                      f"sys {median_ms(system[name]):.0f} ms)" for name in allocation}
+        say(f"output memory alone (.fill_(1), no arithmetic): torch.empty(({batch}, ...)) {text['empty_batched']}; "
+            f"{batch} x torch.empty(shape) {text['empty_separate']}; refilling an existing ({batch}, ...) buffer "
+            f"{text['refill']}")
+        buffer = None
+        say()
     say("fused_available: " + ", ".join(f"{s}={fused_available(s)}" for s in args.sequences))
     try:
         from torch._dynamo.utils import counters
 
-        say(f"dynamo graphs compiled in this run: {counters['stats'].get('unique_graphs', 'n/a')} (per sequence "
-            f"4 expected: one protocol signed (run_kernel) and magnitude (simulate), a batch in blocks, a batch as one "
-            f"whole-volume block; more would mean recompilation)")
+        say(f"dynamo graphs compiled in this run: {counters['stats'].get('unique_graphs', 'n/a')} (per sequence 3: "
+            f"the signed signal of a volume (run_kernel), the magnitude of a volume and of a batch (simulate); more "
+            f"would mean recompilation)")
     except Exception:  # counters are private API; their absence only loses this line
         pass
     return 0
+
+
+def load_nitorch_generators(path: str):
+    """NITorch's qMRI sequence generators, imported from a source tree given on the command line."""
+    root = os.path.abspath(path)
+    if os.path.basename(root) == "nitorch" and os.path.isfile(os.path.join(root, "__init__.py")):
+        root = os.path.dirname(root)
+    if not os.path.isfile(os.path.join(root, "nitorch", "tools", "qmri", "generators", "__init__.py")):
+        raise SystemExit(f"--nitorch {path}: no nitorch/tools/qmri/generators inside; give the folder that holds the "
+                         f"nitorch package")
+    os.environ.setdefault("NI_CHECK_BACKEND", "0")  # its start-up warning about the non-compiled backend
+    sys.path.insert(0, root)
+    try:
+        from nitorch.tools.qmri import generators
+    except ImportError as error:
+        raise SystemExit(f"--nitorch {path}: importing NITorch failed ({error}); it needs numpy, scipy and "
+                         f"torch-interpol")
+    return generators
+
+
+def nitorch_calls(generators, maps: dict) -> dict:
+    """One call per sequence of NITorch's generator with ``TYPICAL_PROTOCOLS`` (R2* standing in for R2, as in
+    ``simulate``; NITorch takes flip angles in degrees and an integer train length)."""
+    import math
+
+    from mri_ssl.physics.protocols import TYPICAL_PROTOCOLS as typical
+
+    pd, r1, r2s, mt = maps["pd"], maps["r1"], maps["r2s"], maps["mt"]
+    fse, gre, flair, mprage = typical["fse"], typical["gre"], typical["flair"], typical["mprage"]
+    return {
+        "fse": lambda: generators.fse(pd, r1, r2s, tr=fse["tr"], te=fse["te"]),
+        "gre": lambda: generators.spgr(pd, r1, r2s, mt, tr=gre["tr"], te=gre["te"],
+                                       fa=math.degrees(gre["flip_angle"])),
+        "flair": lambda: generators.flair(pd, r1, r2s, tr=flair["tr"], te=flair["te"], ti=flair["ti"]),
+        "mprage": lambda: generators.mprage(pd, r1, r2s, tr=mprage["tr"], ti=mprage["ti"], tx=mprage["tx"],
+                                            te=mprage["te"], fa=math.degrees(mprage["flip_angle"]),
+                                            n=int(mprage["n"]), eff=mprage["inversion_efficiency"]),
+    }
+
+
+def nitorch_table(args: argparse.Namespace, maps: dict, shape: tuple) -> None:
+    """The side-by-side table against NITorch: medians of interleaved rounds, ratios, largest relative difference."""
+    from mri_ssl.physics.protocols import TYPICAL_PROTOCOLS
+    from mri_ssl.physics.simulate import simulate
+
+    generators = load_nitorch_generators(args.nitorch)
+    calls = nitorch_calls(generators, maps)
+    variants, first_fused_s, differences = {}, {}, {}
+    for sequence in args.sequences:
+        protocol = TYPICAL_PROTOCOLS[sequence]
+        variants[f"{sequence}/nitorch"] = calls[sequence]
+        variants[f"{sequence}/eager"] = lambda sequence=sequence, protocol=protocol: simulate(
+            maps, sequence, protocol, fused=False)
+        variants[f"{sequence}/fused"] = lambda sequence=sequence, protocol=protocol: simulate(
+            maps, sequence, protocol, fused=True, validate=False)
+        reference, eager = calls[sequence]().abs(), variants[f"{sequence}/eager"]()
+        first_fused_s[sequence], fused = timed(variants[f"{sequence}/fused"])
+        differences[sequence] = (relative_error(eager, reference), relative_error(fused, eager))
+        del reference, eager, fused
+    load_before = os.getloadavg()
+    times, faults, _, _ = interleaved_with_faults(variants, args.repeats, args.warmup)
+    load_after = os.getloadavg()
+    medians = {name: median_ms(values) for name, values in times.items()}
+    fault_medians = {name: statistics.median(values) for name, values in faults.items()}
+    say(f"against NITorch ({os.path.abspath(args.nitorch)}): TYPICAL_PROTOCOLS, median ms over {args.repeats} "
+        f"interleaved rounds (nitorch, eager, fused per sequence in turn); load average before "
+        f"{load_before[0]:.2f}, after {load_after[0]:.2f} (1 min)")
+    say("  nitorch = its generator (fse, spgr, flair, mprage); eager = simulate(maps, seq, protocol, fused=False), "
+        "the default call with validation; fused = simulate(..., fused=True, validate=False), the training-loop call")
+    header = (f"{'sequence':8s} {'nitorch':>8s} {'eager':>8s} {'fused':>8s} {'nitorch/':>8s} {'':4s} "
+              f"{'nitorch/':>8s} {'':4s} {'compile':>7s} {'rel.diff':>8s} {'fused vs':>8s} "
+              f"{'page faults per call':>22s}")
+    units = (f"{'':8s} {'ms':>8s} {'ms':>8s} {'ms':>8s} {'eager':>8s} {'':4s} {'fused':>8s} {'':4s} {'s':>7s} "
+             f"{'nitorch':>8s} {'eager':>8s} {'nitorch':>8s} {'eager':>6s} {'fused':>6s}")
+    say(header)
+    say(units)
+    say("-" * len(header))
+    totals = {"nitorch": 0.0, "eager": 0.0, "fused": 0.0}
+    for sequence in args.sequences:
+        row = {variant: medians[f"{sequence}/{variant}"] for variant in totals}
+        for variant in totals:
+            totals[variant] += row[variant]
+        eager_ratio = round(row["nitorch"] / row["eager"], 2)  # verdicts agree with the printed figures
+        fused_ratio = round(row["nitorch"] / row["fused"], 1)
+        say(f"{sequence:8s} {row['nitorch']:8.1f} {row['eager']:8.1f} {row['fused']:8.1f} {eager_ratio:7.2f}x "
+            f"{'PASS' if eager_ratio >= NITORCH_EAGER_GOAL else 'MISS':4s} {fused_ratio:7.1f}x "
+            f"{'PASS' if fused_ratio >= NITORCH_FUSED_GOAL else 'MISS':4s} "
+            f"{first_fused_s[sequence] - row['fused'] / 1e3:7.1f} {differences[sequence][0]:8.1e} "
+            f"{differences[sequence][1]:8.1e} {fault_medians[sequence + '/nitorch']:8.0f} "
+            f"{fault_medians[sequence + '/eager']:6.0f} {fault_medians[sequence + '/fused']:6.0f}")
+    say(f"{'all':8s} {totals['nitorch']:8.1f} {totals['eager']:8.1f} {totals['fused']:8.1f} "
+        f"{totals['nitorch'] / totals['eager']:7.2f}x {'':4s} {totals['nitorch'] / totals['fused']:7.1f}x")
+    say(f"goals: nitorch/eager >= {NITORCH_EAGER_GOAL:g}x, nitorch/fused >= {NITORCH_FUSED_GOAL:g}x; compile = first "
+        f"fused call minus the median ({'on-disk' if args.warm_cache else 'fresh'} inductor cache); rel.diff "
+        f"nitorch = max|eager - |nitorch|| / max|nitorch| (NITorch's FLAIR is signed, so its magnitude is compared; "
+        f"its MPRAGE samples the echo one pulse before the k-space centre, which makes a difference of order 1e-3); "
+        f"page faults = minor faults per call (median): a fresh {shape[0]}x{shape[1]}x{shape[2]} float32 buffer that "
+        f"glibc does not recycle costs about {voxels_of(shape) * 4 // 4096} faults, the kernel zeroing every page")
+    say()
+
+
+def voxels_of(shape) -> int:
+    return shape[0] * shape[1] * shape[2]
 
 
 def denormal_fraction(values) -> float:

@@ -3,16 +3,21 @@
 Everything the toolkit writes for a user (images, checkpoints, reports) goes through ``atomic_output``: the data are
 written to a temporary file in the destination folder (same file system, so the final rename is atomic), flushed and
 fsynced, then ``os.replace``d onto the final name. On any error the temporary file is removed and the final name is
-left as it was, so an older result is never lost to a failed write.
+left as it was, so an older result is never lost to a failed write. A failure of the file system (disk full, no
+permission, read-only) is raised as ``mri_ssl.errors.WriteError`` naming the file and the cause, also when a library
+wrapped the ``OSError`` in another exception (``torch.save`` raises ``RuntimeError: [enforce fail ...]``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from mri_ssl.errors import InputError, WriteError
 
 
 def _suffixes(path: Path) -> str:
@@ -30,11 +35,14 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
             nib.save(image, tmp)
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        prefix=f".{final.name.split('.')[0]}.", suffix=f".partial{_suffixes(final)}", dir=final.parent
-    )
-    os.close(handle)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(
+            prefix=f".{final.name.split('.')[0]}.", suffix=f".partial{_suffixes(final)}", dir=final.parent
+        )
+        os.close(handle)
+    except OSError as error:
+        raise write_error(final, error) from error
     temporary = Path(temporary)
     try:
         yield temporary
@@ -42,10 +50,42 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(stream.fileno())
         os.replace(temporary, final)
         _fsync_directory(final.parent)  # make the rename itself durable, not only the file's bytes
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as error:
+        with contextlib.suppress(OSError):
             temporary.unlink()
+        cause = _os_error_behind(error)
+        if cause is not None:
+            raise write_error(final, cause, temporary) from error
         raise
+
+
+def _os_error_behind(error: BaseException) -> OSError | None:
+    """The ``OSError`` that caused ``error`` (itself, or one a library wrapped it around), or None.
+
+    Errors of the toolkit's own (an ``InputError`` raised while the data were produced, a ``WriteError`` already
+    naming its file) are left as they are.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (InputError, WriteError)):
+            return None
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def write_error(target: Path, error: OSError, temporary: Path | None = None) -> WriteError:
+    """A ``WriteError`` for ``target`` that says what the file system refused, e.g. ``no space left on device
+    (ENOSPC)``, and that the file under the final name (if any) was left unchanged."""
+    code = error.errno
+    cause = f"{os.strerror(code).lower()} ({errno.errorcode.get(code, code)})" if code else str(error)
+    other = error.filename
+    if other is not None and str(other) not in (str(target), str(temporary)):
+        cause += f" on {other}"  # e.g. a source file read while the output was written
+    state = "the previous file is unchanged" if target.exists() else "nothing was written"
+    return WriteError(target, f"cannot write: {cause}; {state}", code)
 
 
 def _fsync_directory(folder: Path) -> None:

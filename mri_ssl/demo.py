@@ -26,11 +26,11 @@ from mri_ssl.data.demo_data import write_phantom_files
 from mri_ssl.data.nifti import save_json, save_nifti
 from mri_ssl.errors import InputError
 from mri_ssl.experiments import collect, load_grid, run_grid, write_tables
-from mri_ssl.experiments.figures import plot_metric_bars, plot_segmentation_overlays
+from mri_ssl.experiments.figures import plot_learning_curves, plot_metric_bars, plot_segmentation_overlays
 from mri_ssl.experiments.memory import ProcessTreeMemory
 from mri_ssl.experiments.grid import Grid, expand_placeholders
-from mri_ssl.experiments.runner import STATUS_OK, require_trusted
-from mri_ssl.experiments.tables import format_plain_tables
+from mri_ssl.experiments.runner import STATUS_OK, failure_report, require_trusted
+from mri_ssl.experiments.tables import format_plain_tables, probe_markdown
 from mri_ssl.physics.phantom import TISSUE_CLASSES, mni152_phantom, mprage_fidelity
 from mri_ssl.physics.protocols import SEQUENCES, TYPICAL_PROTOCOLS, protocol_item, sample_protocol
 from mri_ssl.physics.simulate import simulate
@@ -211,12 +211,15 @@ def draw_figures(grid: Grid, results, records, out_dir: Path) -> list[str]:
     bars = plot_metric_bars(records, grid, out_dir / "figures" / "metrics.png")
     if bars:
         figures.append(str(bars.relative_to(out_dir)))
+    curves = plot_learning_curves(results, grid, out_dir / "figures" / "learning_curves.png")
+    if curves:
+        figures.append(str(curves.relative_to(out_dir)))
     for spec in grid.downstream:
         data_dir = spec.overrides.get("demo_data_dir")
         writes_label_maps = bool(spec.inference) or spec.overrides.get("save_predictions") is True
         if not writes_label_maps or not data_dir or spec.bundle_dir.name != "mri_segmentation":
             continue
-        datalist = Path(expand_placeholders(data_dir, {"out_dir": out_dir.resolve()})) / "datalist.json"
+        datalist = Path(expand_placeholders(data_dir, {"out_dir": out_dir})) / "datalist.json"
         if datalist.is_file():
             path = plot_segmentation_overlays(results, grid, spec.name, datalist,
                                               out_dir / "figures" / f"{spec.name}_overlays.png")
@@ -248,7 +251,7 @@ def run_demo(
     share of the CPU threads. ``peak_memory_gb`` is the largest summed resident memory of the demo and its runs.
     """
     started = time.perf_counter()
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()  # bundle runs work in their own folders: hand them absolute paths
     grid = None if simulation_only else load_demo_grid(grid_path, bundles_dir, seeds)  # check it before any work
     if grid is not None and not trust_bundles:
         require_trusted(grid)
@@ -271,9 +274,11 @@ def run_demo(
                 "reused_runs": sum(r.cached for r in results),
                 "runs": len(results), "finished": sum(r.status == STATUS_OK for r in results),
                 "failed": [r.run.label for r in results if r.status != STATUS_OK],
+                "failure_report": failure_report(results, out_dir / "runs.csv"),
                 "results_markdown": str(tables["markdown"].relative_to(out_dir)),
                 "results_csv": str(tables["csv"].relative_to(out_dir)), "figures": figures,
                 "table": format_plain_tables(records, grid),
+                "probe_table": probe_markdown(results, grid),
             }
     summary["seconds"] = round(time.perf_counter() - started, 2)
     summary["peak_memory_gb"] = memory.peak_gb
@@ -286,9 +291,12 @@ def format_summary(summary: dict) -> str:
     lines = [format_simulation_summary(summary)]
     experiment = summary.get("experiment")
     if experiment:
-        lines += ["", experiment["table"]]
         if experiment["failed"]:
-            lines.append(f"runs that did not finish: {', '.join(experiment['failed'])} (see runs.csv)")
+            lines += ["", f"INCOMPLETE RESULTS: {len(experiment['failed'])} of {experiment['runs']} runs did not "
+                          "finish; cells marked 'failed' or 'n/a' have no number, and the others cover fewer runs"]
+        lines += ["", experiment["table"] or "(no finished run: nothing to tabulate)"]
+        if experiment.get("probe_table"):
+            lines += ["", experiment["probe_table"]]
         lines.append(f"results: {experiment['results_markdown']}, {experiment['results_csv']}; figures: "
                      f"{', '.join(experiment['figures'] + [summary['montage']])}")
     stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in summary["stage_seconds"].items())
@@ -297,4 +305,5 @@ def format_summary(summary: dict) -> str:
         lines.append(f"bundle runs: {experiment['runs'] - experiment['reused_runs']} run, {experiment['reused_runs']} "
                      f"reused, {experiment['cpu_seconds_of_new_runs'] / 60:.1f} CPU-minutes, {experiment['jobs']} at "
                      f"once")
+        lines += experiment.get("failure_report", [])  # last, where a user looks: why the exit status is 1
     return "\n".join(lines)

@@ -182,7 +182,7 @@ def test_net_in_out_fails_when_the_metadata_disagrees_with_the_network(tmp_path)
 
 
 def encoder_bundle(tmp_path, torchscript):
-    """CNNEncoder3D cannot be scripted (its forward returns a tuple or a tensor); tracing works."""
+    """A bundle whose network is CNNEncoder3D (it scripts and traces)."""
     inference = copy.deepcopy(INFERENCE)
     inference["network_def"] = {"_target_": "mri_ssl.networks.CNNEncoder3D", "features": [2, 4], "dropout": 0.0}
     metadata = broken_metadata(lambda m: m["network_data_format"]["outputs"]["pred"].update(num_channels=4))

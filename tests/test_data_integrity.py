@@ -316,6 +316,7 @@ def manifest_with_problems(tmp_path):
     entries = {}
     for index in range(3):
         case = labelled(tmp_path, label, name=f"s{index}")
+        save(case["image"], volume(seed=index))  # each subject its own scan (same bytes would be a duplicate_file)
         entries[index] = {"image": case["image"].split("/")[-1], "label": case["label"].split("/")[-1],
                           "subject": f"s{index}"}
     cut = tmp_path / "s1_img.nii.gz"
@@ -323,7 +324,7 @@ def manifest_with_problems(tmp_path):
     manifest = {"labels": {"0": "background", "1": "lesion"},
                 "training": [entries[0], entries[1]],
                 "validation": [entries[2]],
-                "test": [{**entries[0], "subject": "s2"}]}  # s2 is in validation and test
+                "test": [{**entries[0], "subject": "s2"}]}  # s2 is in validation and test; s0's files in test
     path = tmp_path / "manifest.json"
     path.write_text(json.dumps(manifest))
     return path
@@ -333,9 +334,10 @@ def test_check_data_reports_every_case_and_the_split_leak(tmp_path):
     report = check_data(manifest_with_problems(tmp_path))
     assert [case.status for case in report.cases] == ["ok", "error", "ok", "ok"]
     assert [f.check for f in report.cases[1].findings] == ["complete"]
-    assert [f.check for f in report.dataset_findings] == ["split_leak"]
+    assert [f.check for f in report.dataset_findings] == ["split_leak", "duplicate_file"]
     assert "subject s2" in report.dataset_findings[0].message
-    with pytest.raises(DataIntegrityError, match=r"s2.*'validation' and the 'test' split.*1 more problem"):
+    assert "s0_img.nii.gz: listed under two splits" in report.dataset_findings[1].message
+    with pytest.raises(DataIntegrityError, match=r"s2.*'validation' and the 'test' split.*2 more problem"):
         report.raise_on_error()
     assert set(f.check for f in report.findings) <= set(CHECKS)
 
@@ -348,7 +350,7 @@ def test_check_data_command_prints_a_table_writes_json_and_exits_non_zero(tmp_pa
     assert "split_leak" in table and "s1_img.nii.gz" in table
     assert "4 cases: 3 ok, 0 with warnings, 1 with errors" in table
     report = json.loads(out.read_text())
-    assert report["summary"] == {"cases": 4, "ok": 3, "warning": 0, "error": 1, "dataset_errors": 1}
+    assert report["summary"] == {"cases": 4, "ok": 3, "warning": 0, "error": 1, "dataset_errors": 2}
     assert report["cases"][1]["findings"][0]["check"] == "complete"
 
     content = json.loads(manifest.read_text())

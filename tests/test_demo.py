@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -78,7 +79,7 @@ def test_demo_stage_one_writes_images_montage_and_fidelity(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_full_demo_on_a_tiny_grid_writes_tables_figures_and_summary(tmp_path, capsys):
+def test_full_demo_on_a_tiny_grid_writes_tables_figures_and_summary(tmp_path, capsys, monkeypatch):
     from test_experiment import TINY_DOWNSTREAM, write_grid
 
     denoising = {"name": "denoising", "bundle": "mri_denoising", "configs": ["train.json", "cpu_demo.json"],
@@ -89,9 +90,11 @@ def test_full_demo_on_a_tiny_grid_writes_tables_figures_and_summary(tmp_path, ca
     grid = yaml.safe_load(grid_path.read_text())
     grid["downstream"][0]["overrides"]["save_predictions"] = True  # the overlays' label maps, as demo.yaml does
     grid_path.write_text(yaml.safe_dump(grid))
-    out = tmp_path / "demo_out"
-    assert main(["demo", "--out", str(out), "--resolution-mm", "2", "--random-protocols", "1", "--quiet",
-                 "--grid", str(grid_path), "--jobs", "2"]) == 0
+    # As a user types it: the default output folder (relative) and a relative grid path, from the current folder.
+    monkeypatch.chdir(tmp_path)
+    out = Path("demo_out")
+    assert main(["demo", "--resolution-mm", "2", "--random-protocols", "1", "--quiet",
+                 "--grid", str(Path("grid") / "grid.yaml"), "--jobs", "2"]) == 0
     printed = capsys.readouterr().out
     assert "Pearson r" in printed and "tissue: dice_mean" in printed and "denoising: psnr_db" in printed
     assert "Random init" in printed and "SeqInv" in printed and "peak memory" in printed
@@ -104,7 +107,8 @@ def test_full_demo_on_a_tiny_grid_writes_tables_figures_and_summary(tmp_path, ca
     for figure in experiment["figures"] + ["montage.png"]:
         png = (out / figure).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000, figure
-    assert sorted(experiment["figures"]) == ["figures/metrics.png", "figures/tissue_overlays.png"]
+    assert sorted(experiment["figures"]) == ["figures/learning_curves.png", "figures/metrics.png",
+                                             "figures/tissue_overlays.png"]
     assert (out / "grid.yaml").read_text() == grid_path.read_text()  # the configuration used
 
     # The Markdown table holds the numbers the runs' own evaluation reports computed.
@@ -119,3 +123,23 @@ def test_full_demo_on_a_tiny_grid_writes_tables_figures_and_summary(tmp_path, ca
     predictions = sorted((Path(runs["tissue-random-frac1-seed0"]["folder"]) / "predictions").rglob("*_seg.nii.gz"))
     test_images = json.loads((out / "data" / "downstream" / "datalist.json").read_text())["test"]
     assert len(predictions) == len(test_images)
+
+
+def test_demo_with_a_failed_run_exits_1_and_says_why_last(tmp_path, capsys, monkeypatch):
+    from test_experiment import write_grid
+
+    grid_path = write_grid(tmp_path / "grid", modes=("random",))
+    grid = yaml.safe_load(grid_path.read_text())
+    grid["downstream"][0]["overrides"]["dataset_dir"] = "no_such_manifest.json"  # relative: from the current folder
+    grid_path.write_text(yaml.safe_dump(grid))
+    monkeypatch.chdir(tmp_path)
+    bundles = os.path.relpath(Path(__file__).resolve().parents[1] / "bundles")  # relative, from the current folder
+    assert main(["demo", "--resolution-mm", "4", "--random-protocols", "1", "--quiet",
+                 "--grid", str(Path("grid") / "grid.yaml"), "--bundles-dir", bundles]) == 1
+    printed = capsys.readouterr().out
+    assert "INCOMPLETE RESULTS: 1 of 1 runs did not finish" in printed
+    closing = printed.strip().splitlines()[-4:]
+    assert closing[0].startswith("1 of 1 runs did not finish (1 failed, 0 skipped): tissue-random-frac1-seed0")
+    assert str(tmp_path.resolve() / "no_such_manifest.json") in closing[1]
+    assert closing[2].startswith("its log: ") and closing[2].endswith("train.log")
+    assert "Incomplete" in (Path("demo_out") / "results.md").read_text()

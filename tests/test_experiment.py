@@ -20,7 +20,8 @@ BUNDLES = REPO / "bundles"
 TINY_ENCODER = {"features": [4, 8, 8, 8], "dropout": 0.1}
 TINY_PRETRAIN = {**TINY_ENCODER, "demo_resolution_mm": 4.0, "demo_subjects": 4, "demo_validation_subjects": 2,
                  "reconstruction_channels": [8, 8, 4], "projection_hidden": 16, "projection_dim": 8,
-                 "crop_size": [16, 16, 16], "batch_size": 2, "num_epochs": 1, "epoch_length": 2}
+                 "crop_size": [16, 16, 16], "batch_size": 2, "num_epochs": 1, "epoch_length": 2,
+                 "val_interval": 1}  # validate once: the probe picks encoder_best.pt, which the downstream runs load
 TINY_DOWNSTREAM = {**TINY_ENCODER, "demo_resolution_mm": 4.0, "demo_subjects": 4, "demo_validation_subjects": 1,
                    "demo_test_subjects": 1, "decoder_features": [8, 8, 8, 4, 4], "patch_size": [16, 16, 16],
                    "batch_size": 2, "num_epochs": 1, "epoch_length": 2, "sw_batch_size": 8, "val_interval": 1}
@@ -86,7 +87,8 @@ def test_hash_follows_what_decides_a_result(tmp_path):
     ({"modes": ["simclr"]}, "modes"),
     ({"label_fractions": [0.0]}, "label_fractions"),
     ({"overrides": {"seed": 3}}, "experiment runner sets"),
-    ({"downstream": []}, "no dataset"),
+    ({"downstream": [], "modes": ["random"]}, "no dataset"),
+    ({"downstream": {"name": "tissue"}}, "must be a list"),
 ])
 def test_bad_grids_are_named(tmp_path, change, message):
     path = write_grid(tmp_path)
@@ -95,6 +97,15 @@ def test_bad_grids_are_named(tmp_path, change, message):
     path.write_text(yaml.safe_dump(content))
     with pytest.raises(InputError, match=message):
         load_grid(path)
+
+
+def test_a_grid_without_downstream_runs_only_pretraining(tmp_path):
+    path = write_grid(tmp_path)
+    content = yaml.safe_load(path.read_text())
+    content["downstream"] = []
+    path.write_text(yaml.safe_dump(content))
+    runs = expand_runs(load_grid(path))
+    assert runs and all(run.kind == "pretrain" for run in runs)
 
 
 def test_missing_config_file_is_named(tmp_path):
@@ -167,13 +178,20 @@ def test_domain_rule():
 
 
 @pytest.mark.slow
-def test_tiny_grid_runs_skips_finished_runs_and_reports_a_failure(tmp_path, capsys):
+def test_tiny_grid_runs_skips_finished_runs_and_reports_a_failure(tmp_path, capsys, monkeypatch):
     broken = {"name": "broken", "bundle": "mri_segmentation", "configs": ["train.json", "cpu_demo.json"],
               "evaluate": ["evaluate.json"], "metrics": {"dice_mean": "higher"},
               "overrides": {**TINY_DOWNSTREAM, "dataset_dir": "{out_dir}/no_such_manifest.json"}}
-    grid_path = write_grid(tmp_path / "grid", extra_downstream=[broken])
-    out = tmp_path / "out"
+    write_grid(tmp_path / "grid", extra_downstream=[broken])
+    # As a user types it: relative grid and output paths, from the folder that holds them.
+    monkeypatch.chdir(tmp_path)
+    grid_path, out = Path("grid") / "grid.yaml", Path("out")
     assert main(["experiment", str(grid_path), "--out", str(out), "--quiet"]) == 1  # a run failed
+    closing = capsys.readouterr().out.strip().splitlines()[-4:]
+    assert closing[0].startswith("2 of 5 runs did not finish (2 failed, 0 skipped)")
+    assert closing[1].startswith("first failure: broken-random-frac1-seed0: ") and "no_such_manifest" in closing[1]
+    assert closing[2].startswith("its log: ") and Path(closing[2].split(": ", 1)[1]).is_file()
+    assert closing[3] == f"every run's status: {out / 'runs.csv'}"
 
     runs = {row["label"]: row for row in _csv_rows(out / "runs.csv")}
     assert {label: row["status"] for label, row in runs.items()} == {
@@ -189,13 +207,13 @@ def test_tiny_grid_runs_skips_finished_runs_and_reports_a_failure(tmp_path, caps
 
     table = (out / "results.md").read_text()
     assert "tissue: dice_mean" in table and "phantom [T1w]" in table and "mni152 [T1w]" in table
+    assert "**Incomplete: 2 of 5 runs did not finish**" in table.splitlines()[2]
     broken_section = table.split("broken: dice_mean")[1]
     assert "No finished runs" in broken_section
     assert "broken-seqinv-frac1-seed0 | failed" in table
     records = [r for r in _csv_rows(out / "results.csv") if r["task"] == "tissue" and r["metric"] == "dice_mean"]
     assert records and all(0.0 <= float(r["mean"]) <= 1.0 for r in records)
-    printed = capsys.readouterr().out
-    assert "tissue: dice_mean" in printed
+    assert "tissue: dice_mean" in (out / "results.md").read_text()
 
     # Second run: the finished runs are reused (same hash), the failed ones are tried again and fail again.
     before = {label: (Path(row["folder"]) / "result.json").stat().st_mtime_ns for label, row in runs.items()
@@ -206,6 +224,21 @@ def test_tiny_grid_runs_skips_finished_runs_and_reports_a_failure(tmp_path, caps
         assert again[label]["cached"] == "True"
         assert (Path(again[label]["folder"]) / "result.json").stat().st_mtime_ns == mtime
     assert again["broken-random-frac1-seed0"]["cached"] == "False"
+
+
+def test_relative_paths_in_grid_overrides_are_taken_from_the_current_folder(tmp_path, monkeypatch):
+    grid_path = write_grid(tmp_path / "grid")
+    grid = yaml.safe_load(grid_path.read_text())
+    grid["downstream"][0]["overrides"].update(dataset_dir="data_manifests/ixi.json", text_model_dir="~/bert",
+                                              encoder_file="$@x", label_path="")
+    grid_path.write_text(yaml.safe_dump(grid))
+    monkeypatch.chdir(tmp_path)
+    overrides = load_grid(Path("grid") / "grid.yaml").downstream[0].overrides
+    assert overrides["dataset_dir"] == str(tmp_path.resolve() / "data_manifests" / "ixi.json")
+    assert overrides["text_model_dir"] == str(Path("~/bert").expanduser())
+    assert overrides["demo_data_dir"] == "{out_dir}/data/downstream"  # resolved when the run starts
+    assert overrides["encoder_file"] == "$@x" and overrides["label_path"] == ""
+    assert overrides["patch_size"] == [16, 16, 16]  # not a path: untouched
 
 
 def test_downstream_of_a_failed_pretraining_is_skipped(tmp_path):

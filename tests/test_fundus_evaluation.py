@@ -1,5 +1,5 @@
-"""The fundus evaluation as a MONAI evaluator (FundusEvaluationReport, CAMOverlayWriter) gives exactly what the plain
-functions give: one scorer serves both."""
+"""The fundus evaluation as a MONAI evaluator (FundusEvaluationReport, CAMOverlayWriter) gives what the plain
+functions give (up to float rounding between batchings): one scorer serves both."""
 
 import csv
 import json
@@ -17,6 +17,7 @@ from mri_ssl.engines.fundus_evaluation import (
 )
 from mri_ssl.engines.heatmaps import CAMOverlayWriter
 from mri_ssl.networks import CAMClassifier
+from tolerance import assert_close_tree, csv_rows
 
 
 def cases():
@@ -41,9 +42,11 @@ def test_evaluator_report_equals_the_function(tmp_path):
     evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=loader,
                                     network=network, inferer=CAMInferer(), val_handlers=[report], decollate=True)
     evaluator.run()
-    assert report.summary == expected
-    assert json.loads((tmp_path / "evaluator" / "summary.json").read_text()) == expected
-    assert (tmp_path / "evaluator" / "per_case.csv").read_text() == (tmp_path / "function" / "per_case.csv").read_text()
+    # Batches of 2 here, another batching in the function: the same numbers up to float rounding.
+    assert_close_tree(report.summary, expected)
+    assert_close_tree(json.loads((tmp_path / "evaluator" / "summary.json").read_text()), expected)
+    assert_close_tree(csv_rows(tmp_path / "evaluator" / "per_case.csv"),
+                      csv_rows(tmp_path / "function" / "per_case.csv"))
     assert expected["cases"] == 6 and expected["localised_cases"] == 3
     assert evaluator.state.metrics["roc_auc"] == pytest.approx(expected["roc_auc"])
 

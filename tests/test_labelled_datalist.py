@@ -21,12 +21,15 @@ def save(path, data, affine=AFFINE):
 
 def labelled_case(tmp_path, label=None, label_affine=AFFINE, shape=(6, 5, 4)):
     image = save(tmp_path / "img.nii.gz", np.random.default_rng(0).random(shape))
+    other_image = save(tmp_path / "img2.nii.gz", np.random.default_rng(1).random(shape))
     label = np.zeros(shape) if label is None else label
     label_name = save(tmp_path / "lab.nii.gz", label, label_affine)
     datalist = tmp_path / "datalist.json"
     entry = {"image": image, "label": label_name, "subject": "s1"}
-    # The same files stand in for a second subject: one subject in two splits would be a split leak.
-    datalist.write_text(json.dumps({"training": [entry], "validation": [{**entry, "subject": "s2"}]}))
+    # A second subject with its own image (one subject, or one image, in two splits would be a leak); the label map
+    # may be shared (label maps are not compared: an empty mask or a shared atlas is legitimately identical).
+    datalist.write_text(json.dumps({"training": [entry],
+                                    "validation": [{**entry, "image": other_image, "subject": "s2"}]}))
     return datalist
 
 
@@ -90,7 +93,7 @@ def test_images_only_for_denoising(tmp_path):
 def test_inference_inputs_from_a_folder_or_the_datalist(tmp_path):
     datalist = labelled_case(tmp_path)
     (tmp_path / "notes.txt").write_text("not an image")
-    expected = [str(tmp_path / name) for name in ("img.nii.gz", "lab.nii.gz")]
+    expected = [str(tmp_path / name) for name in ("img.nii.gz", "img2.nii.gz", "lab.nii.gz")]
     assert [item["image"] for item in inference_inputs(tmp_path)] == expected
     assert inference_inputs("", datalist, split="training") == [{"image": str(tmp_path / "img.nii.gz")}]
     with pytest.raises(InputError, match="input folder not found"):

@@ -241,3 +241,19 @@ def test_psnr_rejects_bad_input():
         psnr_db(reference, np.ones_like(reference))
     with pytest.raises(InputError, match="NaN"):
         psnr_db(np.full_like(reference, np.nan), reference)
+
+
+def test_denoising_report_scores_the_gain_over_the_noisy_input(tmp_path):
+    from mri_ssl.engines.reports import DenoisingReport
+
+    clean = torch.linspace(-1.0, 3.0, 1000).reshape(1, 10, 10, 10)  # data range 4
+    noise = 0.2 * torch.from_numpy(np.random.default_rng(0).choice([-1.0, 1.0], size=(1, 10, 10, 10))).float()
+    report = DenoisingReport(tmp_path)
+    item = {"image": clean + noise, "clean": clean}
+    perfect = report.score(item, noise)  # predicts the noise exactly: gain is everything
+    nothing = report.score(item, torch.zeros_like(noise))  # predicts no noise: the noisy input, 0 dB gained
+    half = report.score(item, noise / 2)  # removes half the noise: error halves, +20 log10(2) dB
+    assert nothing["noisy_psnr_db"] == pytest.approx(20 * math.log10(4.0 / 0.2), rel=1e-5)
+    assert nothing["psnr_gain_db"] == pytest.approx(0.0, abs=1e-6)
+    assert half["psnr_gain_db"] == pytest.approx(20 * math.log10(2.0), rel=1e-4)
+    assert perfect["psnr_gain_db"] > 100

@@ -29,6 +29,8 @@ TINY = {
     "batch_size": 2,
     "num_epochs": 2,
     "epoch_length": 2,
+    "val_interval": 1,
+    "probe_crops_per_subject": 4,
     "num_workers": 0,
     "progress_bar": False,
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 
 import pytest
@@ -290,7 +291,7 @@ def test_failure_inside_the_compiled_call_falls_back(make_maps, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# out= and the blocked loop order of batched protocols
+# out=
 
 
 @pytest.mark.parametrize("use_fused", [False, True], ids=["eager", "fused"])
@@ -336,37 +337,6 @@ def test_wrong_out_is_named_before_any_work(make_maps, monkeypatch):
     assert calls == []
 
 
-@pytest.mark.parametrize("sequence", ["fse", "mprage"])
-def test_blocked_order_with_a_remainder_equals_a_loop(sequence, make_maps, monkeypatch):
-    """Blocks of 7 voxels over 60: eight whole blocks plus a remainder of 4, each written for all protocols."""
-    monkeypatch.delenv(fused.DISABLE_ENV, raising=False)
-    monkeypatch.setattr(fused, "CPU_CHUNK_VOXELS", 7)
-    maps = make_maps((3, 4, 5), dtype=torch.float32, with_mt=True)
-    maps["b1"] = torch.linspace(0.5, 1.5, 60).reshape(3, 4, 5)  # a b1 map is blocked like the other maps
-    protocol = sample_protocol(sequence, 5, generator=torch.Generator().manual_seed(8))
-    out = torch.full((5, 3, 4, 5), float("nan"))
-    simulate(maps, sequence, protocol, fused=True, out=out)
-    for b in range(5):
-        single = simulate(maps, sequence, protocol_item(protocol, b), fused=False)
-        assert _relative_difference(out[b], single) <= 1e-5, (sequence, b)
-
-
-def test_block_views_cover_every_voxel_once():
-    """The views the blocked loop writes through tile the output exactly, voxel for voxel with the map views."""
-    out = torch.zeros(3, 2, 5, 7)
-    maps = torch.arange(70.0).reshape(2, 5, 7)
-    protocol = torch.arange(3.0).reshape(3, 1, 1, 1)
-    parts = fused._blocked_views(out, (maps, protocol, torch.tensor(2.0)), 16)
-    assert [tuple(view.shape) for view, _ in parts] == [(4, 3, 16), (1, 3, 6)]
-    for view, (map_view, protocol_view, scalar) in parts:
-        assert tuple(protocol_view.shape) == (1, 3, 1) and scalar.ndim == 0
-        view += map_view + 1000 * protocol_view  # through the views into out
-    # Every voxel written once, with its own map value, in the plane of its own protocol.
-    assert torch.equal(out, maps + 1000 * protocol)
-    # Layouts the blocked order does not cover fall back to one broadcast call.
-    assert fused._blocked_views(torch.zeros(3, 2, 5, 7), (torch.zeros(3, 2, 5, 7), protocol), 16) is None
-
-
 def test_fused_autograd_path_matches_eager_gradients(make_maps, monkeypatch):
     """With maps that require grad, the fused path returns a fresh differentiable image (no out buffer)."""
     monkeypatch.delenv(fused.DISABLE_ENV, raising=False)
@@ -379,3 +349,143 @@ def test_fused_autograd_path_matches_eager_gradients(make_maps, monkeypatch):
         image.sum().backward()
         grads.append(pd.grad)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The in-place eager kernels and the rule for when the compiled kernel is used
+
+
+def _reference_signal(sequence, maps, protocol, b1):
+    """The signed signal written out with math, voxel by voxel (independent of both kernel families)."""
+    p = {k: float(v) for k, v in protocol.items()}
+    values = []
+    for pd, r1, r2s, mt, gain in zip(*(maps[k].flatten().tolist() for k in ("pd", "r1", "r2s", "mt")),
+                                     b1.flatten().tolist()):
+        r2 = r2s  # simulate() lets R2* stand in for R2 when no r2 map is given
+        if sequence == "fse":
+            s = pd * (1 - math.exp(-r1 * p["tr"])) * math.exp(-r2 * p["te"])
+        elif sequence == "flair":
+            s = pd * math.exp(-r2 * p["te"]) * (1 - 2 * math.exp(-r1 * p["ti"]) + math.exp(-r1 * p["tr"]))
+        elif sequence == "gre":
+            e1, a = math.exp(-r1 * p["tr"]), p["flip_angle"]
+            s = pd * math.sin(a) * (1 - mt) * (1 - e1) / (1 - math.cos(a) * (1 - mt) * e1) * math.exp(-r2s * p["te"])
+        else:  # MPRAGE: iterate one inversion cycle pulse by pulse until Mz before the inversion stops changing
+            n, a, eff = int(p["n"]), p["flip_angle"], p["inversion_efficiency"]
+            ta, tb = p["ti"] - n / 2 * p["tx"], p["tr"] - p["ti"] - n / 2 * p["tx"]
+            mz = 1.0
+            for _ in range(200):
+                m = 1 - (1 + eff * mz) * math.exp(-r1 * ta)  # inversion, then recovery for ta
+                for k in range(n):
+                    if k == n // 2:
+                        centre = m
+                    m = m * math.cos(a)
+                    m = 1 - (1 - m) * math.exp(-r1 * p["tx"])
+                mz = 1 - (1 - m) * math.exp(-r1 * tb)
+            s = pd * math.sin(a) * centre * math.exp(-r2s * p["te"])
+        values.append(gain * s)
+    return torch.tensor(values, dtype=F64).reshape(maps["pd"].shape)
+
+
+@pytest.mark.parametrize("sequence", SEQUENCES)
+def test_inplace_functional_and_reference_agree_and_inputs_stay_untouched(sequence, make_maps):
+    """Eager in place (no autograd), eager functional (autograd) and the formulas written out give one image."""
+    maps = make_maps((2, 3, 4), with_mt=True, seed=4)
+    maps["b1"] = torch.linspace(0.6, 1.4, 24, dtype=F64).reshape(2, 3, 4)
+    batch = sample_protocol(sequence, 3, generator=torch.Generator().manual_seed(17))
+    before = {k: v.clone() for k, v in maps.items()}
+    inplace = simulate(maps, sequence, batch, fused=False)
+    assert all(torch.equal(maps[k], before[k]) for k in maps)
+    grad_maps = {k: v.clone().requires_grad_(k == "pd") for k, v in maps.items()}
+    functional = simulate(grad_maps, sequence, batch, fused=False)
+    assert functional.requires_grad and not inplace.requires_grad
+    torch.testing.assert_close(inplace, functional.detach(), rtol=1e-12, atol=1e-14)
+    for b in range(3):
+        reference = _reference_signal(sequence, maps, protocol_item(batch, b), maps["b1"]).abs()
+        torch.testing.assert_close(inplace[b], reference, rtol=1e-9 if sequence == "mprage" else 1e-12, atol=1e-12)
+
+
+def test_inplace_kernels_leave_inputs_untouched_and_write_only_out(make_maps):
+    from mri_ssl.physics.inplace import INPLACE_KERNELS
+
+    maps = make_maps((3, 4, 5), dtype=torch.float32, with_mt=True)
+    resolved = dict(maps, r2=maps["r2s"])
+    for sequence in SEQUENCES:
+        protocol = sample_protocol(sequence, 2, generator=torch.Generator().manual_seed(3))
+        map_values = tuple(resolved[name] for name in sequences.MAP_ARGUMENTS[sequence]) + (torch.tensor(1.0),)
+        params = tuple(protocol[name] for name in sequences.PROTOCOL_ARGUMENTS[sequence])
+        map_values, params = sequences.as_protocol_batch(map_values, params)
+        *map_values, b1 = map_values
+        args = (*map_values, *params, b1)
+        copies = [a.clone() for a in args]
+        out = torch.full((2, 3, 4, 5), float("nan"))
+        returned = INPLACE_KERNELS[sequence](out, *args)
+        assert returned is out and torch.isfinite(out).all()
+        assert all(torch.equal(a, c) for a, c in zip(args, copies)), sequence
+        reference = sequences.KERNELS[sequence](*args)
+        assert _relative_difference(out, reference) <= 1e-5, sequence
+
+
+@pytest.mark.parametrize("sequence", SEQUENCES)
+def test_default_path_supports_autograd(sequence, make_maps):
+    """With maps that require grad, the default path is the functional kernel: gradients match finite differences."""
+    maps = make_maps((2, 2, 2), with_mt=True)
+    protocol = TYPICAL_PROTOCOLS[sequence]
+    names = ("pd", "r1", "r2s")
+
+    def image(pd, r1, r2s):
+        return simulate(dict(maps, pd=pd, r1=r1, r2s=r2s), sequence, protocol, validate=False)
+
+    inputs = tuple(maps[k].clone().requires_grad_(True) for k in names)
+    before = [x.detach().clone() for x in inputs]
+    assert torch.autograd.gradcheck(image, inputs)
+    assert all(torch.equal(x.detach(), b) for x, b in zip(inputs, before))
+
+
+def test_auto_rule_compiles_once_eager_time_reaches_the_budget(make_maps, monkeypatch):
+    """fused=None: eager until the sequence's eager calls have taken AUTO_COMPILE_AFTER_S, then compiled."""
+    monkeypatch.delenv(fused.DISABLE_ENV, raising=False)
+    monkeypatch.setattr(fused, "_compiled", {})
+    monkeypatch.setattr(fused, "_failed", set())
+    monkeypatch.setattr(fused, "_eager_seconds", {})
+    compiles = []
+    real_compile = torch.compile
+
+    def counting_compile(fn, **kwargs):
+        compiles.append(fn)
+        return real_compile(fn, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    maps = make_maps((3, 3, 3), dtype=torch.float32)
+    protocol = TYPICAL_PROTOCOLS["fse"]
+    expected = simulate(maps, "fse", protocol, fused=False)
+    monkeypatch.setattr(fused, "AUTO_COMPILE_AFTER_S", 3600.0)
+    for _ in range(3):
+        assert torch.equal(simulate(maps, "fse", protocol), expected)
+    assert compiles == [] and 0 < fused._eager_seconds["fse"] < 3600.0
+    monkeypatch.setattr(fused, "AUTO_COMPILE_AFTER_S", fused._eager_seconds["fse"])  # the budget is now spent
+    for _ in range(2):
+        assert _relative_difference(simulate(maps, "fse", protocol), expected) <= 1e-6
+    assert len(compiles) == 1  # compiled once, then reused
+    compiler = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if compiler:
+        assert fused.fused_available("fse")
+    # fused=False never compiles, whatever the budget says.
+    monkeypatch.setattr(fused, "AUTO_COMPILE_AFTER_S", 0.0)
+    assert torch.equal(simulate(maps, "flair", TYPICAL_PROTOCOLS["flair"], fused=False),
+                       simulate(maps, "flair", TYPICAL_PROTOCOLS["flair"], fused=False))
+    assert len(compiles) == 1
+
+
+@pytest.mark.parametrize("validate", [True, False], ids=["checked", "unchecked"])
+def test_exponent_floor_holds_on_every_eager_path(validate, make_maps):
+    """A long-TE FSE drives exp(-R2 TE) below float32's normal range: checked or not, the floor applies (no
+    denormals) and the in-place image equals the functional kernel's."""
+    maps = make_maps((4, 4, 4), dtype=torch.float32)
+    maps["r2s"] = torch.linspace(1.0, 60.0, 64).reshape(4, 4, 4)  # R2* TE up to 150
+    protocol = {"tr": 3.0, "te": 2.5}
+    image = simulate(maps, "fse", protocol, fused=False, validate=validate)
+    grad_maps = dict(maps, pd=maps["pd"].clone().requires_grad_(True))
+    functional = simulate(grad_maps, "fse", protocol, fused=False, validate=validate).detach()
+    tiny = torch.finfo(torch.float32).tiny
+    assert bool(((image == 0) | (image.abs() >= tiny)).all()) and bool((image > 0).all())
+    torch.testing.assert_close(image, functional, rtol=1e-6, atol=0.0)

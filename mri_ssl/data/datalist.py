@@ -79,7 +79,10 @@ def _demo_matches(datalist: Path, demo: str, resolution_mm: float, subjects: int
     def count(split: str) -> int:
         return len({entry.get("subject") for entry in content.get(split, [])})
 
+    from mri_ssl.data.demo_data import SUBJECT_SEEDING
+
     return (content.get("kind", "pretrain") == kind and content.get("resolution_mm") == float(resolution_mm)
+            and content.get("subject_seeding") == SUBJECT_SEEDING
             and content.get("seed") == int(seed)
             and count("training") + count("validation") + count("test") == int(subjects)
             and count("validation") == int(validation_subjects) and count("test") == int(test_subjects))

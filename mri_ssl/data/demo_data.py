@@ -42,14 +42,29 @@ def write_phantom_files(folder: str | os.PathLike, volumes: dict[str, torch.Tens
     return names
 
 
-def phantom_subject(index: int, seed: int, resolution_mm: float, deformation_mm: float
+# Every split draws its subjects from its own range of seeds, so a validation or test subject never shares a
+# deformation or tissue draw with a training subject, in the pretraining data or the downstream data.
+SPLITS = ("training", "validation", "test")
+SUBJECT_SEEDING = "per-split"  # recorded in the datalist: demo data written under an older seeding are rewritten
+_SUBJECTS_PER_SPLIT = 1_000_000
+
+
+def subject_seed(seed: int, split: str, index: int) -> int:
+    """The generator seed of subject ``index`` (0-based within ``split``) of the data written with ``seed``."""
+    if split not in SPLITS or not 0 <= int(index) < _SUBJECTS_PER_SPLIT:
+        raise InputError("subject", f"expected a split in {SPLITS} and 0 <= index < {_SUBJECTS_PER_SPLIT}, "
+                                    f"got {split!r}, {index}")
+    return (int(seed) * len(SPLITS) + SPLITS.index(split)) * _SUBJECTS_PER_SPLIT + int(index)
+
+
+def phantom_subject(index: int, seed: int, resolution_mm: float, deformation_mm: float, split: str = "training"
                     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, object]:
-    """One seeded phantom subject: ``(volumes, labels, affine)``.
+    """One seeded phantom subject, ``index`` within ``split``: ``(volumes, labels, affine)``.
 
     ``volumes`` holds the maps of ``MAP_KEYS`` and ``t1`` (the real MNI152 T1 image), all deformed alike by a smooth
     random displacement of standard deviation ``deformation_mm``; ``labels`` are ``TISSUE_CLASSES`` indices.
     """
-    generator = torch.Generator().manual_seed(int(seed) * 1000 + int(index))
+    generator = torch.Generator().manual_seed(subject_seed(seed, split, index))
     phantom = mni152_phantom(resolution_mm, generator=generator)
     displacement = smooth_displacement(tuple(phantom.labels.shape), float(resolution_mm), float(deformation_mm),
                                        generator)
@@ -90,13 +105,15 @@ def write_demo_data(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = []
+    split = int(subjects) - int(validation_subjects)
     for index in tqdm(range(int(subjects)), desc="demo subjects", unit="subject", disable=not progress):
         subject = f"sub-{index:02d}"
-        volumes, labels, affine = phantom_subject(index, seed, resolution_mm, deformation_mm)
+        split_index = (index, "training") if index < split else (index - split, "validation")
+        volumes, labels, affine = phantom_subject(split_index[0], seed, resolution_mm, deformation_mm,
+                                                  split=split_index[1])
         files = write_phantom_files(out_dir / subject, volumes, labels, affine)
         entry = {"subject": subject, **{key: f"{subject}/{name}" for key, name in files.items()}}
         entries.append(entry)
-    split = len(entries) - int(validation_subjects)
     datalist = {
         "name": "mri_ssl MNI152 qMRI phantom",
         "description": "qMRI maps (PD fraction, R1/R2/R2* in 1/s, MT fraction) built from nilearn's MNI152 2009 "
@@ -107,6 +124,7 @@ def write_demo_data(
         "resolution_mm": float(resolution_mm),
         "seed": int(seed),
         "deformation_mm": float(deformation_mm),
+        "subject_seeding": SUBJECT_SEEDING,
         "modality": {"pd": "PD", "r1": "R1", "r2": "R2", "r2s": "R2*", "mt": "MT"},
         "labels": {str(i): name for i, name in enumerate(TISSUE_CLASSES)},
         "numTraining": split,
@@ -181,7 +199,9 @@ def write_downstream_demo(
         split = "training" if index < n_training else "validation" if index < n_training + validation_subjects \
             else "test"
         subject = f"sub-{index:02d}"
-        volumes, phantom_labels, affine = phantom_subject(index, seed, resolution_mm, deformation_mm)
+        first_of_split = {"training": 0, "validation": n_training, "test": n_training + validation_subjects}[split]
+        volumes, phantom_labels, affine = phantom_subject(index - first_of_split, seed, resolution_mm,
+                                                          deformation_mm, split=split)
         maps = {key: volumes[key] for key in MAP_KEYS}
         brain = phantom_labels > 0
         generator = torch.Generator().manual_seed(int(seed) * 1000 + index + 500)
@@ -207,6 +227,7 @@ def write_downstream_demo(
         "resolution_mm": float(resolution_mm),
         "seed": int(seed),
         "deformation_mm": float(deformation_mm),
+        "subject_seeding": SUBJECT_SEEDING,
         "contrasts": {name: {"sequence": sequence, "protocol": dict(protocol)}
                       for name, (sequence, protocol) in DOWNSTREAM_CONTRASTS.items()},
         "labels": dict(TISSUE_LABELS),

@@ -25,6 +25,7 @@ offending value.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -67,6 +68,7 @@ CHECKS = {
     "physical_range": "qMRI maps in their physical range (QMRI_RANGES)",
     "entry": "a datalist entry names the files the bundle needs",
     "split_leak": "no subject in two splits",
+    "duplicate_file": "no image file (by real path or by content) under two splits (error) or two subjects (warning)",
     "constant": "(warning) an image with a single value everywhere",
     "empty_label": "(warning) a label with background only",
 }
@@ -639,7 +641,7 @@ def check_case(files: Mapping[str, str | os.PathLike], label_key: str | None = N
 
 @dataclass
 class IntegrityReport:
-    """Per-case findings plus dataset-level ones (``split_leak``, ``entry``) for one datalist."""
+    """Per-case findings plus dataset-level ones (``split_leak``, ``duplicate_file``, ``entry``) for one datalist."""
 
     datalist: str
     cases: list[CaseReport] = field(default_factory=list)
@@ -733,6 +735,60 @@ def _check_splits(content: Mapping, subject_key: str = "subject") -> list[Findin
     return []
 
 
+def _owner(case: CaseReport) -> str:
+    subject = f"subject {case.subject}" if case.subject is not None else f"entry {case.index}"
+    return f"{subject} ({case.split})"
+
+
+def _shared_file_finding(cases: Sequence[CaseReport], shown: str, how: str) -> Finding | None:
+    """A ``duplicate_file`` finding if ``cases`` (that list one file) span two splits (error) or two subjects
+    (warning), else None."""
+    owners = list(dict.fromkeys(_owner(case) for case in cases))
+    if len(owners) < 2:
+        return None
+    splits = {case.split for case in cases}
+    status = "error" if len(splits) > 1 else "warning"
+    what = "two splits (a leak between training and evaluation)" if status == "error" else "two subjects"
+    return Finding(shown, "duplicate_file", status, f"{shown}: {how} under {what}: {', '.join(owners)}",
+                   sorted(splits))
+
+
+def check_duplicate_files(work: Sequence[tuple[CaseReport, Mapping[str, str]]],
+                          skip_keys: Sequence[str] = ()) -> list[Finding]:
+    """Findings for files that appear under two splits or two subjects, by real path and by content.
+
+    ``work`` pairs each case with its files (entry key -> path). A real path listed by cases of different subjects
+    or splits is found directly; files with different paths but the same bytes (a copy, a hard link) are found by
+    sha256, computed only for files whose size equals another's. Keys in ``skip_keys`` (the label map: an empty
+    mask or a shared atlas label is legitimately identical across subjects) are not compared.
+    """
+    from mri_ssl.trust.files import sha256_file
+
+    by_path: dict[str, list[CaseReport]] = {}
+    for case, files in work:
+        for key, path in files.items():
+            if key not in skip_keys:
+                by_path.setdefault(os.path.realpath(path), []).append(case)
+    findings = [finding for path, cases in by_path.items()
+                if (finding := _shared_file_finding(cases, path, "listed"))]
+    by_size: dict[int, list[str]] = {}
+    for path in by_path:
+        with contextlib.suppress(OSError):  # a missing file is the "exists" check's finding
+            by_size.setdefault(os.path.getsize(path), []).append(path)
+    by_digest: dict[str, list[str]] = {}
+    for paths in by_size.values():
+        for path in paths if len(paths) > 1 else []:
+            with contextlib.suppress(OSError):
+                by_digest.setdefault(sha256_file(path), []).append(path)
+    for digest, paths in by_digest.items():
+        if len(paths) > 1:
+            cases = [case for path in paths for case in by_path[path]]
+            finding = _shared_file_finding(cases, " = ".join(paths), f"the same content (sha256 {digest[:12]}...)")
+            if finding:
+                findings.append(finding)
+    return findings
+
+
 def check_no_split_leak(datalist: str | os.PathLike, subject_key: str = "subject") -> None:
     """Raise ``InputError`` naming the subject and both splits if a subject of the datalist file is in two splits
     (for loaders that check their own files; ``check_data`` reports the same finding in its table). Entries
@@ -778,13 +834,16 @@ def check_data(datalist: str | os.PathLike, splits: Sequence[str] = ("training",
     if label_values is None and label_key and isinstance(content.get("labels"), Mapping):
         label_values = [int(value) for value in content["labels"]]
     report = IntegrityReport(str(datalist), dataset_findings=_check_splits(content))
+    # Relative entries are relative to the datalist's own folder, wherever the caller stands: MONAI joins them onto
+    # ``base_dir``, which must therefore be absolute (its default, the datalist's folder as given, is relative when
+    # the datalist path is, and the join below would then double it).
     base = datalist.resolve().parent
     work = []
     for split in splits:
         if not content.get(split):
             continue
         raw_entries = content[split]
-        for index, entry in enumerate(load_decathlon_datalist(datalist, data_list_key=split)):
+        for index, entry in enumerate(load_decathlon_datalist(datalist, data_list_key=split, base_dir=base)):
             missing = [key for key in require_keys or () if key not in entry]
             if missing and skip_incomplete:
                 continue
@@ -805,6 +864,7 @@ def check_data(datalist: str | os.PathLike, splits: Sequence[str] = ("training",
                                  max_bytes=max_bytes)
         case.findings.extend(findings)
         report.cases.append(case)
+    report.dataset_findings.extend(check_duplicate_files(work, skip_keys=[label_key] if label_key else []))
     if not report.cases:
         needing = f" with {list(require_keys)}" if require_keys else ""
         report.dataset_findings.append(Finding(str(datalist), "entry", "error",

@@ -7,7 +7,9 @@ with ``torch.load(weights_only=True)``, which cannot run code hidden in a pickle
 
 Released weights (the network of ``best`` / ``final`` and exported encoders) are also written as safetensors, a format
 that holds tensors and string metadata only, and loaders prefer the ``.safetensors`` file beside a ``.pt`` when it is
-present.
+present. The two files of a pair are two writes, so a kill between them can leave a new ``.pt`` beside the twin of
+an earlier save: both carry the same random ``pair_id`` (and the epoch), and a loader that finds them different
+warns and reads the ``.pt``, which is always written first and so is the newer one.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import logging
 import math
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,8 @@ LATEST, BEST, FINAL = "latest.pt", "best.pt", "final.pt"
 # Where ``resume`` looks, in order: the end of a finished run (to train further), the last epoch, the best epoch.
 RESUME_CHAIN = (FINAL, LATEST, BEST)
 ENCODER_BEST, ENCODER_FINAL = "encoder_best.pt", "encoder_final.pt"
+# The key, in a ``.pt`` payload and in its safetensors twin's metadata, of the id shared by the two files of one save.
+PAIR_ID = "pair_id"
 
 
 def as_flag(value: Any, name: str = "flag") -> bool:
@@ -48,9 +53,13 @@ def as_flag(value: Any, name: str = "flag") -> bool:
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename onto ``path``."""
-    with atomic_output(path) as temporary:
-        torch.save(payload, temporary)
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename onto ``path``.
+
+    The file is opened here, not by torch, so a failed write (disk full, no permission) surfaces as the ``OSError``
+    behind torch's ``RuntimeError`` and ``atomic_output`` turns it into a ``WriteError`` naming the file.
+    """
+    with atomic_output(path) as temporary, open(temporary, "wb") as stream:
+        torch.save(payload, stream)
     return Path(path)
 
 
@@ -79,12 +88,17 @@ def safetensors_path(path: str | os.PathLike) -> Path:
 
 def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLike,
                      metadata: dict[str, str] | None = None) -> Path:
-    """Write a state dict (and string metadata) as safetensors, atomically; tensors are made contiguous on CPU."""
-    from safetensors.torch import save_file
+    """Write a state dict (and string metadata) as safetensors, atomically; tensors are made contiguous on CPU.
+
+    The bytes are serialised in memory and written by Python, so a failed write is an ``OSError`` (a ``WriteError``
+    naming the file), not the opaque error of the safetensors writer.
+    """
+    from safetensors.torch import save
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    data = save(tensors, metadata=metadata)
     with atomic_output(path) as temporary:
-        save_file(tensors, str(temporary), metadata=metadata)
+        temporary.write_bytes(data)
     return Path(path)
 
 
@@ -102,12 +116,62 @@ def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu"
         raise InputError(path, f"cannot read safetensors ({type(error).__name__}: {error})") from error
 
 
+def new_pair_id() -> str:
+    """A fresh id for the two files (``.pt`` and ``.safetensors``) of one save."""
+    return uuid.uuid4().hex
+
+
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return dict(handle.metadata() or {})
+    except Exception as error:
+        raise InputError(path, f"cannot read safetensors ({type(error).__name__}: {error})") from error
+
+
+def _describe_save(stamp: dict) -> str:
+    return f"epoch {stamp['epoch']}" if stamp.get("epoch") is not None else f"save {stamp.get(PAIR_ID) or 'unknown'}"
+
+
+def consistent_twin(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Path | None:
+    """The safetensors twin of ``path`` if it is there and comes from the same save as ``path``, else None.
+
+    A twin alone (released weights without their ``.pt``) is used as it is. When both files are there, their
+    ``pair_id`` stamps must agree; when they differ (a save was interrupted between the two writes) a warning names
+    both files and their epochs and None is returned, so the caller reads the ``.pt``: it is written first, so it is
+    never older than its twin. Files written before the stamps existed (no id in either) are taken as a pair; a
+    ``.pt`` that cannot be read leaves the twin as the one readable file (with a warning).
+    """
+    checkpoint = Path(path)
+    twin = safetensors_path(checkpoint)
+    if not twin.is_file():
+        return None
+    if twin == checkpoint or not checkpoint.is_file():
+        return twin
+    twin_stamp = _safetensors_metadata(twin)
+    try:
+        payload = load_checkpoint(checkpoint, map_location=map_location)
+    except InputError as error:  # the twin is then the only readable file of the pair
+        logger.warning("cannot check that %s is from the same save as %s (%s); loading %s", twin, checkpoint,
+                       error.problem, twin.name)
+        return twin
+    stamp = payload if isinstance(payload, dict) else {}
+    if twin_stamp.get(PAIR_ID) == stamp.get(PAIR_ID):
+        return twin
+    logger.warning("%s (%s) and %s (%s) are not from the same save: a save was interrupted between the two files; "
+                   "loading %s, which is written first and so holds the newer weights", checkpoint,
+                   _describe_save(stamp), twin, _describe_save(twin_stamp), checkpoint.name)
+    return None
+
+
 def load_network_weights(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """The network state dict of a checkpoint: from ``X.safetensors`` when present beside ``X.pt``, else from
-    ``X.pt``'s ``network`` entry, ``X.pt`` itself when it is a plain state dict, or the ``state_dict`` of an exported
-    encoder file (all read with ``weights_only=True``)."""
-    twin = safetensors_path(path)
-    if twin.is_file():
+    """The network state dict of a checkpoint: from ``X.safetensors`` when present beside ``X.pt`` and from the same
+    save (``consistent_twin``), else from ``X.pt``'s ``network`` entry, ``X.pt`` itself when it is a plain state dict,
+    or the ``state_dict`` of an exported encoder file (all read with ``weights_only=True``)."""
+    twin = consistent_twin(path, map_location)
+    if twin is not None:
         return load_safetensors(twin, map_location)[0]
     payload = load_checkpoint(path, map_location=map_location)
     if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
@@ -123,8 +187,18 @@ def export_encoder(encoder: torch.nn.Module, path: str | os.PathLike) -> Path:
     """Write ``{"config": encoder.config(), "state_dict": ...}``, what downstream bundles load to rebuild it, and
     the same weights with the config as JSON metadata in a ``.safetensors`` twin."""
     state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
-    written = save_checkpoint({"config": encoder.config(), "state_dict": state}, path)
-    save_safetensors(state, safetensors_path(path), metadata={"config": json.dumps(encoder.config())})
+    return save_pair({"config": encoder.config(), "state_dict": state}, state, path,
+                     {"config": json.dumps(encoder.config())})
+
+
+def save_pair(payload: dict[str, Any], weights: dict[str, torch.Tensor], path: str | os.PathLike,
+              metadata: dict[str, str] | None = None) -> Path:
+    """Write ``payload`` to ``path`` and ``weights`` to its safetensors twin, both stamped with one new ``pair_id``
+    (and the payload's epoch, if any), the ``.pt`` first; see ``consistent_twin`` for how a loader uses the stamps."""
+    pair_id = new_pair_id()
+    written = save_checkpoint({**payload, PAIR_ID: pair_id}, path)
+    stamp = {PAIR_ID: pair_id, **({"epoch": str(payload["epoch"])} if "epoch" in payload else {})}
+    save_safetensors(weights, safetensors_path(path), metadata={**(metadata or {}), **stamp})
     return written
 
 
@@ -206,7 +280,8 @@ class AtomicCheckpointer:
                            ", ".join(p.name for p in removed))
         return removed
 
-    def _save(self, engine: Engine, name: str) -> None:
+    def _save(self, engine: Engine, name: str, twin: bool = False) -> None:
+        """Write checkpoint ``name`` and, with ``twin``, its safetensors twin (one stamped pair, ``save_pair``)."""
         # A NaN weight must never replace a finite checkpoint (latest, best or final alike).
         payload = self.state(engine)
         bad = non_finite_tensors(payload["network"])
@@ -214,7 +289,10 @@ class AtomicCheckpointer:
             raise NonFiniteWeightsError(f"not writing {self.save_dir / name}: weights {bad[:5]} hold NaN or Inf at "
                                         f"epoch {engine.state.epoch}, iteration {engine.state.iteration}; the "
                                         f"checkpoint on disk keeps the last finite weights")
-        save_checkpoint(payload, self.save_dir / name)
+        if twin:
+            save_pair(payload, payload["network"], self.save_dir / name)
+        else:
+            save_checkpoint(payload, self.save_dir / name)
 
     def epoch_completed(self, engine: Engine) -> None:
         if not is_main_process():
@@ -223,8 +301,7 @@ class AtomicCheckpointer:
         metric = source.state.metrics.get(self.metric_name) if self.metric_name else None
         if metric is not None and math.isfinite(float(metric)) and self._improves(float(metric)):
             self.best_metric = float(metric)
-            self._save(engine, BEST)
-            save_safetensors(self._network().state_dict(), safetensors_path(self.save_dir / BEST))
+            self._save(engine, BEST, twin=True)
             encoder = self._encoder()
             if encoder is not None:
                 export_encoder(encoder, self.save_dir / ENCODER_BEST)
@@ -234,8 +311,7 @@ class AtomicCheckpointer:
     def completed(self, engine: Engine) -> None:
         if not is_main_process():
             return
-        self._save(engine, FINAL)
-        save_safetensors(self._network().state_dict(), safetensors_path(self.save_dir / FINAL))
+        self._save(engine, FINAL, twin=True)
         if self.metric_name and not math.isfinite(self.best_metric) and not (self.save_dir / BEST).is_file():
             logger.warning("no %s written: %s was never computed with a finite value in %d epoch(s) (validation "
                            "runs every val_interval epochs); evaluation that reads %s will fail, use %s instead",

@@ -22,8 +22,11 @@ from mri_ssl.distributed import rank
 from mri_ssl.engines.clipping import backward_and_step
 from mri_ssl.engines.guards import NonFiniteLossError, check_loss  # noqa: F401 (NonFiniteLossError re-exported)
 from mri_ssl.errors import InputError
+from mri_ssl.metrics.representation_probe import projection_spread
 
 logger = logging.getLogger(__name__)
+
+LOSS_TERMS = ("contrastive", "reconstruction")  # the terms of the total loss, logged beside it
 
 
 def stack_inputs(batch: dict, keys: Sequence[str], device: torch.device) -> torch.Tensor:
@@ -36,12 +39,8 @@ def stack_inputs(batch: dict, keys: Sequence[str], device: torch.device) -> torc
 
 
 def projection_std(projection: torch.Tensor) -> float:
-    """Collapse indicator: std over the batch of the L2-normalised projections, averaged over dimensions.
-
-    Healthy training keeps it near ``1 / sqrt(dim)``; a collapsed encoder (all outputs equal) drives it to 0.
-    """
-    normalised = F.normalize(projection.detach().float(), dim=1)
-    return float(normalised.std(dim=0).mean())
+    """Collapse indicator of a training batch: ``mri_ssl.metrics.representation_probe.projection_spread``."""
+    return projection_spread(projection)
 
 
 class ContrastiveTrainer(Trainer):
@@ -183,7 +182,7 @@ class ContrastiveTrainer(Trainer):
         # run at EPOCH_COMPLETED before this trainer's own epoch-end log, and must not see last epoch's value.
         engine.state.metrics["projection_std"] = sum(self.epoch_projection_std) / len(self.epoch_projection_std)
         return {CommonKeys.LOSS: float(loss.detach()), **{k: float(v.detach()) for k, v in losses.items()
-                                                          if k in ("contrastive", "reconstruction")}}
+                                                          if k in LOSS_TERMS}}
 
 
 def local_loss(loss: Callable) -> Callable:
@@ -197,6 +196,9 @@ def local_loss(loss: Callable) -> Callable:
 
 class ValidationLoss:
     """At each epoch end, the mean pretraining loss on a fixed validation set, in ``engine.state.metrics``.
+
+    The total goes to ``metric_name`` and each term beside it (``<metric_name>_contrastive``,
+    ``<metric_name>_reconstruction``), so a curve shows which term moved.
 
     The reference code validated through freshly random augmentations, so its validation loss moved with the dice
     roll and no best checkpoint could be chosen. Here the view pair is re-seeded with ``seed`` before every
@@ -231,13 +233,16 @@ class ValidationLoss:
         trainer.contrastive_loss = local_loss(trainer.contrastive_loss)
         cpu_rng = torch.get_rng_state()
         try:
-            total, count = 0.0, 0
+            totals, count = {}, 0
             for batch in self.data_loader:
                 inputs = stack_inputs(batch, trainer.input_keys, trainer.state.device)
                 if inputs.shape[0] < 2:
                     logger.warning("validation: skipping a batch of one item (NT-Xent needs negatives)")
                     continue
-                total += float(trainer.compute_losses(inputs)["loss"]) * inputs.shape[0]
+                losses = trainer.compute_losses(inputs)
+                for term in ("loss", *LOSS_TERMS):
+                    if term in losses:
+                        totals[term] = totals.get(term, 0.0) + float(losses[term]) * inputs.shape[0]
                 count += inputs.shape[0]
         finally:
             trainer.view_pair, trainer.network, trainer.contrastive_loss = saved
@@ -246,6 +251,9 @@ class ValidationLoss:
         if count == 0:
             raise InputError("validation", "no validation batch of at least 2 items; the validation split needs "
                                            ">= 2 subjects (and a batch size >= 2)")
-        value = total / count
+        value = totals["loss"] / count
         trainer.state.metrics[self.metric_name] = value
-        logger.info("epoch %d: %s %.5f", trainer.state.epoch, self.metric_name, value)
+        terms = {f"{self.metric_name}_{term}": totals[term] / count for term in LOSS_TERMS if term in totals}
+        trainer.state.metrics.update(terms)
+        logger.info("epoch %d: %s %.5f%s", trainer.state.epoch, self.metric_name, value,
+                    "".join(f", {name} {term:.5f}" for name, term in terms.items()))

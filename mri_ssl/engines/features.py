@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mri_ssl.atomic import atomic_write_text
-from mri_ssl.engines.checkpoint import load_checkpoint, load_safetensors, safetensors_path
+from mri_ssl.engines.checkpoint import consistent_twin, load_checkpoint, load_safetensors
 from mri_ssl.errors import InputError
 from mri_ssl.networks.encoder import CNNEncoder3D
 
@@ -38,10 +38,11 @@ def load_exported_module(path: str | os.PathLike, module_class: type[torch.nn.Mo
     """Rebuild ``module_class(**config)`` from an exported ``{"config", "state_dict"}`` file on ``device``.
 
     The config may hold only ``config_keys`` (constructor arguments, never code); the ``.safetensors`` twin is read
-    when present, otherwise the file with ``weights_only=True``. Shared by the CNN and ViT encoder loaders.
+    when present and from the same save as the file (``consistent_twin``), otherwise the file with
+    ``weights_only=True``. Shared by the CNN and ViT encoder loaders.
     """
-    twin = safetensors_path(path)
-    if twin.is_file():  # released weights: tensors + JSON config, no pickle at all
+    twin = consistent_twin(path, device)
+    if twin is not None:  # released weights: tensors + JSON config, no pickle at all
         state_dict, metadata = load_safetensors(twin, device)
         try:
             payload = {"config": json.loads(metadata["config"]), "state_dict": state_dict}

@@ -118,6 +118,10 @@ class SegmentationReport(CaseReport):
 class DenoisingReport(CaseReport):
     """PSNR of ``image - pred`` (the noisy input minus the predicted noise) against the clean image.
 
+    Beside it, ``noisy_psnr_db`` (the noisy input itself against the clean image, same peak) and ``psnr_gain_db``
+    (their difference): a head that has learnt nothing predicts zero noise and gains 0 dB, so a gain above 0 is the
+    check that the head denoises at all.
+
     Args:
         clean_key: the items' key of the clean image (``AddGaussianNoised(clean_key=...)``).
     """
@@ -130,4 +134,7 @@ class DenoisingReport(CaseReport):
         noisy = torch.as_tensor(item[self.image_key]).float().cpu()
         denoised = noisy - torch.as_tensor(prediction).float().cpu()
         clean = torch.as_tensor(item[self.clean_key]).float().cpu()
-        return denoising_case_scores(denoised.numpy(), clean.numpy())
+        scores = denoising_case_scores(denoised.numpy(), clean.numpy())
+        scores["noisy_psnr_db"] = denoising_case_scores(noisy.numpy(), clean.numpy())["psnr_db"]
+        scores["psnr_gain_db"] = scores["psnr_db"] - scores["noisy_psnr_db"]
+        return scores

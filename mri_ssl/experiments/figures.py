@@ -22,7 +22,8 @@ from mri_ssl.experiments.tables import MODE_TITLES, row_title
 
 MODE_COLOURS = {"random": "#9e9e9e", "base": "#1f77b4", "seqaug": "#ff7f0e", "seqinv": "#2ca02c"}
 METRIC_TITLES = {"dice_mean": "Dice (mean over tissues)", "hd95_mm_mean": "HD95 (mm, mean over tissues)",
-                 "psnr_db": "PSNR (dB, peak = clean data range)", "psnr_peak1_db": "PSNR (dB, peak 1 on z-scores)"}
+                 "psnr_db": "PSNR (dB, peak = clean data range)", "psnr_peak1_db": "PSNR (dB, peak 1 on z-scores)",
+                 "psnr_gain_db": "PSNR gain over the noisy input (dB)"}
 
 
 def _pyplot():
@@ -160,5 +161,60 @@ def plot_segmentation_overlays(results: Sequence[RunResult], grid: Grid, task: s
                        for value, name in content.get("labels", {}).items() if int(value) > 0)
     fig.suptitle(f"{task}: test subject {subject}, axial slice {z}; trained on the in-domain contrast only "
                  f"(seed {first_seed})\n{legend}", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+LEARNING_CURVE_PANELS = (
+    ("features_top1", "cross-sequence top-1, pooled features", "top1_chance"),
+    ("projection_top1", "cross-sequence top-1, projections", "top1_chance"),
+    ("ntxent", "held-out NT-Xent (probe set)", "ntxent_chance"),
+    ("train_loss", "training loss (NT-Xent + reconstruction)", None),
+)
+
+
+def plot_learning_curves(results: Sequence[RunResult], grid: Grid, path: str | os.PathLike) -> Path | None:
+    """The representation probe and the losses against training steps, one line per pretraining mode (the mean over
+    seeds, each seed faint), the random-init encoder's value dashed in grey and chance dotted. Reads the probe
+    histories the pretraining runs wrote (``logs/probe.json``, kept in their ``result.json``); None if there are none.
+    """
+    from mri_ssl.experiments.tables import probe_histories
+
+    histories = probe_histories(results)
+    if not histories:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(11.0, 7.0), squeeze=False)
+    for ax, (key, title, chance_key) in zip(axes.flat, LEARNING_CURVE_PANELS):
+        chance, random_init = [], []
+        for mode in [m for m in grid.modes if m in histories]:
+            colour = MODE_COLOURS.get(mode)
+            curves = []
+            for probe in histories[mode]:
+                points = [(h["iteration"], h[key]) for h in probe["history"] if h.get(key) is not None]
+                if points:
+                    steps, values = zip(*points)
+                    ax.plot(steps, values, color=colour, alpha=0.25, linewidth=0.8)
+                    curves.append(dict(points))
+                if chance_key and probe["history"]:
+                    chance.append(probe["history"][0][chance_key])
+                if key in (probe.get("random_init") or {}):
+                    random_init.append(probe["random_init"][key])
+            common = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+            if common:
+                ax.plot(common, [np.mean([c[s] for c in curves]) for s in common], color=colour, linewidth=2.0,
+                        marker="o", markersize=3, label=f"{MODE_TITLES.get(mode, mode)} (n={len(curves)})")
+        if random_init:
+            ax.axhline(float(np.mean(random_init)), color="#616161", linestyle="--", linewidth=1.2,
+                       label="random init")
+        if chance:
+            ax.axhline(float(np.mean(chance)), color="black", linestyle=":", linewidth=1.0, label="chance")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8, loc="best")
+    first = next(iter(histories.values()))[0]["history"][0]
+    fig.suptitle(f"{grid.name}: representation probe on {first['n']} held-out crops, each under two sequences",
+                 fontsize=11)
     fig.tight_layout()
     return _save(fig, Path(path))

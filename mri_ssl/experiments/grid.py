@@ -16,7 +16,7 @@ type by hand. The YAML format (``experiments/demo.yaml`` is a commented example)
       encoder: encoder_best.pt          # the exported encoder the downstream runs load (from the run's models/)
       overrides: {...}
       mode_overrides: {base: {...}}     # optional, per mode
-    downstream:
+    downstream:                         # may be empty: a grid of pretraining runs only (their probe curves)
       - name: tissue                    # a dataset and task: one table
         bundle: mri_segmentation
         configs: [train.json, cpu_demo.json]
@@ -29,7 +29,11 @@ type by hand. The YAML format (``experiments/demo.yaml`` is a commented example)
 Values in ``overrides`` are bundle config ids and values. In strings, ``{grid_dir}`` is replaced by the grid file's
 folder when the grid is read, and ``{out_dir}`` by the experiment's output folder when a run starts (so runs can
 share data written once, e.g. ``demo_data_dir: "{out_dir}/data/downstream"``; the hash keeps the placeholder, so
-the same grid in another folder is the same experiment). The runner sets ``seed`` and the run's folder as
+the same grid in another folder is the same experiment). A relative path in a path-valued override (a key ending
+in ``_dir``, ``_path`` or ``_file``, e.g. ``dataset_dir: data_manifests/ixi.json``) is taken relative to the folder
+the grid is run from, as a path typed on the command line would be, and made absolute when the grid is read: each
+bundle run works in its own folder, where the relative path would name nothing. The runner sets ``seed`` and the
+run's folder as
 ``bundle_root`` itself, with ``view_mode`` (pretraining), ``label_fraction``, ``encoder_path`` and ``pretrained``
 (downstream).
 """
@@ -147,7 +151,25 @@ def _overrides(mapping: Mapping, key: str, where: str, grid_dir: Path) -> dict:
     reserved = sorted(set(value) & set(RESERVED_KEYS))
     if reserved:
         raise InputError(where, f"{key!r} sets {reserved}, which the experiment runner sets for each run")
-    return expand_placeholders(dict(value), {"grid_dir": grid_dir})
+    return absolute_path_overrides(expand_placeholders(dict(value), {"grid_dir": grid_dir}))
+
+
+PATH_KEY_SUFFIXES = ("_dir", "_path", "_file")
+
+
+def absolute_path_overrides(overrides: dict, cwd: Path | None = None) -> dict:
+    """``overrides`` with every relative path under a path-valued key (``PATH_KEY_SUFFIXES``) made absolute
+    against ``cwd`` (the current folder). Empty strings, config expressions (``$...``, ``@...``, ``%...``) and
+    strings still holding an ``{out_dir}``-style placeholder are left as they are."""
+    cwd = Path.cwd() if cwd is None else Path(cwd)
+    resolved = {}
+    for key, value in overrides.items():
+        is_plain_path = (isinstance(value, str) and value and not value.startswith(("$", "@", "%"))
+                         and "{" not in value)
+        if key.endswith(PATH_KEY_SUFFIXES) and is_plain_path:
+            value = os.path.normpath(os.path.join(cwd, os.path.expanduser(value)))  # join keeps an absolute path
+        resolved[key] = value
+    return resolved
 
 
 def _config_files(bundle_dir: Path, names, where: str, key: str) -> tuple[Path, ...]:
@@ -237,9 +259,11 @@ def load_grid(path: str | os.PathLike, bundles_dir: str | os.PathLike | None = N
         pretraining = _stage(_require(content, "pretraining", where, dict), f"{where} pretraining", bundles,
                              grid_dir, downstream=False)
         pretraining = _with_common(pretraining, common)
-    entries = _require(content, "downstream", where, list)
-    if not entries:
-        raise InputError(where, "'downstream' lists no dataset / task")
+    entries = content.get("downstream") or []
+    if not isinstance(entries, list):
+        raise InputError(where, f"'downstream' must be a list of datasets / tasks, got {entries!r}")
+    if not entries and pretraining is None:
+        raise InputError(where, "'downstream' lists no dataset / task and no mode is pretrained: nothing to run")
     downstream = tuple(_with_common(_stage(entry, f"{where} downstream[{index}]", bundles, grid_dir, True), common)
                        for index, entry in enumerate(entries))
     names = [spec.name for spec in downstream]

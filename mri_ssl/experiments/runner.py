@@ -7,13 +7,15 @@ Layout of the output folder::
         overrides.json                  the overrides given after the bundle's config files
         <stage>.log                     what the bundle printed, per stage (train / evaluate / inference)
         models/, logs/evaluation/...    what the bundle wrote (checkpoints, the evaluation report)
-        result.json                     written last: status, seconds, config hash, the evaluation summary
+        result.json                     written last: status, seconds, config hash, the evaluation summary and, for
+                                        a pretraining run, its representation probe history (logs/probe.json)
     OUT/runs.csv                        every run with its status
 
 A run whose ``result.json`` says ``ok`` with the same config hash is skipped on a re-run. A failed run is reported
 (its ``result.json`` holds the stage and the end of its log) and the grid goes on; the downstream runs of a failed
 pretraining run are reported as skipped. Each run is a subprocess, so a crash or leak stays inside it and its
-memory goes back to the system when it ends.
+memory goes back to the system when it ends. Bundle processes end with the runner, a run folder still used by a live
+process is never deleted, and one runner at a time writes an output folder (``mri_ssl.experiments.processes``).
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ from typing import Callable
 from mri_ssl.data.nifti import save_json
 from mri_ssl.errors import InputError
 from mri_ssl.experiments.grid import Grid, Run, expand_placeholders, expand_runs
+from mri_ssl.experiments.processes import (BUNDLE_PROCESSES, clear_run_folder, output_lock, stop_on_signals,
+                                           write_owner)
 
 STATUS_OK, STATUS_FAILED, STATUS_SKIPPED = "ok", "failed", "skipped"
 RESULT_FILE = "result.json"
+PROBE_FILE = "probe.json"  # written by a pretraining run's RepresentationProbe in its logs/ folder
 LOG_TAIL_CHARS = 3000
 EPOCH_PATTERN = re.compile(r"Epoch\[(\d+)\] Complete")
 TOTAL_EPOCHS_PATTERN = re.compile(r"until (\d+) epochs")  # ignite's first "Engine run ... until N epochs" line
@@ -52,7 +57,9 @@ class RunResult:
     cached: bool = False
     error: str = ""              # what went wrong, with the end of the failed stage's log
     reason: str = ""             # the one line that says why (see ``error_summary``)
+    log: str = ""                # the failed stage's log file
     summary: dict | None = None
+    probe: dict | None = None    # a pretraining run's representation probe history (``logs/probe.json``)
 
     def row(self) -> dict:
         return {"label": self.run.label, "kind": self.run.kind, "task": self.run.task, "mode": self.run.mode,
@@ -89,7 +96,16 @@ def _run_stage(command: list[str], log_path: Path, on_epoch: Callable[[int, int 
     where ``os.wait4`` is missing)."""
     env = {**os.environ, **(environment or {}), "PYTHONUNBUFFERED": "1"}
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent, env=env)
+        process = BUNDLE_PROCESSES.start(command, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent, env=env)
+    try:
+        write_owner(log_path.parent, process.pid)
+        return _follow_stage(process, log_path, on_epoch, timeout_s)
+    finally:
+        BUNDLE_PROCESSES.finished(process)
+
+
+def _follow_stage(process: subprocess.Popen, log_path: Path, on_epoch: Callable[[int, int | None], None] | None,
+                  timeout_s: float | None) -> tuple[int, float | None]:
     started, seen = time.monotonic(), 0
     while True:
         return_code, cpu_seconds = _wait(process, timeout_s=0.5)
@@ -159,13 +175,14 @@ def execute_run(run: Run, folder: Path, infer: bool = True,
                 timeout_s: float | None = None, environment: dict[str, str] | None = None) -> RunResult:
     """Run every stage of ``run`` in ``folder`` (emptied first); write and return its result. ``environment`` is
     added to the bundle processes' environment (e.g. thread counts)."""
-    if folder.exists():
-        shutil.rmtree(folder)  # a stale or failed attempt: start clean so no old checkpoint is resumed by mistake
+    folder = Path(folder).resolve()  # the bundle's working folder: the paths handed to it must not be relative
+    clear_run_folder(folder)  # a stale or failed attempt: start clean so no old checkpoint is resumed by mistake
     folder.mkdir(parents=True)
+    write_owner(folder)
     out_dir = folder.parents[1]
-    overrides = expand_placeholders(dict(run.overrides), {"out_dir": out_dir.resolve()})
+    overrides = expand_placeholders(dict(run.overrides), {"out_dir": out_dir})
     if run.upstream is not None:
-        overrides["encoder_path"] = str(run_folder(out_dir, run.upstream).resolve() / "models" / run.spec.encoder)
+        overrides["encoder_path"] = str(run_folder(out_dir, run.upstream) / "models" / run.spec.encoder)
     overrides_path = save_json(overrides, folder / "overrides.json")
     started = time.perf_counter()
     result = RunResult(run, STATUS_OK, folder)
@@ -183,6 +200,7 @@ def execute_run(run: Run, folder: Path, infer: bool = True,
             result.status = STATUS_FAILED
             result.reason = f"{stage}: {error_summary(log) or f'exit status {code}'}"
             result.error = f"{stage} exited with status {code}; end of {log_path.name}:\n{log[-LOG_TAIL_CHARS:]}"
+            result.log = str(log_path)
             break
     result.seconds = time.perf_counter() - started
     result.cpu_seconds = total_cpu_seconds(stage_costs)
@@ -193,10 +211,16 @@ def execute_run(run: Run, folder: Path, infer: bool = True,
         except (OSError, ValueError) as error:
             result.status = STATUS_FAILED
             result.error = result.reason = f"the evaluation wrote no readable {summary_path} ({error})"
+    probe_path = folder / "logs" / PROBE_FILE
+    if probe_path.is_file():
+        try:
+            result.probe = json.loads(probe_path.read_text())
+        except ValueError:
+            result.probe = {"error": f"unreadable {probe_path}"}
     save_json({"label": run.label, "status": result.status, "config_hash": run.config_hash,
                "seconds": round(result.seconds, 2), "stages": stage_costs, "reason": result.reason,
                "error": result.error,
-               "overrides": overrides, "summary": result.summary}, folder / RESULT_FILE)
+               "overrides": overrides, "summary": result.summary, "probe": result.probe}, folder / RESULT_FILE)
     return result
 
 
@@ -213,7 +237,7 @@ def cached_result(run: Run, folder: Path) -> RunResult | None:
         return None
     return RunResult(run, STATUS_OK, folder, seconds=float(content.get("seconds", 0.0)), cached=True,
                      cpu_seconds=total_cpu_seconds(content.get("stages") or {}),
-                     summary=content.get("summary"))
+                     summary=content.get("summary"), probe=content.get("probe"))
 
 
 def untrusted_findings(grid: Grid) -> list[str]:
@@ -248,7 +272,21 @@ def thread_environment(jobs: int, cpus: int | None = None) -> dict[str, str]:
 
 def run_grid(grid: Grid, out_dir: str | os.PathLike, infer: bool = True, progress: bool = True,
              timeout_s: float | None = None, only: Callable[[Run], bool] | None = None,
-             trust_bundles: bool = False, jobs: int = 1) -> list[RunResult]:
+             trust_bundles: bool = False, jobs: int = 1, wait_for_lock: bool = False) -> list[RunResult]:
+    """Run (or reuse) every run of ``grid`` under ``out_dir`` (see ``_run_grid``), holding the folder's lock.
+
+    A second runner on the same ``out_dir`` gets an ``InputError`` saying so (or, with ``wait_for_lock``, waits).
+    SIGTERM / SIGINT end the bundle processes before the runner stops.
+    """
+    out_dir = Path(out_dir).resolve()  # each bundle runs in its own folder: every path handed to it is absolute
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with output_lock(out_dir, wait=wait_for_lock), stop_on_signals():
+        return _run_grid(grid, out_dir, infer, progress, timeout_s, only, trust_bundles, jobs)
+
+
+def _run_grid(grid: Grid, out_dir: Path, infer: bool = True, progress: bool = True,
+              timeout_s: float | None = None, only: Callable[[Run], bool] | None = None,
+              trust_bundles: bool = False, jobs: int = 1) -> list[RunResult]:
     """Run (or reuse) every run of ``grid`` under ``out_dir``; return one result per run, in grid order.
 
     ``only`` selects a subset of the runs (the others are left out of the results); ``timeout_s`` bounds each stage.
@@ -263,8 +301,6 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, infer: bool = True, progres
     jobs = int(jobs)
     if not trust_bundles:
         require_trusted(grid)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(grid.path, out_dir / "grid.yaml")
     runs = [run for run in expand_runs(grid, infer) if only is None or only(run)]
     selected = {id(run) for run in runs}
@@ -328,6 +364,23 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, infer: bool = True, progres
     ordered = [results[id(run)] for run in runs]
     write_runs_csv(ordered, out_dir / "runs.csv")
     return ordered
+
+
+def failure_report(results: list[RunResult], runs_csv: str | os.PathLike | None = None) -> list[str]:
+    """The closing lines a user needs when runs did not finish: how many, the first failure's reason and its log
+    (a skipped run points at the failed run it waited for). Empty when every run finished."""
+    missing = [result for result in results if result.status != STATUS_OK]
+    if not missing:
+        return []
+    failed = [result for result in missing if result.status == STATUS_FAILED]
+    lines = [f"{len(missing)} of {len(results)} runs did not finish ({len(failed)} failed, "
+             f"{len(missing) - len(failed)} skipped): {', '.join(result.run.label for result in missing)}"]
+    first = (failed or missing)[0]
+    lines.append(f"first failure: {first.run.label}: {first.reason or first.status}")
+    lines.append(f"its log: {first.log}" if first.log else f"its folder: {first.folder}")
+    if runs_csv is not None:
+        lines.append(f"every run's status: {runs_csv}")
+    return lines
 
 
 def write_runs_csv(results: list[RunResult], path: Path) -> Path:

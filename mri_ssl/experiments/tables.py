@@ -166,6 +166,52 @@ def format_plain_tables(records: Sequence[Mapping], grid: Grid) -> str:
     return "\n\n".join(blocks)
 
 
+# The representation probe of the pretraining runs (``mri_ssl.metrics.representation_probe``): per mode, the untrained
+# encoder (step 0), the end of training and a random-init encoder of the same shape, on the held-out probe set.
+PROBE_COLUMNS = (("features_top1", "top-1 features"), ("projection_top1", "top-1 projections"),
+                 ("features_top5", "top-5 features"), ("ntxent", "held-out NT-Xent"), ("spread", "spread"))
+PROBE_STAGES = (("step 0", lambda probe: probe["history"][0]), ("end", lambda probe: probe["history"][-1]),
+                ("random init", lambda probe: probe["random_init"]))
+
+
+def probe_histories(results: Sequence[RunResult]) -> dict[str, list[dict]]:
+    """``{mode: [probe history of each seed's pretraining run]}`` for the finished runs that wrote one."""
+    histories: dict[str, list[dict]] = {}
+    for result in results:
+        probe = result.probe or {}
+        if result.run.kind == "pretrain" and result.status == STATUS_OK and probe.get("history"):
+            histories.setdefault(result.run.mode, []).append(probe)
+    return histories
+
+
+def _mean_std_text(values: Sequence[float], places: int = 3) -> str:
+    mean, std = mean_std(values)
+    return f"{mean:.{places}f} ± {std:.{places}f}" if len(values) > 1 else f"{mean:.{places}f}"
+
+
+def probe_markdown(results: Sequence[RunResult], grid: Grid) -> str:
+    """The probe table (markdown): a row per mode and stage, mean +/- std over seeds; '' when no run probed."""
+    histories = probe_histories(results)
+    if not histories:
+        return ""
+    first = next(iter(histories.values()))[0]["history"][0]
+    lines = [f"### Representation probe (held-out crops, N = {first['n']}: chance top-1 {first['top1_chance']:.3f}, "
+             f"NT-Xent chance ln(2N-1) = {first['ntxent_chance']:.3f}, healthy spread "
+             f"{first['spread_healthy']:.3f})", "",
+             "| mode | encoder | seeds | " + " | ".join(title for _, title in PROBE_COLUMNS) + " |",
+             "|---|---|---|" + "---|" * len(PROBE_COLUMNS)]
+    for mode in [m for m in grid.modes if m in histories]:
+        probes = histories[mode]
+        for stage, pick in PROBE_STAGES:
+            cells = [_mean_std_text([pick(probe)[key] for probe in probes]) for key, _ in PROBE_COLUMNS]
+            lines.append(f"| {MODE_TITLES.get(mode, mode)} | {stage} | {len(probes)} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Top-1 / top-5: the other view of a crop (another sequence) is the nearest (among the 5 nearest) of "
+                 "the N candidates; 'end' is the last probe of the run, 'random init' a freshly initialised encoder "
+                 "of the same shape. The standard error of one top-1 is about sqrt(p (1 - p) / 2N).")
+    return "\n".join(lines) + "\n"
+
+
 def results_csv_text(records: Sequence[Mapping]) -> str:
     columns = ["task", "metric", "direction", "domain", "group", "fraction", "mode", "n_seeds", "n_runs", "mean",
                "std", "seeds", "values"]
@@ -198,9 +244,17 @@ def write_tables(grid: Grid, results: Sequence[RunResult], out_dir: str | os.Pat
     out_dir = Path(out_dir)
     records = collect(grid, results)
     sections = [f"# Experiment `{grid.name}`", ""]
+    missing = [r.run.label for r in results if r.status != STATUS_OK]
+    if missing:
+        sections += [f"**Incomplete: {len(missing)} of {len(results)} runs did not finish** ({', '.join(missing)}); "
+                     "their cells say `failed` or `n/a`, and the means cover only the seeds that finished. See "
+                     "*Runs that did not finish* below.", ""]
     for spec in grid.downstream:
         for metric in spec.metrics:
             sections.append(markdown_table(records, grid, spec, metric))
+    probe = probe_markdown(results, grid)
+    if probe:
+        sections.append(probe)
     failures = failures_markdown(results)
     if failures:
         sections.append(failures)

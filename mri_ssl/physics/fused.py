@@ -8,18 +8,15 @@ it is missing or fails, the eager kernel runs instead and gives the same numbers
 Protocol values are passed as tensors, never Python floats: a compiled function specialises on Python numbers and
 would recompile for every new protocol.
 
-Batches of protocols on CPU
-    B protocols from one set of maps give a ``(B, *map_shape)`` image. Computed as B whole-volume passes (the order a
-    plain broadcast gives), every map is streamed from memory B times, exactly as B separate calls would stream it.
-    Instead the compiled loop runs over blocks of ``CPU_CHUNK_VOXELS`` voxels (outer, split between threads), then
-    protocols, then the voxels of the block: a block of each map (64 KiB) is
-    read from memory once and stays in the core's cache while all B protocols are written. The output layout is the
-    ordinary contiguous ``(B, *map_shape)``; only the order in which its elements are written changes.
-    Measured on the 2-core EPYC this was written on (busy, shared): no gain over the whole-volume order within noise
-    (batched out= time blocked / whole-volume 0.85-1.13 over three runs): there the fused kernels are bound by
-    arithmetic (with one thread, the same user CPU time per voxel and protocol batched or separate, e.g. FSE 68 vs
-    71 ms for 8). It is kept for machines with more cores per memory channel, and ``benchmarks/simulator.py`` prints
-    the comparison (``blocked/whole``) so it can be checked, or dropped, anywhere.
+When the compiled kernel is used
+    ``fused=True`` compiles on the first call of each kernel variant (sequence; magnitude or signed; with or without
+    autograd), ``fused=False`` never does. The default, ``fused=None``, follows a rent-or-buy rule: it runs the eager
+    kernels and adds up the seconds they take per variant in this process; once that total reaches
+    ``AUTO_COMPILE_AFTER_S`` (about what one compile costs on CPU), it compiles and uses the compiled kernel from then
+    on. A one-off call, or a test on small volumes, never pays a compile; a training loop pays it once, after
+    spending at most as long again in eager calls, so it is never more than about twice as slow as the better choice
+    made in hindsight. On CUDA, eager calls return before the GPU finishes, so the rule sees only launch time and
+    compiles late or never: pass ``fused=True`` there for long runs.
 
 Without autograd, the compiled function writes straight into its output (``out=`` when the caller gives one), and
 takes the magnitude in the same loop when asked, so ``simulate`` makes one pass over the image, not two.
@@ -28,14 +25,14 @@ takes the magnitude in the same loop when asked, so ``simulate`` makes one pass 
 from __future__ import annotations
 
 import logging
-import math
 import os
-import sys
-from typing import Callable
+import time
+from typing import Callable, Mapping
 
 import torch
 
 from mri_ssl.errors import InputError
+from mri_ssl.physics.inplace import INPLACE_KERNELS
 from mri_ssl.physics.sequences import KERNELS, MAP_ARGUMENTS, SPLIT_KERNELS
 
 logger = logging.getLogger(__name__)
@@ -49,10 +46,11 @@ _failed: set[str] = set()
 # Set MRI_SSL_DISABLE_COMPILE=1 to force the eager path (e.g. to debug, or on a machine without a compiler).
 DISABLE_ENV = "MRI_SSL_DISABLE_COMPILE"
 
-# Voxels per block of the CPU loop order (see the module docstring): 64 KiB of each float32 map, so the 3-4 map
-# blocks fit in a 1 MiB L2 cache with room for the output lines being written. Measured on a 2-core EPYC
-# (192x224x192 maps, 8 protocols): 4096, 16384 and 65536 give the same time within noise.
-CPU_CHUNK_VOXELS = 16384
+# Eager seconds per kernel variant after which ``fused=None`` compiles: the cold first-call compile of the FSE kernel
+# on a quiet 2-core CPU (3.8 s), rounded up. ``benchmarks/simulator.py`` prints the compile seconds of each kernel;
+# on a loaded machine or with a cold inductor start-up they are several times longer, with a warm cache shorter.
+AUTO_COMPILE_AFTER_S = 4.0
+_eager_seconds: dict[str, float] = {}
 
 
 def compile_disabled() -> bool:
@@ -103,141 +101,84 @@ def check_out(out: torch.Tensor, shape: torch.Size, dtype: torch.dtype, device: 
                                 "without out= to get a fresh, differentiable result")
 
 
-def _blocked_views(out: torch.Tensor, args: tuple, block: int):
-    """Aliases of ``out`` and the kernel arguments for the blocked loop order, or None where the layout does not fit.
-
-    The arguments must be 0-d tensors, maps of one shape S, and (for a batch of B) protocol tensors of shape
-    ``(B, 1, ..., 1)``, with ``out`` of shape S or ``(B, *S)``. Returns a list of ``(out_view, args_views)``: the
-    whole blocks as ``(blocks, B, block)`` views (maps ``(blocks, 1, block)``, protocols ``(1, B, 1)``) and, when the
-    voxel count is not a multiple of ``block``, the remainder as one more block.
-    """
-    shape = tuple(out.shape)
-    shaped = [tuple(a.shape) for a in args if a.ndim > 0]
-    if all(s == shape for s in shaped):
-        batch, map_shape = 1, shape
-    elif len(shape) >= 1:
-        batch, map_shape = shape[0], shape[1:]
-        protocol_shape = (batch,) + (1,) * len(map_shape)
-        if not all(s in (map_shape, protocol_shape) for s in shaped) or map_shape == protocol_shape:
-            return None
-    else:
-        return None
-    voxels = math.prod(map_shape)
-    if voxels == 0:
-        return None
-    block = min(block, voxels)
-    whole = voxels // block * block
-
-    def views(start: int, stop: int, blocks: int):
-        width = (stop - start) // blocks
-        out_view = _alias(out, (blocks, batch, width), (width, voxels, 1), out.storage_offset() + start)
-        arg_views = []
-        for a in args:
-            if a.ndim == 0:
-                arg_views.append(a.clone() if a._is_view() else a)
-                continue
-            a = a.contiguous()
-            if tuple(a.shape) == map_shape:
-                arg_views.append(_alias(a, (blocks, 1, width), (width, width, 1), a.storage_offset() + start))
-            else:  # protocol values (B, 1, ..., 1) -> (1, B, 1)
-                arg_views.append(_alias(a, (1, batch, 1), (batch, 1, 1), a.storage_offset()))
-        return out_view, tuple(arg_views)
-
-    parts = [views(0, whole, whole // block)]
-    if whole < voxels:
-        parts.append(views(whole, voxels, 1))
-    return parts
-
-
-def _alias(tensor: torch.Tensor, size, stride, offset: int) -> torch.Tensor:
-    """A tensor on ``tensor``'s memory with the given geometry that is not a *view* in autograd's sense.
-
-    Dynamo guards on the base tensor of a view argument (its shape, and equalities between its sizes), so passing
-    views of the caller's maps and buffers would recompile for every new base shape. ``set_`` shares the memory
-    without recording a base. Only used where no autograd is involved.
-    """
-    return torch.empty(0, dtype=tensor.dtype, device=tensor.device).set_(tensor.untyped_storage(), offset, size,
-                                                                         stride)
-
-
 def run_kernel(
     sequence: str,
     *args: torch.Tensor,
-    fused: bool = True,
+    fused: bool | None = None,
     out: torch.Tensor | None = None,
     magnitude: bool = False,
+    checked_maxima: Mapping[str, float] | None = None,
 ) -> torch.Tensor:
-    """Run the signal kernel of ``sequence`` on broadcastable tensors, compiled when possible.
+    """Run the signal kernel of ``sequence`` on broadcastable tensors, eagerly or compiled.
 
     Args:
         sequence: a key of ``KERNELS``.
         args: the kernel's arguments (maps, protocol values, b1) as tensors of one dtype and device, as
             ``as_protocol_batch`` prepares them.
-        fused: use the compiled kernel. The first call per sequence compiles (tens of seconds on CPU); later calls
-            reuse the compiled code. If compilation or the compiled call raises, the failure is logged at debug
-            level, the sequence is marked as not compilable for this process, and the eager kernel's result is
-            returned.
+        fused: True: the compiled kernel (the first call per variant compiles, seconds on CPU); False: eager;
+            None: eager until this variant's eager calls have taken ``AUTO_COMPILE_AFTER_S`` in this process, then
+            compiled (see the module docstring). If compilation or the compiled call raises, the failure is logged
+            at debug level, the sequence is marked as not compilable for this process, and the eager result is
+            returned. Without autograd, eager means the in-place kernels of ``mri_ssl.physics.inplace``.
         out: a contiguous tensor of the result's shape, dtype and device to write into and return (e.g. one
             buffer refilled every step of a training loop, which saves allocating, and on CPU page-faulting, a new
             image each call). Not with autograd. Anything else raises ``InputError`` naming ``out``.
         magnitude: return ``|signal|`` (what ``simulate`` returns) instead of the signed signal.
+        checked_maxima: only for maps and a protocol that ``check_maps`` and ``check_protocol`` passed: the largest
+            value of each rate map, by kernel argument name (``r1``, ``r2``, ``r2s``). The in-place kernels then
+            skip clamps that cannot act and magnitudes that cannot change the signal.
     """
-    kernel = KERNELS[sequence]
     autograd = _needs_autograd(args)
     shape = torch.broadcast_shapes(*(a.shape for a in args))
     if out is not None:
         check_out(out, shape, args[0].dtype, args[0].device, autograd)
-    if not fused or compile_disabled() or sequence in _failed:
-        return _eager(kernel, args, out, magnitude)
+    key = f"{sequence}/autograd" if autograd else (sequence if magnitude else f"{sequence}/signal")
+    if fused is False or compile_disabled() or sequence in _failed:
+        return _eager(sequence, args, shape, out, magnitude, autograd, checked_maxima)
+    if fused is None and key not in _compiled and _eager_seconds.get(key, 0.0) < AUTO_COMPILE_AFTER_S:
+        start = time.perf_counter()
+        result = _eager(sequence, args, shape, out, magnitude, autograd, checked_maxima)
+        _eager_seconds[key] = _eager_seconds.get(key, 0.0) + time.perf_counter() - start
+        return result
+    kernel, prepared = KERNELS[sequence], args
     if sequence in SPLIT_KERNELS:
         protocol_constants, kernel = SPLIT_KERNELS[sequence]
         n_maps = len(MAP_ARGUMENTS[sequence])
-        args = (*args[:n_maps], *protocol_constants(*args[n_maps:]))
+        prepared = (*args[:n_maps], *protocol_constants(*args[n_maps:]))
     try:
         if autograd:
-            return _compiled_kernel(f"{sequence}/autograd", kernel, args, magnitude)
-        result = out if out is not None else torch.empty(shape, dtype=args[0].dtype, device=args[0].device)
-        key = sequence if magnitude else f"{sequence}/signal"
+            compiled = _compiled.get(key)
+            if compiled is None:
+                compiled = _compiled[key] = torch.compile(kernel, dynamic=True, fullgraph=True)
+            signal = compiled(*prepared)
+            return signal.abs() if magnitude else signal
         write = _compiled.get(key)
         if write is None:
-            write = torch.compile(_write_function(sequence, magnitude), dynamic=True, fullgraph=True)
-            _compiled[key] = write
-        # Blocked loop order on CPU only: on a GPU the maps are not re-read from a small cache in the same way, and
-        # the whole-volume order (one block) is what a broadcast gives.
-        block = CPU_CHUNK_VOXELS if result.device.type == "cpu" else sys.maxsize
-        parts = _blocked_views(result, args, block)
-        if parts is None:
-            write(result, *args)
-        else:
-            for out_view, arg_views in parts:
-                write(out_view, *arg_views)
+            write = _compiled[key] = torch.compile(_write_function(sequence, magnitude), dynamic=True, fullgraph=True)
+        result = out if out is not None else torch.empty(shape, dtype=args[0].dtype, device=args[0].device)
+        write(result, *prepared)
         return result
     except Exception as error:  # any compiler failure falls back; the maths is the same
         logger.debug("torch.compile of the %s kernel failed, using eager: %s", sequence, error)
         _failed.add(sequence)
-        for key in [k for k in _compiled if k.split("/")[0] == sequence]:
-            _compiled.pop(key)
-        return _eager(kernel, args, out, magnitude)  # the (voxel) kernel on the prepared arguments, eagerly
+        for stale in [k for k in _compiled if k.split("/")[0] == sequence]:
+            _compiled.pop(stale)
+        return _eager(sequence, args, shape, out, magnitude, autograd, checked_maxima)
 
 
-def _compiled_kernel(key: str, kernel: Callable, args: tuple, magnitude: bool) -> torch.Tensor:
-    """The compiled kernel returning a fresh, differentiable result (the autograd path)."""
-    compiled = _compiled.get(key)
-    if compiled is None:
-        compiled = torch.compile(kernel, dynamic=True, fullgraph=True)
-        _compiled[key] = compiled
-    signal = compiled(*args)
-    return signal.abs() if magnitude else signal
-
-
-def _eager(kernel: Callable, args: tuple, out: torch.Tensor | None, magnitude: bool) -> torch.Tensor:
-    signal = kernel(*args)
-    if out is not None:
-        return torch.abs(signal, out=out) if magnitude else out.copy_(signal)
-    if not magnitude:
-        return signal
-    # In place where autograd allows it: a second full-size allocation costs about 40 % of a fused kernel.
-    return signal.abs() if signal.requires_grad else signal.abs_()
+def _eager(sequence: str, args: tuple, shape: torch.Size, out: torch.Tensor | None, magnitude: bool,
+           autograd: bool, checked_maxima: Mapping[str, float] | None = None) -> torch.Tensor:
+    """The functional kernel where autograd needs it (or no in-place kernel exists), else the in-place one."""
+    if autograd or sequence not in INPLACE_KERNELS:
+        signal = KERNELS[sequence](*args)
+        if out is not None:
+            return torch.abs(signal, out=out) if magnitude else out.copy_(signal)
+        if not magnitude:
+            return signal
+        return signal.abs() if signal.requires_grad else signal.abs_()
+    if out is None:
+        out = torch.empty(shape, dtype=args[0].dtype, device=args[0].device)
+    return INPLACE_KERNELS[sequence](out, *args, magnitude=magnitude, checked_maxima=checked_maxima)
 
 
 def fused_available(sequence: str) -> bool:

@@ -50,7 +50,8 @@ Partial-volume mixing
     background's nominal rates instead of 0/0.
 
 Per-subject variation (``generator`` given)
-    Each tissue value is multiplied by a log-normal factor (``TISSUE_LOG_STD``, a few percent) and each map by a
+    Each tissue value is multiplied by a log-normal factor (``TISSUE_LOG_STD``, 4-8 %: two standard deviations span
+    the between-study range of the relaxometry above) and each map by a
     smooth multiplicative field: a coarse grid of log-normal values, one control point every
     ``FIELD_CONTROL_SPACING_MM``, upsampled trilinearly (``FIELD_LOG_STD``, a few percent). PD is capped at 1
     (pure water). Without a generator the phantom is the deterministic nominal one.
@@ -83,8 +84,11 @@ NOMINAL_TISSUE_PARAMETERS = {
     "non_brain": {"pd": 0.90, "r1": 2.5, "r2": 9.0, "r2s": 25.0, "mt": 0.005},
 }
 
-# Standard deviation of the natural log of the per-subject factor on each tissue value (0.05 is about 5 %).
-TISSUE_LOG_STD = {"pd": 0.03, "r1": 0.05, "r2": 0.05, "r2s": 0.05, "mt": 0.05}
+# Standard deviation of the natural log of the per-subject factor on each tissue value (0.08 is about 8 %). Two
+# standard deviations span the between-study range of the 3 T relaxometry cited above: T1 of WM 0.83-1.08 s and of
+# GM 1.33-1.82 s (Wansapura 1999 vs Stanisz 2005: +-13-16 % about their mean), T2 of WM 69-80 ms and of GM
+# 99-110 ms (+-5-7 %). PD, R2* and MT get comparable few-percent spreads.
+TISSUE_LOG_STD = {"pd": 0.04, "r1": 0.08, "r2": 0.05, "r2s": 0.06, "mt": 0.08}
 # Standard deviation of the natural log of the smooth spatial field on each map.
 FIELD_LOG_STD = {"pd": 0.02, "r1": 0.03, "r2": 0.03, "r2s": 0.04, "mt": 0.04}
 # Control-point spacing of the spatial field: 50 mm gives a handful of points per axis, a slowly varying field.

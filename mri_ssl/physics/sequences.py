@@ -84,9 +84,13 @@ def as_protocol_batch(maps: tuple[Number, ...], params: tuple[Number, ...]) -> t
 SMALLEST_EXPONENT = -60.0
 
 
+LOG2_E = 1.0 / math.log(2.0)
+
+
 def decay(rate, time):
-    """``exp(-rate * time)`` floored at ``exp(SMALLEST_EXPONENT)``."""
-    return torch.exp(torch.clamp_min(-rate * time, SMALLEST_EXPONENT))
+    """``exp(-rate * time)`` floored at ``exp(SMALLEST_EXPONENT)``, computed as ``exp2(rate * (-time log2 e))``: the
+    factor is one number per protocol, and in eager torch on CPU ``exp2`` runs about twice as fast as ``exp``."""
+    return torch.exp2(torch.clamp_min(rate * (time * -LOG2_E), SMALLEST_EXPONENT * LOG2_E))
 
 
 def fse_kernel(pd, r1, r2, tr, te, b1):

@@ -44,12 +44,17 @@ def check_map_names(map_names: Sequence[str] | str, source: str = "map_names") -
     return names
 
 
-def check_maps(maps: Mapping[str, torch.Tensor], spatial_dims: int | None = 3) -> None:
+def check_maps(maps: Mapping[str, torch.Tensor], spatial_dims: int | None = 3) -> dict[str, float]:
     """Raise ``InputError`` naming the map and the problem if the maps cannot be simulated from.
 
     Checks: pd, r1 and r2s present; no unknown names; every map finite and within its physical range; all maps of
     one shape; ``spatial_dims`` dimensions when given (2-D maps where 3-D are expected are an error).
+
+    Returns:
+        The largest value of each non-empty map, which the check finds anyway; ``simulate`` passes those of the
+        rate maps on, so that the eager kernels skip clamping exponents that cannot reach the floor.
     """
+    largest_values = {}
     unknown = sorted(set(maps) - set(MAP_NAMES))
     if unknown:
         raise InputError(unknown[0], f"unknown map name; expected some of {', '.join(MAP_NAMES)}")
@@ -73,7 +78,7 @@ def check_maps(maps: Mapping[str, torch.Tensor], spatial_dims: int | None = 3) -
         # extreme, so finite extremes inside the range prove every voxel is. The counts for the message take more
         # passes and boolean volumes (checking four 192x224x192 maps that way took 104 ms, against 5 ms), so they
         # are only taken on failure.
-        smallest, largest = (float(v) for v in torch.aminmax(values))
+        smallest, largest = (float(v) for v in torch.aminmax(values.detach()))
         low, high, sentence = MAP_RANGES[name]
         if not (math.isfinite(smallest) and math.isfinite(largest)):
             count = int((~torch.isfinite(values)).sum())
@@ -82,6 +87,8 @@ def check_maps(maps: Mapping[str, torch.Tensor], spatial_dims: int | None = 3) -
             bad = values < low if high is None else (values < low) | (values >= high)
             value = float(values[bad].flatten()[0])
             raise InputError(name, f"{sentence}; found {int(bad.sum())} voxel(s) outside, e.g. {value:.6g}")
+        largest_values[name] = largest
+    return largest_values
 
 
 def simulate(
@@ -89,7 +96,7 @@ def simulate(
     sequence: str,
     protocol: Mapping,
     *,
-    fused: bool = False,
+    fused: bool | None = None,
     validate: bool = True,
     spatial_dims: int | None = None,
     out: torch.Tensor | None = None,
@@ -104,7 +111,11 @@ def simulate(
         sequence: ``fse``, ``gre``, ``flair`` or ``mprage``.
         protocol: parameters as ``PROTOCOL_PARAMETERS[sequence]`` lists them; floats for one protocol, or 1-D
             tensors of length B for a batch of B protocols (as ``sample_protocol`` returns them).
-        fused: run the compiled kernel (``mri_ssl.physics.fused``), falling back to eager silently.
+        fused: True: the compiled kernel (``mri_ssl.physics.fused``; the first call of a sequence compiles, seconds on
+            CPU), falling back to eager silently where compiling fails; False: eager (in place when no gradient is
+            needed); None (default): eager until this process has spent ``fused.AUTO_COMPILE_AFTER_S`` seconds in
+            eager calls of the sequence, compiled from then on, so one-off calls never compile and a training loop
+            compiles once.
         validate: check maps and protocol first (``check_maps``, ``check_protocol``); pass False in a training
             loop whose data were checked once.
         spatial_dims: when given, the number of dimensions every map must have.
@@ -118,8 +129,10 @@ def simulate(
         a new tensor unless ``out`` is given.
     """
     sequence = check_sequence(sequence)
+    largest_values = None
     if validate:
-        check_maps(maps, spatial_dims=spatial_dims)
+        largest_values = check_maps(maps, spatial_dims=spatial_dims)
+        largest_values.setdefault("r2", largest_values.get("r2s"))
         check_protocol(sequence, protocol)
     else:
         missing = [k for k in PROTOCOL_PARAMETERS[sequence] if k not in protocol]
@@ -133,4 +146,5 @@ def simulate(
     params = tuple(protocol[name] for name in PROTOCOL_ARGUMENTS[sequence])
     map_values, params = as_protocol_batch(map_values, params)
     *map_values, b1 = map_values
-    return run_kernel(sequence, *map_values, *params, b1, fused=fused, out=out, magnitude=True)
+    return run_kernel(sequence, *map_values, *params, b1, fused=fused, out=out, magnitude=True,
+                      checked_maxima=largest_values)

@@ -58,7 +58,7 @@ from mri_ssl.errors import InputError
 from mri_ssl.physics.protocols import SEQUENCES, check_sequence, protocol_item, sample_protocol
 from mri_ssl.physics.simulate import DEFAULT_MAP_NAMES, check_map_names, check_maps, simulate
 
-__all__ = ["ContrastiveViewPair", "VIEW_MODES"]
+__all__ = ["ContrastiveViewPair", "PAPER_CROP_VOXELS", "VIEW_MODES", "crop_scale", "scaled_interval"]
 
 VIEW_MODES = ("base", "seqaug", "seqinv")
 
@@ -68,6 +68,9 @@ REAL_IMAGE_SEQUENCE = "image"
 # Below this fraction of the crop's largest magnitude a standard deviation is float32 round-off, not contrast.
 _ZSCORE_RELATIVE_FLOOR = 1e-6
 _ZSCORE_ABSOLUTE_FLOOR = 1e-12
+
+# The paper's crop edge in voxels: the voxel-unit augmentation sizes are the paper's at this crop.
+PAPER_CROP_VOXELS = 96
 
 # A draw identical to the other view's is redrawn; with continuous distributions one redraw is already rare.
 _MAX_REDRAWS = 100
@@ -111,6 +114,22 @@ def _check_int_interval(name: str, interval: Sequence[int], minimum: int) -> tup
     return int(values[0]), int(values[1])
 
 
+def crop_scale(crop_size: Sequence[int], reference: int | None) -> tuple[float, float, float]:
+    """``crop_size / reference`` per axis (1 when ``reference`` is None): how voxel-unit sizes follow the crop."""
+    if reference is None:
+        return (1.0, 1.0, 1.0)
+    if isinstance(reference, bool) or not isinstance(reference, (int, np.integer)) or reference < 1:
+        raise InputError("size_reference_crop", f"expected a positive integer (voxels) or None, got {reference!r}")
+    return tuple(c / float(reference) for c in crop_size)
+
+
+def scaled_interval(interval: tuple[int, int], scale: Sequence[float]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(low, high)`` voxels scaled per axis: ``((low_x, low_y, low_z), (high_x, high_y, high_z))``, each >= 1."""
+    low = tuple(max(1, round(interval[0] * s)) for s in scale)
+    high = tuple(max(lo, round(interval[1] * s)) for lo, s in zip(low, scale))
+    return low, high
+
+
 def _check_crop_size(crop_size: Sequence[int] | int) -> tuple[int, int, int]:
     size = (crop_size,) * 3 if isinstance(crop_size, (int, np.integer)) else tuple(crop_size)
     if len(size) != 3 or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0
@@ -148,7 +167,14 @@ class ContrastiveViewPair(Randomizable):
             signal scales differ by orders of magnitude between protocols, and because the downstream denoising
             task adds noise of 0.2 to images of unit standard deviation: the two definitions agree.
         dropout_prob, dropout_holes, dropout_size: probability of cuboid dropout, the (min, max) number of holes
-            and the (min, max) edge length of a hole in voxels (per axis, drawn independently; clipped to the crop).
+            and the (min, max) edge length of a hole in voxels of a ``size_reference_crop`` crop (per axis, drawn
+            independently; clipped to the crop).
+        size_reference_crop: the crop edge, in voxels, at which the voxel-unit sizes (``dropout_size``,
+            ``elastic_sigma_range`` and the displacement that ``elastic_magnitude_range`` makes) are given; they are
+            scaled by ``crop_size / size_reference_crop`` along each axis (the elastic ones by the geometric mean),
+            so every augmentation covers the same share of the crop at any crop size. The default, 96, is the
+            paper's crop, where the sizes are the paper's. None: the sizes are absolute voxels (a 5-24 voxel hole
+            at a 32^3 crop erases about ten times the share it erases at 96^3).
         fused: simulate with the compiled kernel (``mri_ssl.physics.fused``).
         validate: check the input maps' names, ranges and finiteness once per call (the crops are then
             simulated without re-checking: bilinear resampling and zero padding keep every map in range).
@@ -195,6 +221,7 @@ class ContrastiveViewPair(Randomizable):
         dropout_prob: float = 0.8,
         dropout_holes: tuple[int, int] = (1, 10),
         dropout_size: tuple[int, int] = (5, 24),
+        size_reference_crop: int | None = PAPER_CROP_VOXELS,
         fused: bool = False,
         validate: bool = True,
     ) -> None:
@@ -232,6 +259,13 @@ class ContrastiveViewPair(Randomizable):
         self.fused = bool(fused)
         self.validate = bool(validate)
         self.elastic = bool(elastic)
+        scale = crop_scale(self.crop_size, size_reference_crop)
+        hole_size = scaled_interval(hole_size, scale)
+        mean_scale = float(np.prod(scale)) ** (1.0 / 3.0)
+        # The smoothed random field's std falls as sigma^-1.5 in 3-D: scaling sigma by s and the magnitude by
+        # s^2.5 scales the displacement, in voxels, by s.
+        sigma_low, sigma_high = sigma_low * mean_scale, sigma_high * mean_scale
+        magnitude_low, magnitude_high = magnitude_low * mean_scale ** 2.5, magnitude_high * mean_scale ** 2.5
 
         rotate_range_rad = math.radians(self.rotate_range_deg)  # MONAI reads radians: the reference's bug
         affine_ranges = dict(

@@ -3,7 +3,9 @@
 MONAI checks a download's hash only when one is given and never checks a bundle archive; here every download has a
 sha256, goes to a temporary file beside its destination, and is moved into place only when the hash matches (a
 mismatch leaves no file behind). Archives are extracted only after every member has been checked: no absolute paths,
-no ``..``, no symbolic or hard links, no device files.
+no ``..``, no symbolic or hard links, no device files. Members are then streamed to disk in chunks and hashed on the
+way, within limits on each member's size, the total size and the compression ratio (``ExtractLimits``), so a
+decompression bomb is refused before it fills memory or disk.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ import tarfile
 import tempfile
 import urllib.request
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import BinaryIO, Callable, Iterator
 
 from mri_ssl.atomic import atomic_output
 from mri_ssl.errors import InputError
 
 CHUNK_BYTES = 1 << 20
+MIB = 1 << 20
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
 
@@ -107,27 +111,127 @@ def check_archive(archive: str | os.PathLike) -> list[str]:
     return names
 
 
-def safe_extract(archive: str | os.PathLike, destination: str | os.PathLike) -> list[Path]:
+@dataclass(frozen=True)
+class ExtractLimits:
+    """How much an archive may unpack to; a member that would cross a limit is refused before the bytes are written.
+
+    Attributes:
+        member_bytes: largest uncompressed size of one member.
+        total_bytes: largest uncompressed size of all members together.
+        ratio: largest uncompressed / compressed size, of a zip member or of a whole tar archive (a zip bomb is
+            thousands to one; text compresses about ten to one).
+        ratio_floor_bytes: the ratio is checked only past this many bytes, so small, very regular files pass.
+    """
+
+    member_bytes: int = 256 * MIB
+    total_bytes: int = 1024 * MIB
+    ratio: float = 100.0
+    ratio_floor_bytes: int = 1 * MIB
+
+
+# Packed bundles hold configs, docs and small data (weights are fetched separately): tighter limits.
+BUNDLE_LIMITS = ExtractLimits(member_bytes=64 * MIB, total_bytes=256 * MIB)
+# Weights archives named in large_files.yml are hash-checked downloads of a known size, but still bounded.
+WEIGHTS_LIMITS = ExtractLimits(member_bytes=16 * 1024 * MIB, total_bytes=32 * 1024 * MIB)
+
+
+class _Budget:
+    """Counts the bytes an extraction has written and refuses the chunk that would cross a limit."""
+
+    def __init__(self, archive: Path, limits: ExtractLimits):
+        self.archive, self.limits, self.total = archive, limits, 0
+        self.archive_bytes = archive.stat().st_size
+
+    def refuse(self, name: str, problem: str) -> InputError:
+        return InputError(self.archive, f"refused member {name!r}: {problem}; nothing was extracted")
+
+    def check_declared(self, name: str, size: int) -> None:
+        """Refuse before reading when the size the archive declares is already over a limit."""
+        if size > self.limits.member_bytes:
+            raise self.refuse(name, f"declares {size} bytes, more than the {self.limits.member_bytes}-byte limit "
+                                    f"per member")
+
+    def _over_ratio(self, unpacked: int, compressed: int) -> bool:
+        return unpacked > self.limits.ratio_floor_bytes and unpacked > self.limits.ratio * max(compressed, 1)
+
+    def take(self, name: str, member_bytes: int, chunk_bytes: int, member_compressed: int | None) -> None:
+        """Account for a chunk about to be written: ``member_bytes`` of the member are written already, and it is
+        ``member_compressed`` bytes in the archive (a zip member; None in a tar, compressed as one stream)."""
+        after, total, limits = member_bytes + chunk_bytes, self.total + chunk_bytes, self.limits
+        if after > limits.member_bytes:
+            raise self.refuse(name, f"unpacks to more than the {limits.member_bytes}-byte limit per member")
+        if total > limits.total_bytes:
+            raise self.refuse(name, f"the archive unpacks to more than its {limits.total_bytes}-byte limit")
+        if member_compressed is not None and self._over_ratio(after, member_compressed):
+            raise self.refuse(name, f"compression ratio over {limits.ratio:g}:1 ({after} bytes from "
+                                    f"{member_compressed} compressed): a decompression bomb")
+        if self._over_ratio(total, self.archive_bytes):
+            raise self.refuse(name, f"compression ratio over {limits.ratio:g}:1 ({total} bytes from an archive of "
+                                    f"{self.archive_bytes}): a decompression bomb")
+        self.total = total
+
+
+def _stream_member(source: BinaryIO, target: Path, name: str, budget: _Budget,
+                   member_compressed: int | None) -> str:
+    """Copy ``source`` to ``target`` in chunks, within ``budget``; return its sha256. Written to a temporary name
+    first, so a refused or failed member never appears under its own name."""
+    digest, written = hashlib.sha256(), 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(target) as temporary, open(temporary, "wb") as out:
+        for chunk in iter(lambda: source.read(CHUNK_BYTES), b""):
+            budget.take(name, written, len(chunk), member_compressed)
+            digest.update(chunk)
+            out.write(chunk)
+            written += len(chunk)
+    return digest.hexdigest()
+
+
+def _extract_members(archive: Path, staging: Path, limits: ExtractLimits) -> Iterator[tuple[str, Path, str]]:
+    """Stream every file member of ``archive`` into ``staging``; yield (member name, path, sha256) as each ends."""
+    budget = _Budget(archive, limits)
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as handle:
+            for info in handle.infolist():
+                if info.is_dir():
+                    (staging / info.filename).mkdir(parents=True, exist_ok=True)
+                    continue
+                budget.check_declared(info.filename, info.file_size)
+                with handle.open(info) as source:
+                    path = staging / info.filename
+                    yield info.filename, path, _stream_member(source, path, info.filename, budget,
+                                                              info.compress_size)
+        return
+    with tarfile.open(archive) as handle:
+        for member in handle:
+            if member.isdir():
+                (staging / member.name).mkdir(parents=True, exist_ok=True)
+                continue
+            budget.check_declared(member.name, member.size)
+            path = staging / member.name
+            yield member.name, path, _stream_member(handle.extractfile(member), path, member.name, budget, None)
+
+
+def safe_extract(archive: str | os.PathLike, destination: str | os.PathLike,
+                 limits: ExtractLimits = WEIGHTS_LIMITS, expected_sha256: dict[str, str] | None = None) -> list[Path]:
     """Extract ``archive`` into ``destination`` after :func:`check_archive`; returns the files written.
 
-    Everything is extracted into a temporary folder beside ``destination`` first and moved in at the end, so a
-    failure leaves no half-extracted tree.
+    Members are streamed in 1 MiB chunks (memory stays bounded whatever they hold) into a temporary folder beside
+    ``destination``, within ``limits`` (per member, in total, compression ratio), and hashed on the way; with
+    ``expected_sha256`` (member name -> hex digest) every listed member must match. Only when every member has
+    passed are the files moved in, so a refusal or failure leaves ``destination`` as it was.
     """
     archive, destination = Path(archive), Path(destination)
     check_archive(archive)
+    created = not destination.exists()
     destination.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".extract.", dir=destination))
+    moved = False
     try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as handle:
-                handle.extractall(staging)
-        else:
-            with tarfile.open(archive) as handle:
-                # Members were checked above; the "data" filter (Python >= 3.10.12 / 3.11.4) is a second guard.
-                if hasattr(tarfile, "data_filter"):
-                    handle.extractall(staging, filter="data")
-                else:
-                    handle.extractall(staging)
+        for name, _, digest in _extract_members(archive, staging, limits):
+            expected = (expected_sha256 or {}).get(name)
+            if expected is not None and digest != str(expected).lower():
+                raise InputError(archive, f"{name}: sha256 {digest} does not match the manifest {expected}; "
+                                          f"nothing was extracted")
         written = []
         for source in sorted(staging.rglob("*")):
             if source.is_file():
@@ -135,7 +239,11 @@ def safe_extract(archive: str | os.PathLike, destination: str | os.PathLike) -> 
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(source, target)
                 written.append(target)
+        moved = True
         return written
     finally:
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(staging)
+        if created and not moved:
+            with contextlib.suppress(OSError):
+                destination.rmdir()  # only if empty: leave no folder behind a refused archive

@@ -1,0 +1,309 @@
+"""A label-free representation probe: does pretraining make an encoder that tells crops apart across sequences?
+
+The probe is a fixed set of N crops from held-out subjects, each seen in two views (for qMRI maps: the same crop
+simulated under two different random sequences and protocols). The encoder embeds all 2N views, and the probe
+reports, for the pooled features and for the projections:
+
+- **cross-sequence retrieval top-1 / top-5**: for each view, is the other view of its crop the most (one of the five
+  most) cosine-similar of the N candidates in the other set? Both directions are pooled (2N queries). Ties count
+  against the true item (``mri_ssl.metrics.retrieval.true_item_ranks``), so a collapsed encoder scores 0, never a
+  flattering 1. Chance is 1/N (top-1) and min(5, N)/N (top-5).
+- **held-out NT-Xent** at this N beside its chance value ``ln(2N - 1)`` (all 2N - 1 candidates equally similar).
+- **projection spread**: the std over the 2N views of the L2-normalised projections, averaged over dimensions;
+  about ``1/sqrt(dim)`` for spread-out embeddings, 0 for a collapsed encoder.
+
+``probe_score`` (the mean of the four retrieval accuracies) is what a run's ``best.pt`` is chosen on; the
+standard error of the feature top-1 (``sqrt(p (1 - p) / 2N)``, treating the 2N queries as independent) says how
+far two runs' top-1 must differ before the difference means anything.
+
+``RepresentationProbe`` runs the probe in a trainer: at the start (the untrained encoder, so every curve starts at
+its own baseline, beside a randomly re-initialised encoder of the same shape) and every ``interval`` epochs, into
+``engine.state.metrics`` (``probe_*``), TensorBoard and a JSON history.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mri_ssl.errors import InputError
+from mri_ssl.losses.ntxent import NTXentLoss
+from mri_ssl.metrics.retrieval import true_item_ranks
+
+logger = logging.getLogger(__name__)
+
+TOP_KS = (1, 5)
+EMBEDDINGS = ("features", "projection")
+
+
+def projection_spread(projection: torch.Tensor) -> float:
+    """Std over the rows of the L2-normalised ``projection`` ``(N, dim)``, averaged over dimensions.
+
+    Spread-out embeddings keep it near ``1 / sqrt(dim)``; a collapsed encoder (all outputs equal) drives it to 0.
+    """
+    normalised = F.normalize(projection.detach().float(), dim=1)
+    return float(normalised.std(dim=0).mean())
+
+
+def retrieval_top_k(z1: torch.Tensor, z2: torch.Tensor, ks: Sequence[int] = TOP_KS) -> dict[int, float]:
+    """Share of the 2N queries (each row of ``z1`` among ``z2`` and back) whose partner is in their top K.
+
+    ``z1``, ``z2``: ``(N, dim)``, row i of each is one crop's two views; similarity is the cosine.
+    """
+    if z1.ndim != 2 or z1.shape != z2.shape or z1.shape[0] < 2:
+        raise InputError("embeddings", f"expected two (N, dim) tensors of the same shape with N >= 2, got "
+                                       f"{tuple(z1.shape)} and {tuple(z2.shape)}")
+    similarity = F.normalize(z1.detach().double(), dim=1) @ F.normalize(z2.detach().double(), dim=1).T
+    column_ranks, row_ranks = true_item_ranks(similarity)
+    ranks = np.concatenate([column_ranks, row_ranks])
+    return {int(k): float(np.mean(ranks <= k)) for k in ks}
+
+
+def probe_scores(features1: torch.Tensor, features2: torch.Tensor, projection1: torch.Tensor,
+                 projection2: torch.Tensor, temperature: float = 0.5) -> dict[str, float]:
+    """Every probe figure from the embeddings of the two views of N crops (row i of each: crop i).
+
+    Returns ``features_top1``, ``features_top5``, ``projection_top1``, ``projection_top5`` (fractions),
+    ``top1_chance`` (1/N), ``features_top1_se``, ``ntxent`` and ``ntxent_chance`` (``ln(2N - 1)``), ``spread`` and
+    ``spread_healthy`` (``1/sqrt(dim)``), ``score`` (the mean of the four retrieval accuracies) and ``n`` (N).
+    """
+    n = int(features1.shape[0])
+    scores: dict[str, float] = {}
+    for name, (z1, z2) in zip(EMBEDDINGS, ((features1, features2), (projection1, projection2))):
+        for k, value in retrieval_top_k(z1, z2).items():
+            scores[f"{name}_top{k}"] = value
+    p = scores["features_top1"]
+    scores["features_top1_se"] = math.sqrt(p * (1.0 - p) / (2 * n))
+    scores["top1_chance"] = 1.0 / n
+    loss = NTXentLoss(temperature, gather_distributed=False)
+    scores["ntxent"] = float(loss(projection1.detach().float(), projection2.detach().float()))
+    scores["ntxent_chance"] = math.log(2 * n - 1)
+    scores["spread"] = projection_spread(torch.cat([projection1, projection2]))
+    scores["spread_healthy"] = 1.0 / math.sqrt(projection1.shape[1])
+    scores["score"] = float(np.mean([scores[f"{e}_top{k}"] for e in EMBEDDINGS for k in TOP_KS]))
+    scores["n"] = n
+    return scores
+
+
+def sample_crops(volumes: Sequence[torch.Tensor], crops_per_volume: int, crop_size: Sequence[int], seed: int,
+                 min_foreground: float = 0.5, max_tries: int = 1000) -> torch.Tensor:
+    """``crops_per_volume`` crops ``(C, *crop_size)`` from each ``(C, X, Y, Z)`` volume, as one ``(N, C, ...)``.
+
+    Crop corners are uniform over the positions that keep the crop inside; a crop is kept when at least
+    ``min_foreground`` of its voxels have a positive first channel (PD, or the image), so the probe compares
+    anatomy, not air. Volumes smaller than the crop are zero-padded (centred).
+    """
+    crop_size = tuple(int(s) for s in crop_size)
+    rng = np.random.default_rng(seed)
+    crops = []
+    for index, volume in enumerate(volumes):
+        volume = torch.as_tensor(volume).float()
+        pad = [max(0, c - s) for s, c in zip(volume.shape[1:], crop_size)]
+        volume = F.pad(volume, [p for half in reversed(pad) for p in (half // 2, half - half // 2)])
+        kept = 0
+        for _ in range(max_tries):
+            corner = [int(rng.integers(0, s - c + 1)) for s, c in zip(volume.shape[1:], crop_size)]
+            crop = volume[(slice(None), *(slice(a, a + c) for a, c in zip(corner, crop_size)))]
+            if float((crop[0] > 0).float().mean()) >= min_foreground:
+                crops.append(crop.clone())
+                kept += 1
+                if kept == crops_per_volume:
+                    break
+        if kept < crops_per_volume:
+            raise InputError(f"probe volume {index}", f"found only {kept} of {crops_per_volume} crops of "
+                                                      f"{crop_size} with >= {min_foreground:.0%} foreground")
+    return torch.stack(crops)
+
+
+def _outputs(output) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, projection) of a network's output: a dict with those keys, or one tensor used as both."""
+    if isinstance(output, Mapping):
+        features = output.get("features", output.get("projection"))
+        return features, output.get("projection", features)
+    return output, output
+
+
+@torch.no_grad()
+def embed_views(network: torch.nn.Module, view1: torch.Tensor, view2: torch.Tensor, device: torch.device,
+                batch_size: int = 8) -> tuple[torch.Tensor, ...]:
+    """``(features1, features2, projection1, projection2)`` of the network in eval mode (its mode is restored)."""
+    was_training = network.training
+    network.eval()
+    try:
+        parts: dict[str, list[torch.Tensor]] = {key: [] for key in ("f1", "f2", "p1", "p2")}
+        for start in range(0, view1.shape[0], batch_size):
+            for view, (f, p) in ((view1, ("f1", "p1")), (view2, ("f2", "p2"))):
+                features, projection = _outputs(network(view[start:start + batch_size].to(device)))
+                parts[f].append(features.float().flatten(1).cpu())
+                parts[p].append(projection.float().flatten(1).cpu())
+    finally:
+        network.train(was_training)
+    return tuple(torch.cat(parts[key]) for key in ("f1", "f2", "p1", "p2"))
+
+
+def random_init_copy(network: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A copy of ``network`` with every parameter and buffer re-initialised from ``seed`` (torch's RNG restored)."""
+    state = torch.get_rng_state()
+    try:
+        torch.manual_seed(int(seed))
+        fresh = copy.deepcopy(network)
+        for module in fresh.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    finally:
+        torch.set_rng_state(state)
+    return fresh
+
+
+class RepresentationProbe:
+    """Run the probe in a trainer: at the start, then every ``interval`` epochs.
+
+    Args:
+        data: held-out items (dicts of channel-first tensors, e.g. a ``CacheDataset`` of the validation subjects).
+        input_keys: the keys stacked as input channels (qMRI maps, or one image).
+        view_pair: makes the two views of each crop (``ContrastiveViewPair``: for maps, mode ``seqinv`` without
+            spatial augmentation, so both views are the same crop under two different sequences). It is called on
+            crops of exactly ``crop_size``, once, with ``seed``: the probe set is fixed for the whole run.
+        crop_size: the crops' size in voxels.
+        crops_per_subject: crops per held-out item; N = items x crops_per_subject.
+        temperature: the NT-Xent temperature (the training loss's).
+        seed: fixes the crops and the views.
+        random_init_seed: seed of the random-init encoder of the same shape measured beside the untrained one.
+        interval: epochs between probes (the validation interval).
+        log_dir: TensorBoard folder (``probe/<name>`` and ``probe_random_init/<name>`` scalars against iterations);
+            None: no TensorBoard.
+        history_path: JSON file rewritten after every probe: ``{"random_init": {...}, "history": [{"iteration",
+            "epoch", ...scores, "train_loss", "val_*"}, ...]}`` (``train_loss``: the mean training loss since the
+            previous probe; ``val_*``: the engine's validation metrics at that moment); None: no file.
+        batch_size: views per forward pass.
+
+    ``engine.state.metrics`` gets ``probe_<name>`` for every score of ``probe_scores`` (``probe_score`` for choosing
+    the best checkpoint) at each epoch-end probe; attach the probe before the checkpointer so it sees the current
+    epoch's values.
+    """
+
+    def __init__(self, data: Iterable[Mapping], input_keys: Sequence[str], view_pair: Callable,
+                 crop_size: Sequence[int], crops_per_subject: int = 8, temperature: float = 0.5, seed: int = 54321,
+                 random_init_seed: int = 999, interval: int = 1, log_dir: str | os.PathLike | None = None,
+                 history_path: str | os.PathLike | None = None, batch_size: int = 8):
+        if int(crops_per_subject) < 1:
+            raise InputError("crops_per_subject", f"must be >= 1, got {crops_per_subject}")
+        self.data = data
+        self.input_keys = tuple(input_keys)
+        self.view_pair = view_pair
+        self.crop_size = tuple(int(s) for s in (crop_size if isinstance(crop_size, Sequence) else [crop_size] * 3))
+        self.crops_per_subject = int(crops_per_subject)
+        self.temperature = float(temperature)
+        self.seed = int(seed)
+        self.random_init_seed = int(random_init_seed)
+        self.interval = max(1, int(interval))
+        self.log_dir = log_dir
+        self.history_path = history_path
+        self.batch_size = int(batch_size)
+        self.views: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.random_init: dict[str, float] | None = None
+        self.history: list[dict] = []
+        self._train_losses: list[float] = []
+        self._writer = None
+
+    def build_views(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fixed probe set: ``(view1, view2)``, each ``(N, 1, *crop_size)``, made once and kept."""
+        if self.views is None:
+            volumes = [torch.cat([torch.as_tensor(item[k]).float() for k in self.input_keys]) for item in self.data]
+            if not volumes:
+                raise InputError("probe data", "no held-out items to probe; the validation split is empty")
+            crops = sample_crops(volumes, self.crops_per_subject, self.crop_size, self.seed)
+            if crops.shape[0] < 2:
+                raise InputError("probe data", "the probe needs at least 2 crops (retrieval among 1 is trivial)")
+            if hasattr(self.view_pair, "set_random_state"):
+                self.view_pair.set_random_state(seed=self.seed)
+            state = torch.get_rng_state()
+            try:
+                pair = self.view_pair(crops)
+            finally:
+                torch.set_rng_state(state)
+            self.views = (pair["view1"].cpu(), pair["view2"].cpu())
+        return self.views
+
+    def measure(self, network: torch.nn.Module, device: torch.device | str = "cpu") -> dict[str, float]:
+        """The probe's scores for ``network`` (a DDP wrapper is unwrapped)."""
+        view1, view2 = self.build_views()
+        network = getattr(network, "module", network)
+        embeddings = embed_views(network, view1, view2, torch.device(device), self.batch_size)
+        return probe_scores(*embeddings, temperature=self.temperature)
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        # The start's probe is recorded (history, log, TensorBoard) but not put in state.metrics: a checkpointer
+        # would read it at the next epoch's end as the score of weights that have trained since.
+        engine.add_event_handler(Events.STARTED, self, False)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._add_train_loss)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+
+    def _add_train_loss(self, engine) -> None:
+        output = engine.state.output
+        loss = output.get("loss") if isinstance(output, Mapping) else output
+        if isinstance(loss, (int, float, torch.Tensor)):
+            self._train_losses.append(float(loss))
+
+    def __call__(self, engine, publish: bool = True) -> None:
+        network, device = engine.network, engine.state.device
+        if self.random_init is None:
+            self.random_init = self.measure(random_init_copy(getattr(network, "module", network),
+                                                             self.random_init_seed), device)
+        scores = self.measure(network, device)
+        iteration, epoch = int(engine.state.iteration), int(engine.state.epoch)
+        # Beside the probe, the losses the curves need: the training loss since the last probe and the validation
+        # loss terms computed at this epoch's end (``ValidationLoss`` runs first).
+        losses = {name: float(value) for name, value in engine.state.metrics.items()
+                  if name.startswith("val_") and isinstance(value, (int, float))}
+        if self._train_losses:
+            losses["train_loss"] = float(np.mean(self._train_losses))
+        self._train_losses = []
+        self.history.append({"iteration": iteration, "epoch": epoch, **scores, **losses})
+        if publish:
+            engine.state.metrics.update({f"probe_{name}": value for name, value in scores.items()})
+        self._write(iteration, scores)
+        self._log(iteration, scores)
+
+    def _log(self, iteration: int, s: Mapping[str, float]) -> None:
+        r = self.random_init
+        logger.info(
+            "probe at iteration %d (N=%d): top-1 features %.3f +- %.3f (random init %.3f), projection %.3f "
+            "(%.3f); top-5 features %.3f (%.3f), projection %.3f (%.3f); chance %.3f; held-out NT-Xent %.3f "
+            "(chance %.3f, random init %.3f); spread %.3f (healthy %.3f)",
+            iteration, s["n"], s["features_top1"], s["features_top1_se"], r["features_top1"], s["projection_top1"],
+            r["projection_top1"], s["features_top5"], r["features_top5"], s["projection_top5"],
+            r["projection_top5"], s["top1_chance"], s["ntxent"], s["ntxent_chance"], r["ntxent"], s["spread"],
+            s["spread_healthy"])
+
+    def _write(self, iteration: int, scores: Mapping[str, float]) -> None:
+        from mri_ssl.distributed import rank
+
+        if rank() != 0:  # every rank measures the same weights; one writes
+            return
+        if self.log_dir is not None:
+            if self._writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(log_dir=str(self.log_dir))
+            for prefix, values in (("probe", scores), ("probe_random_init", self.random_init)):
+                for name, value in values.items():
+                    self._writer.add_scalar(f"{prefix}/{name}", value, iteration)
+            self._writer.flush()
+        if self.history_path is not None:
+            from mri_ssl.data.nifti import save_json
+
+            save_json({"random_init": self.random_init, "history": self.history}, self.history_path)
+
+
+__all__ = ["RepresentationProbe", "embed_views", "probe_scores", "projection_spread", "random_init_copy",
+           "retrieval_top_k", "sample_crops"]
