@@ -44,6 +44,9 @@ def test_tokenizer_save_load(tmp_path):
     assert loaded.vocabulary == tok.vocabulary and torch.equal(loaded(REPORTS), tok(REPORTS))
     with pytest.raises(InputError, match="not found"):
         WordTokenizer.load(tmp_path / "missing.json")
+    (tmp_path / "truncated.json").write_text(tok.save(tmp_path / "t.json").read_text()[:20])
+    with pytest.raises(InputError, match="truncated.json.*not a tokenizer file"):
+        WordTokenizer.load(tmp_path / "truncated.json")
 
 
 def test_text_encoder_ignores_padding():
@@ -151,15 +154,17 @@ def test_bundle_train_and_evaluate(tmp_path):
     assert (out / "retrieval.md").read_text().startswith("| model |")
     assert (out / "linear_probe.csv").is_file() and (out / "embedding_pca.png").stat().st_size > 0
 
-    run = run_bundle(tmp_path, [configs / "train.json", configs / "inference.json", tiny])
+    # The standalone inference.json with this run's own weights and vocabulary (both in the trainer checkpoint).
+    own = write_override(tmp_path, "own.json", checkpoint=str(ckpt / "final.pt"), tokenizer_file=str(ckpt / "final.pt"))
+    run = run_bundle(tmp_path, [configs / "inference.json", tiny, own])
     assert run.returncode == 0, run.stderr[-3000:]
-    rankings = json.loads((out / "inference" / "rankings.json").read_text())["rankings"]
+    rankings = json.loads((tmp_path / "predictions" / "rankings.json").read_text())["rankings"]
     test_ids = metrics["retrieval"][0]["num_queries"]
     assert len(rankings) == test_ids
     for ranked in rankings.values():
         scores = [r["score"] for r in ranked]
         assert scores == sorted(scores, reverse=True) and all(-1 - 1e-6 <= x <= 1 + 1e-6 for x in scores)
-    embeddings = np.load(out / "inference" / "embeddings.npz")
+    embeddings = np.load(tmp_path / "predictions" / "embeddings.npz")
     np.testing.assert_allclose(np.linalg.norm(embeddings["video"], axis=1), 1.0, rtol=1e-5)
 
 

@@ -9,6 +9,7 @@ One parametrised test, since the pattern repeats; each case says how its fake da
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -91,3 +92,24 @@ def test_inference_config_alone_runs_as_the_zoo_tests_it(tmp_path, bundle):
     workflow.finalize()
     written = outputs(tmp_path, inputs)
     assert len(written) == len(inputs) + extra_rows, written
+
+
+def test_cmr_inference_config_alone_runs_as_the_zoo_tests_it(tmp_path):
+    """The video-text bundle reads studies through a manifest, so its "fake data" are a few tiny demo studies; with
+    no shipped weights the tokenizer is built from their training reports, as train.json builds it."""
+    root = bundle_dir("cmr_video_text")
+    workflow = ConfigWorkflow(
+        workflow_type="infer", config_file=str(root / "configs" / "inference.json"),
+        meta_file=str(root / "configs" / "metadata.json"), logging_file=str(root / "configs" / "logging.conf"),
+        bundle_root=str(tmp_path), load_pretrain=False, progress_bar=False,
+        tokenizer="$build_text_tokenizer(training_reports(@manifest), @max_length, @text_model_dir)",
+        demo_studies=12, demo_cine_frames=4, demo_lge_slices=2, image_size=16, num_frames=4, cnn_features=[4, 8],
+        temporal_heads=2, text_width=16, text_layers=1, text_heads=2, embed_dim=32)
+    workflow.initialize()
+    assert workflow.check_properties() in (None, [])
+    workflow.run()
+    workflow.finalize()
+    rankings = json.loads((tmp_path / "predictions" / "rankings.json").read_text())["rankings"]
+    studies = workflow.parser.get_parsed_content("dataset").studies
+    assert sorted(rankings) == sorted(s["study_id"] for s in studies) and studies
+    assert all(len(ranked) == min(5, len(studies)) for ranked in rankings.values())

@@ -100,6 +100,19 @@ def tokenizer_state(tokenizer) -> dict:
     return {"text_model_dir": str(tokenizer.model_dir), "max_length": tokenizer.max_length}
 
 
+def load_tokenizer(path: str | os.PathLike):
+    """The word tokenizer saved by ``WordTokenizer.save`` (a ``.json`` file, e.g. the ``models/tokenizer.json`` a
+    bundle ships beside its plain state dict: the vocabulary fixes the text embedding's size), or the tokenizer a
+    trainer checkpoint carries."""
+    path = Path(path)
+    if path.suffix == ".json":
+        return WordTokenizer.load(path)
+    payload = load_checkpoint(path)
+    if not isinstance(payload, dict):
+        raise InputError(path, "not a video-text checkpoint (no tokenizer in it)")
+    return tokenizer_from_state(payload, path)
+
+
 def tokenizer_from_state(payload: dict, source="checkpoint"):
     if payload.get("text_model_dir"):
         return PretrainedTokenizer(payload["text_model_dir"], payload["max_length"])
@@ -278,13 +291,15 @@ def load_video_text_model(path: str | os.PathLike, device="cpu") -> tuple[VideoT
 
 
 @torch.no_grad()
-def embed_dataset(model: VideoTextModel, dataset, device, batch_size: int = 16) -> dict[str, np.ndarray]:
-    """Video embeddings, text embeddings, frozen video-encoder features and labels of every item."""
+def embed_dataset(model: VideoTextModel, dataset, device, batch_size: int = 16,
+                  inferer=None) -> dict[str, np.ndarray]:
+    """Video embeddings, text embeddings, frozen video-encoder features and labels of every item (the video encoder
+    runs through ``inferer``, a MONAI inferer, when given)."""
     model.eval()
     out = {"video": [], "text": [], "features": [], "label": []}
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         video = batch["video"].to(device)
-        features = model.video_encoder(video)
+        features = inferer(video, model.video_encoder) if inferer is not None else model.video_encoder(video)
         out["features"].append(features.cpu())
         out["video"].append(torch.nn.functional.normalize(model.video_projection(features), dim=1).cpu())
         out["text"].append(model.embed_text(batch["ids"].to(device)).cpu())
@@ -376,21 +391,34 @@ class VideoTextInference:
     ``rankings.json``: per study the ``top_k`` candidate reports by cosine similarity, best first, with scores.
 
     Args:
-        checkpoint: trainer checkpoint. dataset: a ``CMRVideoTextDataset`` in eval mode (the studies to embed).
+        checkpoint: a trainer checkpoint to rebuild the model and tokenizer from (``load_video_text_model``); or,
+            with ``network`` and ``tokenizer`` given (the standalone ``inference.json``, which builds
+            ``network_def`` and loads ``models/model.pt`` into it), only the weights' path written to the rankings.
+        dataset: a ``CMRVideoTextDataset`` in eval mode (the studies to embed).
         reports: candidate report texts; default the dataset's own reports.
+        inferer: the MONAI inferer that runs the video encoder (default: a direct call).
     """
 
-    def __init__(self, checkpoint, dataset, output_dir, device, reports=None, top_k: int = 5):
+    def __init__(self, dataset, output_dir, device, checkpoint=None, network=None, tokenizer=None, reports=None,
+                 top_k: int = 5, inferer=None):
+        if network is None and checkpoint is None:
+            raise InputError("checkpoint", "give a trainer checkpoint, or a network and its tokenizer")
+        if (network is None) != (tokenizer is None):
+            raise InputError("tokenizer", "a network needs its tokenizer (the vocabulary it was trained with)")
         self.checkpoint, self.dataset, self.output_dir = checkpoint, dataset, Path(output_dir)
+        self.network, self.tokenizer, self.inferer = network, tokenizer, inferer
         self.device, self.reports, self.top_k = torch.device(device), reports, int(top_k)
 
     @torch.no_grad()
     def run(self) -> dict:
-        model, tokenizer = load_video_text_model(self.checkpoint, self.device)
+        if self.network is not None:
+            model, tokenizer = _unwrap(self.network).to(self.device).eval(), self.tokenizer
+        else:
+            model, tokenizer = load_video_text_model(self.checkpoint, self.device)
         reports = list(self.reports) if self.reports else [s["report"] for s in self.dataset.studies]
         if not reports:
             raise InputError("reports", "no candidate reports to rank")
-        embedded = embed_dataset(model, self.dataset, self.device)
+        embedded = embed_dataset(model, self.dataset, self.device, inferer=self.inferer)
         report_embeddings = torch.cat([model.embed_text(tokenizer(reports[i:i + 64]).to(self.device)).cpu()
                                        for i in range(0, len(reports), 64)]).numpy()
         similarity = embedded["video"] @ report_embeddings.T
@@ -405,5 +433,6 @@ class VideoTextInference:
             with open(temporary, "wb") as handle:
                 np.savez(handle, study_ids=np.array(study_ids), video=embedded["video"], reports=np.array(reports),
                          text=report_embeddings)
-        save_json({"checkpoint": str(self.checkpoint), "rankings": rankings}, self.output_dir / "rankings.json")
+        checkpoint = str(self.checkpoint) if self.checkpoint is not None else None
+        save_json({"checkpoint": checkpoint, "rankings": rankings}, self.output_dir / "rankings.json")
         return rankings

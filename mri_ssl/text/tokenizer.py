@@ -83,5 +83,9 @@ class WordTokenizer:
         path = Path(path)
         if not path.is_file():
             raise InputError(str(path), "tokenizer file not found; it is written next to the trained model")
-        payload = json.loads(path.read_text())
-        return cls(payload["vocabulary"], payload["max_length"])
+        try:
+            payload = json.loads(path.read_text())
+            return cls(payload["vocabulary"], payload["max_length"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise InputError(str(path), f"not a tokenizer file (a JSON object with 'vocabulary' and 'max_length'): "
+                                        f"{type(error).__name__}: {error}") from error

@@ -53,6 +53,8 @@ class Recipe:
     checkpoint: str  # in the last step's bundle_root
     key_prefix: str = ""  # keep only these keys of the checkpoint's network, prefix removed
     trained_on: str = ""
+    # Also write models/tokenizer.json from the checkpoint (a text model's vocabulary fixes its embedding size).
+    tokenizer: bool = False
 
 
 SHIPPED_ENCODER = "{shipped_encoder}"  # replaced by an encoder file exported from mri_ssl_pretrain's models/model.pt
@@ -83,7 +85,14 @@ RECIPES: dict[str, Recipe] = {
               {"encoder_path": "{pretrain}/models/simsiam/encoder_final.pt"})), "models/best.pt",
         trained_on="the embedded cardiac phantom studies: SimSiam pretraining then fine-tuning with BCE over "
                    "T1 / T2 / Cine / LGE / Other"),
+    "cmr_video_text": Recipe(
+        (Step("train", "cmr_video_text", ("configs/train.json", "configs/cpu_demo.json")),),
+        "models/frames8_cine_lge_seed0/final.pt", tokenizer=True,
+        trained_on="the embedded CMR phantom studies (60 studies at 48x48, cine + LGE, 8 frames): CLIP loss against "
+                   "their report impressions, 15 epochs; the word vocabulary of their training reports is "
+                   "models/tokenizer.json"),
 }
+TOKENIZER = "models/tokenizer.json"
 
 
 def bundles_dir() -> Path:
@@ -167,9 +176,14 @@ def train_shipped_weights(name: str, bundles: str | os.PathLike | None = None,
             workdirs["shipped_encoder"] = export_shipped_encoder(bundles, Path(folder) / "shipped_encoder.pt")
         for step in recipe.steps:
             workdirs[step.name] = run_step(step, bundles, workdirs, Path(folder))
-        state = network_state(workdirs[recipe.steps[-1].name] / recipe.checkpoint, recipe.key_prefix)
+        checkpoint = workdirs[recipe.steps[-1].name] / recipe.checkpoint
+        state = network_state(checkpoint, recipe.key_prefix)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if recipe.tokenizer:  # written first: inference.json builds its network from this vocabulary
+            from mri_ssl.engines.video_text import load_tokenizer
+
+            load_tokenizer(checkpoint).save(bundles / name / TOKENIZER)
     inference_network(bundles / name).load_state_dict(state)  # strict: the weights fit inference.json as it is
-    target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(target) as temporary:
         torch.save(state, temporary)
     digest = sha256_file(target)
