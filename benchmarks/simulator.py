@@ -94,6 +94,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--nitorch", metavar="PATH", default=None,
                         help="a NITorch source tree (the folder holding the nitorch package; NITorch is not on any "
                         "package registry, and needs torch-interpol): adds the table against its sequence generators")
+    parser.add_argument("--block", type=int, default=3,
+                        help="against NITorch: calls of each contestant in a row per round, the first untimed (its "
+                        "time and faults are printed apart); 1 times every call right after another contestant's")
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS,
                         help="which parts to run: nitorch (only with --nitorch), kernels (one protocol vs the memory "
                         "bound), batched (B protocols per call)")
@@ -106,6 +109,10 @@ def say(text: str = "") -> None:
 
 def median_ms(times: list[float]) -> float:
     return statistics.median(times) * 1e3
+
+
+def lower_quartile_ms(times: list[float]) -> float:
+    return statistics.quantiles(times, n=4)[0] * 1e3 if len(times) > 1 else times[0] * 1e3
 
 
 def timed(fn):
@@ -128,9 +135,14 @@ def interleaved(variants: dict, rounds: int, warmup: int) -> dict[str, list[floa
     return times
 
 
-def interleaved_with_faults(variants: dict, rounds: int, warmup: int):
+def interleaved_with_faults(variants: dict, rounds: int, warmup: int, block: int = 1, first_calls: dict | None = None):
     """Like ``interleaved``, also returning each call's minor page faults, system CPU seconds and process CPU seconds
-    (user + system, all threads), from getrusage."""
+    (user + system, all threads), from getrusage.
+
+    ``block`` > 1: each round calls each variant ``block`` times in a row and records the last ``block - 1`` calls,
+    so every variant is timed in the steady state of its own repeated calls (as a loop calls it: its outputs and
+    temporaries recycled by the allocator) rather than in whatever heap state the previous variant left. The first
+    call of each block goes to ``first_calls[name]`` (seconds, faults) when that dict is given."""
     for fn in variants.values():
         for _ in range(warmup):
             fn()
@@ -140,14 +152,19 @@ def interleaved_with_faults(variants: dict, rounds: int, warmup: int):
     cpu = {name: [] for name in variants}
     for _ in range(rounds):
         for name, fn in variants.items():
-            before = resource.getrusage(resource.RUSAGE_SELF)
-            seconds, result = timed(fn)
-            after = resource.getrusage(resource.RUSAGE_SELF)
-            del result
-            times[name].append(seconds)
-            faults[name].append(after.ru_minflt - before.ru_minflt)
-            system[name].append(after.ru_stime - before.ru_stime)
-            cpu[name].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+            for call in range(block):
+                before = resource.getrusage(resource.RUSAGE_SELF)
+                seconds, result = timed(fn)
+                after = resource.getrusage(resource.RUSAGE_SELF)
+                del result
+                if block > 1 and call == 0:
+                    if first_calls is not None:
+                        first_calls.setdefault(name, []).append((seconds, after.ru_minflt - before.ru_minflt))
+                    continue
+                times[name].append(seconds)
+                faults[name].append(after.ru_minflt - before.ru_minflt)
+                system[name].append(after.ru_stime - before.ru_stime)
+                cpu[name].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     return times, faults, system, cpu
 
 
@@ -514,13 +531,17 @@ def nitorch_table(args: argparse.Namespace, maps: dict, shape: tuple) -> None:
         differences[sequence] = (relative_error(eager, reference), relative_error(fused, eager))
         del reference, eager, fused
     load_before = os.getloadavg()
-    times, faults, _, _ = interleaved_with_faults(variants, args.repeats, args.warmup)
+    first_calls = {}
+    times, faults, _, _ = interleaved_with_faults(variants, args.repeats, args.warmup, args.block, first_calls)
     load_after = os.getloadavg()
     medians = {name: median_ms(values) for name, values in times.items()}
+    lower_quartiles = {name: lower_quartile_ms(values) for name, values in times.items()}
     fault_medians = {name: statistics.median(values) for name, values in faults.items()}
     say(f"against NITorch ({os.path.abspath(args.nitorch)}): TYPICAL_PROTOCOLS, median ms over {args.repeats} "
-        f"interleaved rounds (nitorch, eager, fused per sequence in turn); load average before "
-        f"{load_before[0]:.2f}, after {load_after[0]:.2f} (1 min)")
+        f"interleaved rounds; each round calls nitorch, eager, fused of each sequence in turn, each {args.block} "
+        f"times in a row, timing the last {args.block - 1} (every contestant in the steady state of its own "
+        f"repeated calls, as a loop calls it); load average before {load_before[0]:.2f}, after {load_after[0]:.2f} "
+        f"(1 min)")
     say("  nitorch = its generator (fse, spgr, flair, mprage); eager = simulate(maps, seq, protocol, fused=False), "
         "the default call with validation; fused = simulate(..., fused=True, validate=False), the training-loop call")
     header = (f"{'sequence':8s} {'nitorch':>8s} {'eager':>8s} {'fused':>8s} {'nitorch/':>8s} {'':4s} "
@@ -546,6 +567,23 @@ def nitorch_table(args: argparse.Namespace, maps: dict, shape: tuple) -> None:
             f"{fault_medians[sequence + '/eager']:6.0f} {fault_medians[sequence + '/fused']:6.0f}")
     say(f"{'all':8s} {totals['nitorch']:8.1f} {totals['eager']:8.1f} {totals['fused']:8.1f} "
         f"{totals['nitorch'] / totals['eager']:7.2f}x {'':4s} {totals['nitorch'] / totals['fused']:7.1f}x")
+    say("lower quartiles (ms; the same rounds), nitorch / eager / fused and the ratios: " + "; ".join(
+        f"{sequence} {lower_quartiles[sequence + '/nitorch']:.1f} / {lower_quartiles[sequence + '/eager']:.1f} / "
+        f"{lower_quartiles[sequence + '/fused']:.1f} = "
+        f"{lower_quartiles[sequence + '/nitorch'] / lower_quartiles[sequence + '/eager']:.2f}x, "
+        f"{lower_quartiles[sequence + '/nitorch'] / lower_quartiles[sequence + '/fused']:.1f}x"
+        for sequence in args.sequences))
+    if first_calls:
+        first = {name: (statistics.median(s for s, _ in calls) * 1e3, statistics.median(f for _, f in calls))
+                 for name, calls in first_calls.items()}
+        say("first call of each block (right after another contestant; median ms, page faults), nitorch / eager / "
+            "fused and the ratios: " + "; ".join(
+                f"{sequence} {first[sequence + '/nitorch'][0]:.1f} ({first[sequence + '/nitorch'][1]:.0f}) / "
+                f"{first[sequence + '/eager'][0]:.1f} ({first[sequence + '/eager'][1]:.0f}) / "
+                f"{first[sequence + '/fused'][0]:.1f} ({first[sequence + '/fused'][1]:.0f}) = "
+                f"{first[sequence + '/nitorch'][0] / first[sequence + '/eager'][0]:.2f}x, "
+                f"{first[sequence + '/nitorch'][0] / first[sequence + '/fused'][0]:.1f}x"
+                for sequence in args.sequences))
     say(f"goals: nitorch/eager >= {NITORCH_EAGER_GOAL:g}x, nitorch/fused >= {NITORCH_FUSED_GOAL:g}x; compile = first "
         f"fused call minus the median ({'on-disk' if args.warm_cache else 'fresh'} inductor cache); rel.diff "
         f"nitorch = max|eager - |nitorch|| / max|nitorch| (NITorch's FLAIR is signed, so its magnitude is compared; "

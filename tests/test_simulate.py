@@ -463,11 +463,16 @@ def test_auto_rule_compiles_once_eager_time_reaches_the_budget(make_maps, monkey
     monkeypatch.setattr(fused, "AUTO_COMPILE_AFTER_S", 3600.0)
     for _ in range(3):
         assert torch.equal(simulate(maps, "fse", protocol), expected)
-    assert compiles == [] and 0 < fused._eager_seconds["fse"] < 3600.0
-    monkeypatch.setattr(fused, "AUTO_COMPILE_AFTER_S", fused._eager_seconds["fse"])  # the budget is now spent
+    (budget_key, spent), = fused._eager_seconds.items()  # one variant and signature: fse magnitude, 3x3x3 maps
+    assert compiles == [] and budget_key.startswith("fse@cpu:float32:3x3x3") and 0 < spent < 3600.0
+    monkeypatch.setattr(fused, "AUTO_COMPILE_AFTER_S", spent)  # the budget is now spent
     for _ in range(2):
         assert _relative_difference(simulate(maps, "fse", protocol), expected) <= 1e-6
     assert len(compiles) == 1  # compiled once, then reused
+    # Another map size has its own budget: eager again, no compile, until its own calls have taken as long.
+    other = make_maps((2, 3, 4), dtype=torch.float32)
+    assert torch.equal(simulate(other, "fse", protocol), simulate(other, "fse", protocol, fused=False))
+    assert len(compiles) == 1 and len(fused._eager_seconds) == 2
     compiler = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
     if compiler:
         assert fused.fused_available("fse")

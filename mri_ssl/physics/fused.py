@@ -9,14 +9,20 @@ Protocol values are passed as tensors, never Python floats: a compiled function 
 would recompile for every new protocol.
 
 When the compiled kernel is used
-    ``fused=True`` compiles on the first call of each kernel variant (sequence; magnitude or signed; with or without
-    autograd), ``fused=False`` never does. The default, ``fused=None``, follows a rent-or-buy rule: it runs the eager
-    kernels and adds up the seconds they take per variant in this process; once that total reaches
-    ``AUTO_COMPILE_AFTER_S`` (about what one compile costs on CPU), it compiles and uses the compiled kernel from then
-    on. A one-off call, or a test on small volumes, never pays a compile; a training loop pays it once, after
+    A compiled function belongs to a kernel variant (sequence; magnitude or signed; with or without autograd) and an
+    argument *signature* (device, dtype, every argument's shape: one map size with one number of protocols).
+    ``fused=True`` compiles on the first call of each variant and signature, ``fused=False`` never compiles. The
+    default, ``fused=None``, follows a rent-or-buy rule per variant and signature: it runs the eager kernels and adds
+    up the seconds they take in this process; once that total reaches ``AUTO_COMPILE_AFTER_S`` (about what one
+    compile costs on CPU), it compiles and uses the compiled kernel from then on. A one-off call, or a test on small
+    volumes, never pays a compile; a training loop pays it once per signature (its crop size, a whole volume), after
     spending at most as long again in eager calls, so it is never more than about twice as slow as the better choice
     made in hindsight. On CUDA, eager calls return before the GPU finishes, so the rule sees only launch time and
     compiles late or never: pass ``fused=True`` there for long runs.
+
+    The first ``STATIC_SIGNATURES`` signatures of a variant are compiled for their fixed sizes; further signatures
+    share one shape-generic compile, so a process never compiles a variant more than ``STATIC_SIGNATURES + 1``
+    times. Protocol values are tensors, so new protocols never recompile.
 
 Without autograd, the compiled function writes straight into its output (``out=`` when the caller gives one), and
 takes the magnitude in the same loop when asked, so ``simulate`` makes one pass over the image, not two.
@@ -47,9 +53,10 @@ _failed: set[str] = set()
 # Set MRI_SSL_DISABLE_COMPILE=1 to force the eager path (e.g. to debug, or on a machine without a compiler).
 DISABLE_ENV = "MRI_SSL_DISABLE_COMPILE"
 
-# Eager seconds per kernel variant after which ``fused=None`` compiles: the cold first-call compile of the FSE kernel
-# on a quiet 2-core CPU (3.8 s), rounded up. ``benchmarks/simulator.py`` prints the compile seconds of each kernel;
-# on a loaded machine or with a cold inductor start-up they are several times longer, with a warm cache shorter.
+# Eager seconds per kernel variant and signature after which ``fused=None`` compiles: about one compile of a kernel
+# once inductor has started (3.8 s for FSE on a quiet 2-core CPU when this was set; the first compile of a process
+# adds inductor's own start-up, several seconds). ``benchmarks/simulator.py`` prints the compile seconds of each
+# kernel; on a loaded machine they are several times longer, with a warm on-disk cache shorter.
 AUTO_COMPILE_AFTER_S = 4.0
 _eager_seconds: dict[str, float] = {}
 
@@ -196,11 +203,12 @@ def run_kernel(
         sequence: a key of ``KERNELS``.
         args: the kernel's arguments (maps, protocol values, b1) as tensors of one dtype and device, as
             ``as_protocol_batch`` prepares them.
-        fused: True: the compiled kernel (the first call per variant compiles, seconds on CPU); False: eager;
-            None: eager until this variant's eager calls have taken ``AUTO_COMPILE_AFTER_S`` in this process, then
-            compiled (see the module docstring). If compilation or the compiled call raises, the failure is logged
-            at debug level, the sequence is marked as not compilable for this process, and the eager result is
-            returned. Without autograd, eager means the in-place kernels of ``mri_ssl.physics.inplace``.
+        fused: True: the compiled kernel (the first call per variant and signature compiles, seconds on CPU);
+            False: eager; None: eager until this variant's eager calls with this signature have taken
+            ``AUTO_COMPILE_AFTER_S`` in this process, then compiled (see the module docstring). If compilation or
+            the compiled call raises, the failure is logged at debug level, the sequence is marked as not
+            compilable for this process, and the eager result is returned. Without autograd, eager means the
+            in-place kernels of ``mri_ssl.physics.inplace``.
         out: a contiguous tensor of the result's shape, dtype and device to write into and return (e.g. one
             buffer refilled every step of a training loop, which saves allocating, and on CPU page-faulting, a new
             image each call). Not with autograd. Anything else raises ``InputError`` naming ``out``.
@@ -216,11 +224,13 @@ def run_kernel(
     key = f"{sequence}/autograd" if autograd else (sequence if magnitude else f"{sequence}/signal")
     if fused is False or compile_disabled() or sequence in _failed:
         return _eager(sequence, args, shape, out, magnitude, autograd, checked_maxima)
-    if fused is None and key not in _compiled and _eager_seconds.get(key, 0.0) < AUTO_COMPILE_AFTER_S:
-        start = time.perf_counter()
-        result = _eager(sequence, args, shape, out, magnitude, autograd, checked_maxima)
-        _eager_seconds[key] = _eager_seconds.get(key, 0.0) + time.perf_counter() - start
-        return result
+    if fused is None:
+        budget_key = f"{key}@{_signature(args, args[0].device, args[0].dtype)}"
+        if _eager_seconds.get(budget_key, 0.0) < AUTO_COMPILE_AFTER_S:
+            start = time.perf_counter()
+            result = _eager(sequence, args, shape, out, magnitude, autograd, checked_maxima)
+            _eager_seconds[budget_key] = _eager_seconds.get(budget_key, 0.0) + time.perf_counter() - start
+            return result
     prepared = args
     if sequence in SPLIT_KERNELS:
         protocol_constants = SPLIT_KERNELS[sequence][0]
