@@ -5,10 +5,15 @@ MT in [0, 0.05]; R2* stands in for R2 as ``simulate`` does when no R2 map is giv
 
 0. With ``--nitorch PATH`` (a NITorch source tree; NITorch, which the reference work used, is on no package
    registry): per sequence with ``TYPICAL_PROTOCOLS``, NITorch's own generator (``fse``, ``spgr``, ``flair``,
-   ``mprage`` from ``nitorch.tools.qmri.generators``) against ``simulate`` eager (the default call, validation
-   included) and fused (``validate=False``, as a training loop calls it), on the same maps in one process: medians,
-   the ratios, the first fused call's compile seconds and the largest relative difference. Without it the part is
-   skipped.
+   ``mprage`` from ``nitorch.tools.qmri.generators``, called as its API is meant to be called, fresh outputs)
+   against ``simulate`` eager (the default call, validation included) and fused (``validate=False``, as a training
+   loop calls it; fresh outputs too, no ``out=``), on the same maps in one process: medians and lower quartiles,
+   the ratios, the first fused call's compile seconds, the largest relative difference and the page faults per
+   call. Every contestant is timed the same way: each round calls each contestant ``--block`` times in a row (3 by
+   default) and times all but the first, i.e. in the steady state of its own repeated calls, where the allocator
+   recycles what the previous call of the same contestant freed; the first call of each block (right after another
+   contestant, whose freed temporaries glibc may have returned to the kernel, so that a fresh output page-faults)
+   is printed on its own line. Without ``--nitorch`` the part is skipped.
 1. Per sequence, one protocol (``TYPICAL_PROTOCOLS``): the signal kernel called through
    ``mri_ssl.physics.fused.run_kernel`` with the protocol values as 0-d tensors (prepared by ``as_protocol_batch``,
    exactly as ``simulate`` prepares them), eager and fused. Median ms, Mvoxel/s, and the ratio to the
