@@ -9,11 +9,12 @@ MT in [0, 0.05]; R2* stands in for R2 as ``simulate`` does when no R2 map is giv
    against ``simulate`` eager (the default call, validation included) and fused (``validate=False``, as a training
    loop calls it; fresh outputs too, no ``out=``), on the same maps in one process: medians and lower quartiles,
    the ratios, the first fused call's compile seconds, the largest relative difference and the page faults per
-   call. Every contestant is timed the same way: each round calls each contestant ``--block`` times in a row (3 by
-   default) and times all but the first, i.e. in the steady state of its own repeated calls, where the allocator
-   recycles what the previous call of the same contestant freed; the first call of each block (right after another
-   contestant, whose freed temporaries glibc may have returned to the kernel, so that a fresh output page-faults)
-   is printed on its own line. Without ``--nitorch`` the part is skipped.
+   call. Every contestant is timed the same way: each round calls each contestant ``--block`` times in a row (4 by
+   default) and times all but the first ``--settle`` (2), i.e. in the steady state of its own repeated calls, where
+   the allocator recycles what the previous call of the same contestant freed (the free after the first call may
+   still trim memory the previous contestant left to the kernel, so the second call can page-fault); the first call
+   of each block (right after another contestant, whose freed temporaries glibc may have returned to the kernel, so
+   that a fresh output page-faults) is printed on its own line. Without ``--nitorch`` the part is skipped.
 1. Per sequence, one protocol (``TYPICAL_PROTOCOLS``): the signal kernel called through
    ``mri_ssl.physics.fused.run_kernel`` with the protocol values as 0-d tensors (prepared by ``as_protocol_batch``,
    exactly as ``simulate`` prepares them), eager and fused. Median ms, Mvoxel/s, and the ratio to the
@@ -99,13 +100,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--nitorch", metavar="PATH", default=None,
                         help="a NITorch source tree (the folder holding the nitorch package; NITorch is not on any "
                         "package registry, and needs torch-interpol): adds the table against its sequence generators")
-    parser.add_argument("--block", type=int, default=3,
-                        help="against NITorch: calls of each contestant in a row per round, the first untimed (its "
-                        "time and faults are printed apart); 1 times every call right after another contestant's")
+    parser.add_argument("--block", type=int, default=4,
+                        help="against NITorch: calls of each contestant in a row per round (the first call's time and "
+                        "faults are printed apart); 1 times every call right after another contestant's")
+    parser.add_argument("--settle", type=int, default=2,
+                        help="against NITorch: untimed calls at the start of each block (with --block 1, use 0). The "
+                        "free after the first call can return to the kernel memory the previous contestant left "
+                        "(glibc trims a heap top over 2x its mmap threshold), so the second call still page-faults")
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS,
                         help="which parts to run: nitorch (only with --nitorch), kernels (one protocol vs the memory "
                         "bound), batched (B protocols per call)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not 0 <= args.settle < args.block:
+        parser.error(f"--settle {args.settle} must be at least 0 and less than --block {args.block}")
+    return args
 
 
 def say(text: str = "") -> None:
@@ -140,14 +148,15 @@ def interleaved(variants: dict, rounds: int, warmup: int) -> dict[str, list[floa
     return times
 
 
-def interleaved_with_faults(variants: dict, rounds: int, warmup: int, block: int = 1, first_calls: dict | None = None):
+def interleaved_with_faults(variants: dict, rounds: int, warmup: int, block: int = 1, settle: int = 0,
+                            first_calls: dict | None = None):
     """Like ``interleaved``, also returning each call's minor page faults, system CPU seconds and process CPU seconds
     (user + system, all threads), from getrusage.
 
-    ``block`` > 1: each round calls each variant ``block`` times in a row and records the last ``block - 1`` calls,
-    so every variant is timed in the steady state of its own repeated calls (as a loop calls it: its outputs and
-    temporaries recycled by the allocator) rather than in whatever heap state the previous variant left. The first
-    call of each block goes to ``first_calls[name]`` (seconds, faults) when that dict is given."""
+    ``block`` > 1: each round calls each variant ``block`` times in a row and records all but the first ``settle``
+    calls, so every variant is timed in the steady state of its own repeated calls (as a loop calls it: its outputs
+    and temporaries recycled by the allocator) rather than in whatever heap state the previous variant left. The
+    first call of each block goes to ``first_calls[name]`` (seconds, faults) when that dict is given."""
     for fn in variants.values():
         for _ in range(warmup):
             fn()
@@ -162,9 +171,9 @@ def interleaved_with_faults(variants: dict, rounds: int, warmup: int, block: int
                 seconds, result = timed(fn)
                 after = resource.getrusage(resource.RUSAGE_SELF)
                 del result
-                if block > 1 and call == 0:
-                    if first_calls is not None:
-                        first_calls.setdefault(name, []).append((seconds, after.ru_minflt - before.ru_minflt))
+                if block > 1 and call == 0 and first_calls is not None:
+                    first_calls.setdefault(name, []).append((seconds, after.ru_minflt - before.ru_minflt))
+                if call < settle:
                     continue
                 times[name].append(seconds)
                 faults[name].append(after.ru_minflt - before.ru_minflt)
@@ -537,16 +546,17 @@ def nitorch_table(args: argparse.Namespace, maps: dict, shape: tuple) -> None:
         del reference, eager, fused
     load_before = os.getloadavg()
     first_calls = {}
-    times, faults, _, _ = interleaved_with_faults(variants, args.repeats, args.warmup, args.block, first_calls)
+    times, faults, _, _ = interleaved_with_faults(variants, args.repeats, args.warmup, args.block, args.settle,
+                                                  first_calls)
     load_after = os.getloadavg()
     medians = {name: median_ms(values) for name, values in times.items()}
     lower_quartiles = {name: lower_quartile_ms(values) for name, values in times.items()}
     fault_medians = {name: statistics.median(values) for name, values in faults.items()}
     say(f"against NITorch ({os.path.abspath(args.nitorch)}): TYPICAL_PROTOCOLS, median ms over {args.repeats} "
         f"interleaved rounds; each round calls nitorch, eager, fused of each sequence in turn, each {args.block} "
-        f"times in a row, timing the last {args.block - 1} (every contestant in the steady state of its own "
-        f"repeated calls, as a loop calls it); load average before {load_before[0]:.2f}, after {load_after[0]:.2f} "
-        f"(1 min)")
+        f"times in a row, timing the last {args.block - args.settle} (every contestant in the steady state of its "
+        f"own repeated calls, as a loop calls it); load average before {load_before[0]:.2f}, after "
+        f"{load_after[0]:.2f} (1 min)")
     say("  nitorch = its generator (fse, spgr, flair, mprage); eager = simulate(maps, seq, protocol, fused=False), "
         "the default call with validation; fused = simulate(..., fused=True, validate=False), the training-loop call")
     header = (f"{'sequence':8s} {'nitorch':>8s} {'eager':>8s} {'fused':>8s} {'nitorch/':>8s} {'':4s} "

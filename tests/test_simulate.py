@@ -552,3 +552,8 @@ def test_fused_kernels_match_closed_forms_and_compile_once_per_signature(make_ma
         torch.testing.assert_close(simulate(other, "fse", protocol, fused=True),
                                    simulate(other, "fse", protocol, fused=False), rtol=1e-5, atol=1e-7)
     assert [dynamic for _, dynamic in compiles] == [False, False, True]
+    # float64 maps get a shape-generic compile of their own, with torch's exp2 (the polynomial is float32-accurate).
+    double = make_maps((3, 4, 5), dtype=torch.float64)
+    torch.testing.assert_close(simulate(double, "fse", protocol, fused=True),
+                               simulate(double, "fse", protocol, fused=False), rtol=1e-12, atol=0.0)
+    assert [dynamic for _, dynamic in compiles] == [False, False, True, True]

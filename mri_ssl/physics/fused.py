@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 # Compiled functions, by ``variant@signature``. The variant: ``sequence`` -> the writing function taking the
 # magnitude (what ``simulate`` uses, no autograd), ``sequence/signal`` -> the same for the signed signal,
 # ``sequence/autograd`` -> the kernel returning a fresh, differentiable result. The signature: device, dtype and the
-# shape of every argument, or ``any`` for the one shape-generic compile of a variant (see ``STATIC_SIGNATURES``).
+# shape of every argument, or device, dtype and ``any`` for the shape-generic compile (see ``STATIC_SIGNATURES``).
 _compiled: dict[str, Callable] = {}
 _failed: set[str] = set()
 
@@ -159,9 +159,10 @@ def _compiled_function(key: str, sequence: str, prepared: tuple, autograd: bool,
     function = _compiled.get(f"{key}@{signature}")
     if function is not None:
         return function
-    static_count = sum(1 for k in _compiled if k.split("@")[0] == key and not k.endswith("@any"))
+    static_count = sum(1 for k in _compiled if k.split("@")[0] == key and not k.endswith(":any"))
     dynamic = static_count >= STATIC_SIGNATURES
-    full_key = f"{key}@any" if dynamic else f"{key}@{signature}"
+    # The shape-generic compile is still one per device and dtype: the exp2 chosen below depends on them.
+    full_key = f"{key}@{signature.rsplit(':', 1)[0]}:any" if dynamic else f"{key}@{signature}"
     function = _compiled.get(full_key)
     if function is not None:
         return function
