@@ -111,7 +111,8 @@ def _protocol_from_args(args: argparse.Namespace) -> dict[str, float]:
 
 
 def _command_simulate(args: argparse.Namespace) -> int:
-    from mri_ssl.data.nifti import load_maps, save_json, save_nifti
+    from mri_ssl.data.nifti import load_maps, save_nifti
+    from mri_ssl.io.atomic import save_json
     from mri_ssl.physics.protocols import check_protocol, check_sequence
     from mri_ssl.physics.sequences import rician_noise
     from mri_ssl.physics.simulate import simulate

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from monai.data import load_decathlon_datalist
 
-import mri_ssl.atomic
+import mri_ssl.io.atomic
 from mri_ssl.data import manifests
 from mri_ssl.data.manifests import (SCANNERS, manifest_summary, scan_arc, scan_ixi, scan_qmri, validate_manifest,
                                     write_manifest)
@@ -327,7 +327,7 @@ def test_manifest_write_is_atomic(ixi_tree, tmp_path, monkeypatch):
     def failing_replace(source, destination):
         raise OSError("disk full")
 
-    monkeypatch.setattr(mri_ssl.atomic.os, "replace", failing_replace)
+    monkeypatch.setattr(mri_ssl.io.atomic.os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         write_manifest("ixi", ixi_tree, out, seed=1)
     assert out.read_text() == before  # the old manifest is intact

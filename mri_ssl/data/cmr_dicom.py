@@ -21,9 +21,9 @@ import numpy as np
 
 from mri_ssl.data.cmr_studies import CMR_MANIFEST_KIND, SPLIT_FRACTIONS
 from mri_ssl.data.dicom_series import IMAGE_SIZE, label_series, load_image, read_series
-from mri_ssl.data.nifti import save_json
 from mri_ssl.data.splits import subject_level_split
 from mri_ssl.errors import InputError
+from mri_ssl.io.atomic import save_json
 
 _LAX = re.compile(r"\b(lax|long|[234] ?ch|ch ?[234])\b")
 _SAX = re.compile(r"\b(sax|short)\b")

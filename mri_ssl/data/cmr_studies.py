@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mri_ssl.data.nifti import save_json
 from mri_ssl.data.splits import split_counts
 from mri_ssl.errors import InputError
+from mri_ssl.io.atomic import save_json
 from mri_ssl.physics.cardiac import DEFAULT_MATRIX, HeartAnatomy, render_cine, render_series, sample_anatomy
 
 CMR_MANIFEST_KIND = "cmr_video_text"

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from mri_ssl.atomic import exclusive_lock
 from mri_ssl.errors import InputError
+from mri_ssl.io.atomic import exclusive_lock
 
 DATALIST_NAME = "datalist.json"
 DEMO_LOCK_NAME = ".writing.lock"  # taken while the embedded demo data are checked and (re)written

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from mri_ssl.atomic import atomic_output, atomic_write_text
 from mri_ssl.errors import InputError
+from mri_ssl.io.atomic import atomic_output, atomic_write_text
 
 DEMO_KIND = "fundus_demo"
 DATALIST_NAME = "datalist.json"

@@ -876,7 +876,7 @@ def write_check_report(manifest: str | os.PathLike, report_path: str | os.PathLi
                        **options) -> int:
     """``mri-ssl check-data``: run ``check_data`` (``options`` as it takes them), print the table, write the JSON
     report atomically; return the exit status (1 when any error was found, else 0)."""
-    from mri_ssl.atomic import atomic_write_text
+    from mri_ssl.io.atomic import atomic_write_text
 
     if not Path(manifest).is_file():
         raise InputError(manifest, "manifest not found")

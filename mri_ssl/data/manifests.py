@@ -22,9 +22,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
-from mri_ssl.data.nifti import MAP_FILE_PATTERNS, find_map_files, is_nifti, nifti_stem, save_json
+from mri_ssl.data.nifti import MAP_FILE_PATTERNS, find_map_files, is_nifti, nifti_stem
 from mri_ssl.data.splits import check_disjoint_subjects, subject_level_split
 from mri_ssl.errors import InputError
+from mri_ssl.io.atomic import save_json
 
 logger = logging.getLogger(__name__)
 

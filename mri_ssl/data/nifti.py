@@ -7,7 +7,6 @@ which file failed; every reader here re-raises them as ``InputError`` with the p
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -17,9 +16,9 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from mri_ssl.atomic import atomic_output, atomic_write_text
 from mri_ssl.data.integrity import AFFINE_TOLERANCE_MM, DEFAULT_MAX_BYTES, check_case, read_nifti  # noqa: F401
 from mri_ssl.errors import InputError
+from mri_ssl.io.atomic import atomic_output
 from mri_ssl.physics.simulate import MAP_NAMES, check_maps
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -83,11 +82,6 @@ def save_nifti(
     with atomic_output(path) as temporary:
         nib.save(image, str(temporary))
     return Path(path)
-
-
-def save_json(payload: Mapping, path: str | os.PathLike) -> Path:
-    """Write ``payload`` as indented JSON atomically."""
-    return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
 def find_map_files(directory: str | os.PathLike) -> dict[str, Path]:

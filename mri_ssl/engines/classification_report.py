@@ -28,7 +28,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.metrics import compute_roc_auc
 
-from mri_ssl.atomic import atomic_output, atomic_write_text
+from mri_ssl.io.atomic import atomic_output, atomic_write_text
 
 logger = logging.getLogger(__name__)
 

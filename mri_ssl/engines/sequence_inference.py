@@ -20,9 +20,9 @@ import torch
 from monai.transforms import ScaleIntensityRangePercentiles
 from tqdm.auto import tqdm
 
-from mri_ssl.atomic import atomic_write_text
 from mri_ssl.data.dicom_series import CENTRAL_FRACTION, IMAGE_SIZE, read_series, series_images
 from mri_ssl.errors import InputError
+from mri_ssl.io.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -300,7 +300,7 @@ class RepresentationProbe:
                     self._writer.add_scalar(f"{prefix}/{name}", value, iteration)
             self._writer.flush()
         if self.history_path is not None:
-            from mri_ssl.data.nifti import save_json
+            from mri_ssl.io.atomic import save_json
 
             save_json({"random_init": self.random_init, "history": self.history}, self.history_path)
 

@@ -18,6 +18,7 @@ from monai.transforms import MapTransform, RandomizableTransform
 
 from mri_ssl.data.fundus import luminance
 from mri_ssl.errors import InputError
+from mri_ssl.parameters import as_flag
 
 
 def read_heatmap(path: str | os.PathLike) -> np.ndarray:
@@ -102,8 +103,6 @@ def pretraining_views(method: str = "camcontrast", crop_mode: str = "fixed", cro
         RandSpatialCropd,
         RandZoomd,
     )
-
-    from mri_ssl.engines.checkpoint import as_flag
 
     if crop_mode not in CROP_MODES:
         raise InputError("crop_mode", f"expected one of {', '.join(CROP_MODES)}, got {crop_mode!r}")
