@@ -11,7 +11,9 @@ import torch
 
 from torch.utils.data import DataLoader
 
-from mri_ssl.data.cmr_video_dataset import CMRVideoTextDataset, load_study_frames, resolve_cmr_manifest
+from mri_ssl.data.cmr_studies import CMR_DEMO, load_cmr_manifest
+from mri_ssl.data.cmr_video_dataset import CMRVideoTextDataset, load_study_frames
+from mri_ssl.data.datalist import resolve_datalist
 from mri_ssl.engines import load_checkpoint
 from mri_ssl.engines.video_text import VideoTextTrainer, load_video_text_model
 from mri_ssl.errors import InputError
@@ -84,7 +86,8 @@ def test_linear_probe_separates_separable_classes():
 @pytest.fixture(scope="module")
 def tiny_manifest(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cmr")
-    return resolve_cmr_manifest("", folder, studies=8, cine_frames=4, lge_slices=2, matrix=16, progress=False)
+    return load_cmr_manifest(resolve_datalist("", folder, CMR_DEMO, studies=8, cine_frames=4, lge_slices=2, matrix=16,
+                                              progress=False))
 
 
 def test_study_frames_concatenate_series_in_order(tiny_manifest):
@@ -166,8 +169,8 @@ def test_bundle_two_process_training(tmp_path):
                           dist_timeout_seconds=60)
     configs = root / "configs"
     # the demo data are written by one process first, as docs/README.md says
-    manifest = resolve_cmr_manifest("", tmp_path / "demo_data", studies=12, cine_frames=4, lge_slices=2, matrix=16,
-                                    progress=False)
+    manifest = load_cmr_manifest(resolve_datalist("", tmp_path / "demo_data", CMR_DEMO, studies=12, cine_frames=4,
+                                                  lge_slices=2, matrix=16, progress=False))
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     run = run_bundle(tmp_path, [configs / "train.json", configs / "multi_gpu_train.json", tiny], launcher=launcher,
                      timeout=300)
