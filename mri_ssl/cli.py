@@ -49,7 +49,7 @@ def _command_demo(args: argparse.Namespace) -> int:
 
 
 def _command_demo_data(args: argparse.Namespace) -> int:
-    from mri_ssl.data.demo_data import write_demo_data
+    from mri_ssl.data.brain.demo import write_demo_data
 
     path = write_demo_data(args.out, subjects=args.subjects, validation_subjects=args.validation_subjects,
                            resolution_mm=args.resolution_mm, seed=args.seed, deformation_mm=args.deformation_mm,
@@ -165,7 +165,7 @@ def _command_manifest(args: argparse.Namespace) -> int:
                        validation_subjects=args.validation_subjects, resolution_mm=args.resolution_mm,
                        progress=not args.quiet)
     if args.kind == "cmr":
-        from mri_ssl.data.cmr_dicom import write_cmr_dicom_manifest
+        from mri_ssl.data.cardiac.cmr_dicom import write_cmr_dicom_manifest
 
         folder = args.out or str(Path("data_manifests") / "cmr")
         path = write_cmr_dicom_manifest(args.directory, folder, seed=args.seed)

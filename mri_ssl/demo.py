@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mri_ssl.data.demo_data import write_phantom_files
+from mri_ssl.data.brain.demo import write_phantom_files
 from mri_ssl.data.nifti import save_nifti
 from mri_ssl.errors import InputError
 from mri_ssl.experiments import collect, load_grid, run_grid, write_tables

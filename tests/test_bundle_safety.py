@@ -14,8 +14,8 @@ from monai.bundle import ConfigWorkflow
 from monai.handlers import from_engine
 
 from bundle_runner import bundle_dir
+from mri_ssl.data.brain.demo import BRAIN_DOWNSTREAM_DEMO
 from mri_ssl.data.datalist import resolve_datalist
-from mri_ssl.data.demo_data import BRAIN_DOWNSTREAM_DEMO
 from mri_ssl.engines import NonFiniteLossError, load_checkpoint
 
 TINY = {

@@ -10,9 +10,9 @@ from monai.bundle import ConfigWorkflow
 
 from bundle_runner import bundle_dir, run_bundle
 from dicom_writer import write_series
-from mri_ssl.data.cardiac_demo import CARDIAC_DEMO, write_cardiac_demo
+from mri_ssl.data.cardiac.demo import CARDIAC_DEMO, write_cardiac_demo
+from mri_ssl.data.cardiac.sequence_labels import BRAIN_SEQUENCE_MAP, classification_entries
 from mri_ssl.data.datalist import resolve_datalist
-from mri_ssl.data.sequence_labels import BRAIN_SEQUENCE_MAP, classification_entries
 from mri_ssl.engines import load_checkpoint
 from mri_ssl.errors import InputError
 from mri_ssl.networks import SequenceClassifier, load_vit_encoder
@@ -150,7 +150,7 @@ def test_a_truncated_image_in_the_datalist_is_named_before_training(tmp_path):
     import gzip
 
     from mri_ssl.data.integrity import DataIntegrityError
-    from mri_ssl.data.sequence_labels import check_classification_datalist
+    from mri_ssl.data.cardiac.sequence_labels import check_classification_datalist
 
     datalist = write_cardiac_demo(tmp_path / "demo", subjects=4, seed=0)
     check_classification_datalist(datalist, ["training"], labelled_only=False)
@@ -164,7 +164,7 @@ def test_a_truncated_image_in_the_datalist_is_named_before_training(tmp_path):
 
 
 def test_a_study_in_two_splits_is_refused(tmp_path):
-    from mri_ssl.data.sequence_labels import check_classification_datalist
+    from mri_ssl.data.cardiac.sequence_labels import check_classification_datalist
 
     datalist = write_cardiac_demo(tmp_path / "demo", subjects=4, seed=0)
     content = json.loads(Path(datalist).read_text())

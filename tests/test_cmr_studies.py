@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mri_ssl.data.cmr_studies import (
+from mri_ssl.data.cardiac.cmr_studies import (
     DISEASE_LABELS,
     anatomy_for_label,
     function_grade,

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from bundle_runner import bundle_dir, run_bundle, write_override
+from mri_ssl.data.brain.demo import BRAIN_DOWNSTREAM_DEMO
 from mri_ssl.data.datalist import resolve_datalist
-from mri_ssl.data.demo_data import BRAIN_DOWNSTREAM_DEMO
 from mri_ssl.engines import export_encoder, load_checkpoint
 from mri_ssl.networks import CNNEncoder3D
 

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from mri_ssl.data.datalist import resolve_datalist
-from mri_ssl.data.fundus import check_fundus_datalist, fundus_entries, read_mask, read_rgb
-from mri_ssl.data.fundus_demo import FUNDUS_DEMO, write_fundus_demo
+from mri_ssl.data.photo.demo import FUNDUS_DEMO, write_fundus_demo
+from mri_ssl.data.photo.fundus import check_fundus_datalist, fundus_entries, read_mask, read_rgb
 from mri_ssl.errors import InputError
 
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from monai.data import load_decathlon_datalist
 
+from mri_ssl.data.brain.demo import DOWNSTREAM_CONTRASTS, TISSUE_LABELS, write_downstream_demo
+from mri_ssl.data.brain.demo import BRAIN_DOWNSTREAM_DEMO
 from mri_ssl.data.datalist import check_labelled_datalist, inference_inputs, labelled_entries, resolve_datalist
-from mri_ssl.data.demo_data import BRAIN_DOWNSTREAM_DEMO
-from mri_ssl.data.demo_data import DOWNSTREAM_CONTRASTS, TISSUE_LABELS, write_downstream_demo
 from mri_ssl.errors import InputError
 
 AFFINE = np.diag([2.0, 2.0, 3.0, 1.0])

@@ -12,8 +12,8 @@ from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
 from bundle_runner import run_bundle
+from mri_ssl.data.brain.demo import BRAIN_PRETRAIN_DEMO
 from mri_ssl.data.datalist import resolve_datalist
-from mri_ssl.data.demo_data import BRAIN_PRETRAIN_DEMO
 from mri_ssl.engines import NonFiniteLossError, load_checkpoint, load_encoder
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "mri_ssl_pretrain"

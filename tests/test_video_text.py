@@ -11,8 +11,8 @@ import torch
 
 from torch.utils.data import DataLoader
 
-from mri_ssl.data.cmr_studies import CMR_DEMO, load_cmr_manifest
-from mri_ssl.data.cmr_video_dataset import CMRVideoTextDataset, load_study_frames
+from mri_ssl.data.cardiac.cmr_studies import CMR_DEMO, load_cmr_manifest
+from mri_ssl.data.cardiac.video_dataset import CMRVideoTextDataset, load_study_frames
 from mri_ssl.data.datalist import resolve_datalist
 from mri_ssl.engines import load_checkpoint
 from mri_ssl.engines.video_text import VideoTextTrainer, load_video_text_model

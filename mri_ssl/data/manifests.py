@@ -338,7 +338,7 @@ def scan_demo(directory: str | os.PathLike, seed: int = 0, subjects: int = 8, re
     ``test_subjects`` test and ``validation_subjects`` validation subjects) and returns the datalist it wrote, with
     ``image``/``label`` paths made absolute like the other scanners'.
     """
-    from mri_ssl.data.demo_data import write_downstream_demo
+    from mri_ssl.data.brain.demo import write_downstream_demo
 
     datalist_path = write_downstream_demo(directory, subjects=subjects, test_subjects=test_subjects,
                                           validation_subjects=validation_subjects, resolution_mm=resolution_mm,
@@ -355,9 +355,9 @@ def scan_demo(directory: str | os.PathLike, seed: int = 0, subjects: int = 8, re
 
 def scan_dicom_folder(directory: str | os.PathLike, seed: int = 0, images_dir: str | os.PathLike | None = None,
                       progress: bool = True) -> dict:
-    """Cardiac MR DICOM series -> a sequence-classification manifest (``mri_ssl.data.dicom_series.scan_dicom``);
+    """Cardiac MR DICOM series -> a sequence-classification manifest (``mri_ssl.data.cardiac.dicom_series.scan_dicom``);
     the kept slices are written as 84 x 84 NIfTI files under ``images_dir``."""
-    from mri_ssl.data.dicom_series import scan_dicom
+    from mri_ssl.data.cardiac.dicom_series import scan_dicom
 
     if images_dir in (None, ""):
         raise InputError("images_dir", "the DICOM scanner needs a folder to write the resampled images to")

@@ -30,8 +30,8 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from mri_ssl.data.fundus import DME_GRADES, DR_GRADES, IMAGE_SUFFIXES
 from mri_ssl.data.manifests import _assign_splits, _dataset_folder, _split_of_subject
+from mri_ssl.data.photo.fundus import DME_GRADES, DR_GRADES, IMAGE_SUFFIXES
 from mri_ssl.data.splits import subject_level_split
 from mri_ssl.errors import InputError
 

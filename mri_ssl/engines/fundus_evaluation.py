@@ -28,7 +28,7 @@ from ignite.engine import Engine, Events
 from monai.inferers import Inferer
 from tqdm.auto import tqdm
 
-from mri_ssl.data.fundus import ABNORMAL_KEY
+from mri_ssl.data.photo.fundus import ABNORMAL_KEY
 from mri_ssl.errors import InputError
 from mri_ssl.io.atomic import atomic_write_text
 from mri_ssl.losses.grading import split_grading_logits

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mri_ssl.data.fundus import ABNORMAL_KEY, fundus_entries, is_image_file
+from mri_ssl.data.photo.fundus import ABNORMAL_KEY, fundus_entries, is_image_file
 from mri_ssl.errors import InputError
 from mri_ssl.io.atomic import atomic_output, atomic_write_text
 from mri_ssl.networks.cam import minmax_normalise

@@ -16,7 +16,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 
-from mri_ssl.data.fundus import luminance
+from mri_ssl.data.photo.fundus import luminance
 from mri_ssl.errors import InputError
 from mri_ssl.parameters import as_flag
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from mri_ssl.data.brain.deformation import smooth_displacement, warp
 from mri_ssl.data.datalist import DATALIST_NAME, DemoWriter
-from mri_ssl.data.deformation import smooth_displacement, warp
 from mri_ssl.data.nifti import save_nifti
 from mri_ssl.errors import InputError
 from mri_ssl.io.atomic import save_json

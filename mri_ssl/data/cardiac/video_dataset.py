@@ -1,4 +1,5 @@
-"""CMR studies as (video, report) pairs for video-text training, from a manifest of ``mri_ssl.data.cmr_studies``.
+"""CMR studies as (video, report) pairs for video-text training, from a manifest of
+``mri_ssl.data.cardiac.cmr_studies``.
 
 A study's video is the frames of its selected series concatenated in ``SERIES_LAYOUT`` order (cine short axis,
 cine long axis, LGE short-axis slices, LGE long axis, as the paper stacks CINE_lax-sax + LGE), each series scaled by
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from mri_ssl.data.cmr_studies import DISEASE_LABELS, SERIES_LAYOUT
+from mri_ssl.data.cardiac.cmr_studies import DISEASE_LABELS, SERIES_LAYOUT
 from mri_ssl.errors import InputError
 from mri_ssl.text.tokenizer import WordTokenizer
 from mri_ssl.transforms.frames import segment_frame_indices
