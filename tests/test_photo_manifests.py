@@ -56,7 +56,7 @@ def test_odir_label_file_naming_a_missing_image_names_the_file(tmp_path, capsys)
     assert main(["manifest", "odir", str(folder), "--out", str(tmp_path / "o.json")]) != 0
     assert "labels.csv: names the image '1_right.jpg'" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()
-    from mri_ssl.data.photo_manifests import scan_odir
+    from mri_ssl.data.manifests.photo import scan_odir
 
     with pytest.raises(InputError, match="labels.csv: names the image"):
         scan_odir(folder)
