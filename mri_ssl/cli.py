@@ -75,7 +75,7 @@ PROTOCOL_FLAGS = {
 
 def _parse_map_files(values: Sequence[str]) -> dict[str, Path]:
     """``--maps DIR`` or ``--maps pd=a.nii.gz r1=b.nii.gz ...`` -> map name to path."""
-    from mri_ssl.data.nifti import find_map_files
+    from mri_ssl.data.brain.maps import find_map_files
 
     if len(values) == 1 and "=" not in values[0]:
         return find_map_files(values[0])
@@ -111,7 +111,8 @@ def _protocol_from_args(args: argparse.Namespace) -> dict[str, float]:
 
 
 def _command_simulate(args: argparse.Namespace) -> int:
-    from mri_ssl.data.nifti import load_maps, save_nifti
+    from mri_ssl.data.brain.maps import load_maps
+    from mri_ssl.io.nifti import save_nifti
     from mri_ssl.io.atomic import save_json
     from mri_ssl.physics.protocols import check_protocol, check_sequence
     from mri_ssl.physics.sequences import rician_noise

@@ -149,7 +149,7 @@ def test_a_missing_encoder_file_is_named(tmp_path):
 def test_a_truncated_image_in_the_datalist_is_named_before_training(tmp_path):
     import gzip
 
-    from mri_ssl.data.integrity import DataIntegrityError
+    from mri_ssl.io.images import DataIntegrityError
     from mri_ssl.data.cardiac.sequence_labels import check_classification_datalist
 
     datalist = write_cardiac_demo(tmp_path / "demo", subjects=4, seed=0)

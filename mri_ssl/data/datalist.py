@@ -22,8 +22,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from mri_ssl import distributed
+from mri_ssl.data.integrity import check_data
 from mri_ssl.errors import InputError
 from mri_ssl.io.atomic import exclusive_lock, save_json
+from mri_ssl.io.images import check_image_files
+from mri_ssl.io.nifti import is_nifti
+from mri_ssl.physics.simulate import check_map_names
 
 DATALIST_NAME = "datalist.json"
 DEMO_LOCK_NAME = ".writing.lock"  # taken while the embedded demo data are checked and (re)written
@@ -41,7 +45,6 @@ class DemoWriter:
         version: change it when the same parameters would now write different data, so older copies are rewritten.
         file_name: the datalist (or manifest) the bundle reads, in ``folder`` and in a user's dataset folder.
     """
-
     name: str
     write: Callable[..., Any]
     version: str = "1"
@@ -147,9 +150,6 @@ def check_datalist(datalist: str | os.PathLike, keys, maps: bool = True,
     splits. With ``maps=True`` the keys must also be a set of maps simulation can use (pd, r1, r2s at least).
     Raises ``DataIntegrityError`` (an ``InputError``) naming the file and the failed check.
     """
-    from mri_ssl.data.integrity import check_data
-    from mri_ssl.physics.simulate import check_map_names
-
     keys = list(keys)
     if maps:
         check_map_names(keys, source="map_keys")
@@ -171,8 +171,6 @@ def check_labelled_datalist(datalist: str | os.PathLike, splits: Sequence[str] =
     Raises ``DataIntegrityError`` (an ``InputError``) naming the file and the check. A split that is absent or empty
     is skipped, but at least one case must be found.
     """
-    from mri_ssl.data.integrity import check_data
-
     datalist = Path(datalist)
     keys = [image_key] + ([label_key] if label_key else [])
     for split in splits:
@@ -221,16 +219,12 @@ def inference_inputs(input_dir: str | os.PathLike | None, datalist: str | os.Pat
     """
     items = _inference_inputs(input_dir, datalist, split, image_key)
     if check:
-        from mri_ssl.data.integrity import check_image_files
-
         check_image_files([item[image_key] for item in items], spatial_dims=spatial_dims)
     return items
 
 
 def _inference_inputs(input_dir, datalist, split: str, image_key: str) -> list[dict]:
     from monai.data import load_decathlon_datalist
-
-    from mri_ssl.data.nifti import is_nifti
 
     if input_dir not in (None, ""):
         folder = Path(input_dir)

@@ -16,9 +16,9 @@ from tqdm.auto import tqdm
 
 from mri_ssl.data.brain.deformation import smooth_displacement, warp
 from mri_ssl.data.datalist import DATALIST_NAME, DemoWriter
-from mri_ssl.data.nifti import save_nifti
 from mri_ssl.errors import InputError
 from mri_ssl.io.atomic import save_json
+from mri_ssl.io.nifti import save_nifti
 from mri_ssl.physics.phantom import TISSUE_CLASSES, mni152_phantom
 from mri_ssl.physics.protocols import TYPICAL_PROTOCOLS
 from mri_ssl.physics.sequences import rician_noise

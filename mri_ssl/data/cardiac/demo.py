@@ -23,6 +23,7 @@ from mri_ssl.data.datalist import DATALIST_NAME, DemoWriter
 from mri_ssl.data.splits import subject_level_split
 from mri_ssl.errors import InputError
 from mri_ssl.io.atomic import save_json
+from mri_ssl.io.atomic import atomic_output
 from mri_ssl.physics.cardiac import DEFAULT_MATRIX, SEQUENCE_CLASSES, render_study, sample_anatomy
 
 CARDIAC_DEMO_KIND = "cardiac_demo"
@@ -91,8 +92,6 @@ def save_montage(images: dict[str, np.ndarray], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from mri_ssl.io.atomic import atomic_output
 
     figure, axes = plt.subplots(1, len(images), figsize=(2.2 * len(images), 2.6))
     for axis, (title, image) in zip(np.atleast_1d(axes), images.items()):

@@ -9,11 +9,12 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from mri_ssl.data.nifti import find_map_files, is_nifti, nifti_stem
 from mri_ssl.data.brain.demo import write_downstream_demo
+from mri_ssl.data.brain.maps import find_map_files
 from mri_ssl.data.manifests.common import PATH_KEYS, SPLITS, assign_splits, dataset_folder, subjects_to_splits
 from mri_ssl.data.splits import subject_level_split
 from mri_ssl.errors import InputError
+from mri_ssl.io.nifti import is_nifti, nifti_stem
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from mri_ssl.data.nifti import MAP_FILE_PATTERNS
+from mri_ssl.data.brain.maps import MAP_FILE_PATTERNS
 from mri_ssl.errors import InputError
 
 SPLITS = ("training", "validation", "test")

@@ -21,7 +21,9 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
+from mri_ssl.data.integrity import check_no_split_leak
 from mri_ssl.errors import InputError
+from mri_ssl.io.images import read_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 ABNORMAL_KEY = "abnormal"
@@ -93,7 +95,6 @@ class LoadPhotographd(MapTransform):
 
     A mask must have its image's height and width; otherwise ``InputError`` names the mask file.
     """
-
     def __init__(self, keys: KeysCollection, mask_keys: KeysCollection = (), allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
         self.mask_keys = (mask_keys,) if isinstance(mask_keys, str) else tuple(mask_keys)
@@ -218,8 +219,6 @@ def check_fundus_datalist(datalist: str | os.PathLike, splits: Sequence[str] = (
     two splits is an error too.
     """
     from tqdm.auto import tqdm
-
-    from mri_ssl.data.integrity import check_no_split_leak, read_image
 
     check_no_split_leak(datalist)
 
