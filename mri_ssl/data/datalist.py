@@ -214,8 +214,8 @@ def inference_inputs(input_dir: str | os.PathLike | None, datalist: str | os.Pat
 
     Every NIfTI file in ``input_dir`` (sorted by name); with no ``input_dir`` (None or ""), the ``split`` images of
     ``datalist`` (each image once). Raises ``InputError`` when the folder is missing or holds no NIfTI files. With
-    ``check`` every image is read and checked first (``integrity.check_image_files``), so a damaged file stops the
-    run with its name before any inference.
+    ``check`` every image is read and checked first (``mri_ssl.io.images.check_image_files``), so a damaged file
+    stops the run with its name before any inference.
     """
     items = _inference_inputs(input_dir, datalist, split, image_key)
     if check:

@@ -75,7 +75,7 @@ def check_classification_datalist(datalist: str | os.PathLike, splits: Sequence[
                                   sequence_map: Mapping[str, str] | None = None) -> None:
     """Raise ``InputError`` before training if a split is empty or an image file is missing, and a
     ``DataIntegrityError`` (naming the file and the check) if an image does not read completely as a finite 2-D
-    image (``mri_ssl.data.integrity``); a subject in two splits is an error too."""
+    image (``mri_ssl.io.images``); a subject in two splits is an error too."""
     check_no_split_leak(datalist)
 
     for split in splits:

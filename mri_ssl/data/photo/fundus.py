@@ -214,7 +214,7 @@ def check_fundus_datalist(datalist: str | os.PathLike, splits: Sequence[str] = (
 
     Raises ``InputError`` naming the file and the problem: a missing or unreadable image (or heatmap crop), an
     entry without the coarse label ``abnormal`` (when ``require_label``), a mask of another size than its image;
-    each image and mask is first read completely by ``mri_ssl.data.integrity`` (every PNG chunk CRC checked, a
+    each image and mask is first read completely by ``mri_ssl.io.images`` (every PNG chunk CRC checked, a
     truncated file never padded), which raises its ``DataIntegrityError`` naming the file and the check. A subject in
     two splits is an error too.
     """
