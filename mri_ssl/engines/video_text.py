@@ -47,7 +47,7 @@ from mri_ssl.engines.guards import check_loss
 from mri_ssl.errors import InputError
 from mri_ssl.io.atomic import save_json
 from mri_ssl.io.atomic import atomic_output, atomic_write_text
-from mri_ssl.losses.clip import weight_decay_groups
+from mri_ssl.engines.schedules import weight_decay_groups
 from mri_ssl.metrics.linear_probe import linear_probe
 from mri_ssl.metrics.retrieval import retrieval_metrics
 from mri_ssl.networks.video_text import VideoTextModel
