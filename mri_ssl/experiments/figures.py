@@ -15,10 +15,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from mri_ssl.atomic import atomic_output
 from mri_ssl.experiments.grid import Grid
 from mri_ssl.experiments.runner import STATUS_OK, RunResult
 from mri_ssl.experiments.tables import MODE_TITLES, row_title
+from mri_ssl.io.atomic import atomic_output
 
 MODE_COLOURS = {"random": "#9e9e9e", "base": "#1f77b4", "seqaug": "#ff7f0e", "seqinv": "#2ca02c"}
 METRIC_TITLES = {"dice_mean": "Dice (mean over tissues)", "hd95_mm_mean": "HD95 (mm, mean over tissues)",

@@ -21,9 +21,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from mri_ssl.atomic import atomic_write_text
 from mri_ssl.experiments.grid import Grid, StageSpec
 from mri_ssl.experiments.runner import STATUS_OK, RunResult
+from mri_ssl.io.atomic import atomic_write_text
 
 MODE_TITLES = {"random": "Random init", "base": "Base", "seqaug": "SeqAug", "seqinv": "SeqInv"}
 IN_DOMAIN, OUT_OF_DOMAIN = "in domain", "out of domain"

@@ -1,7 +1,7 @@
 """MONAI-style transforms the library adds (array transform + dictionary wrapper, like MONAI's own)."""
 
 from mri_ssl.transforms.noise import AddGaussianNoised
-from mri_ssl.transforms.photo import LoadHeatmapd, RandGrayscale, RandGrayscaled
+from mri_ssl.transforms.photo import RandGrayscale, RandGrayscaled
 from mri_ssl.transforms.simulate_sequence import (
     RandSimulateSequence,
     RandSimulateSequenced,
@@ -14,7 +14,6 @@ from mri_ssl.transforms.views import VIEW_MODES, ContrastiveViewPair
 __all__ = [
     "VIEW_MODES",
     "AddGaussianNoised",
-    "LoadHeatmapd",
     "RandGrayscale",
     "RandGrayscaled",
     "ContrastiveViewPair",

@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mri_ssl.data.datalist import DATALIST_NAME
-from mri_ssl.data.deformation import smooth_displacement, warp
-from mri_ssl.data.nifti import save_json, save_nifti
+from mri_ssl.data.brain.deformation import smooth_displacement, warp
+from mri_ssl.data.datalist import DATALIST_NAME, DemoWriter
 from mri_ssl.errors import InputError
+from mri_ssl.io.atomic import save_json
+from mri_ssl.io.nifti import save_nifti
 from mri_ssl.physics.phantom import TISSUE_CLASSES, mni152_phantom
 from mri_ssl.physics.protocols import TYPICAL_PROTOCOLS
 from mri_ssl.physics.sequences import rician_noise
@@ -235,3 +236,9 @@ def write_downstream_demo(
         **splits,
     }
     return save_json(datalist, out_dir / DATALIST_NAME)
+
+
+# The embedded default data of the brain bundles (``resolve_datalist`` writes them on first use): qMRI maps for
+# pretraining, simulated images with tissue labels and a test split for segmentation and denoising.
+BRAIN_PRETRAIN_DEMO = DemoWriter("brain_pretrain", write_demo_data, version=SUBJECT_SEEDING)
+BRAIN_DOWNSTREAM_DEMO = DemoWriter("brain_downstream", write_downstream_demo, version=SUBJECT_SEEDING)
