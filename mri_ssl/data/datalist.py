@@ -79,9 +79,11 @@ def _demo_matches(datalist: Path, demo: str, resolution_mm: float, subjects: int
     def count(split: str) -> int:
         return len({entry.get("subject") for entry in content.get(split, [])})
 
-    from mri_ssl.data.demo_data import SUBJECT_SEEDING
+    from mri_ssl.data.demo_data import DOWNSTREAM_LAYOUT, SUBJECT_SEEDING
 
-    return (content.get("kind", "pretrain") == kind and content.get("resolution_mm") == float(resolution_mm)
+    return (content.get("kind", "pretrain") == kind
+            and (demo != "downstream" or content.get("layout") == DOWNSTREAM_LAYOUT)
+            and content.get("resolution_mm") == float(resolution_mm)
             and content.get("subject_seeding") == SUBJECT_SEEDING
             and content.get("seed") == int(seed)
             and count("training") + count("validation") + count("test") == int(subjects)
