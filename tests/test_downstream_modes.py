@@ -112,7 +112,8 @@ def test_untrained_denoiser_is_the_identity_and_a_few_steps_gain_psnr(tmp_path):
 def test_denoising_bundle_starts_from_the_identity_and_segmentation_does_not():
     def network(bundle):
         parser = ConfigParser()
-        parser.read_config([str(REPO / "bundles" / bundle / "configs" / name) for name in ("train.json", "cpu_demo.json")])
+        configs = REPO / "bundles" / bundle / "configs"
+        parser.read_config([str(configs / name) for name in ("train.json", "cpu_demo.json")])
         return parser.get_parsed_content("network_def")
 
     denoiser = network("mri_denoising")

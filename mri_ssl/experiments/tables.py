@@ -160,7 +160,8 @@ def format_plain_tables(records: Sequence[Mapping], grid: Grid) -> str:
                      f"seeds {list(grid.seeds)}"
             columns = grid.columns_for(spec.name)
             widths = [max(20, len(MODE_TITLES.get(m, m)) + 2) for m in columns]
-            lines = [header, f"{'':<{width}}" + "".join(f"{MODE_TITLES.get(m, m):>{w}}" for m, w in zip(columns, widths))]
+            titles = "".join(f"{MODE_TITLES.get(m, m):>{w}}" for m, w in zip(columns, widths))
+            lines = [header, f"{'':<{width}}" + titles]
             for group in groups:
                 title = row_title(group) + (" (in domain)" if domain_of(group, spec.in_domain) == IN_DOMAIN else "")
                 cells = [_format_cell(mine[(group, mode)], _places(metric)) if (group, mode) in mine else "n/a"
