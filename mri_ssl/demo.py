@@ -202,6 +202,8 @@ def load_demo_grid(grid_path: str | os.PathLike | None = None, bundles_dir: str 
         raise InputError(path, "the demo's experiment grid was not found: run the demo from a checkout of mri_ssl "
                                "(it needs experiments/ and bundles/), or pass --grid and --bundles-dir")
     grid = load_grid(path, bundles_dir=bundles_dir)
+    # A variant may run for fewer tasks in the demo than in the full grid (its `demo_tasks`): the demo's time budget.
+    grid = replace(grid, variants=tuple(replace(v, tasks=v.demo_tasks) if v.demo_tasks else v for v in grid.variants))
     return replace(grid, seeds=tuple(dict.fromkeys(int(s) for s in seeds))) if seeds else grid
 
 

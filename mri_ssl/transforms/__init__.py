@@ -9,6 +9,7 @@ from mri_ssl.transforms.simulate_sequence import (
     SimulateSequenced,
 )
 from mri_ssl.transforms.simsiam_views import SimSiamViewPair
+from mri_ssl.transforms.training_contrast import RandTrainingContrastd
 from mri_ssl.transforms.views import VIEW_MODES, ContrastiveViewPair
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "ContrastiveViewPair",
     "RandSimulateSequence",
     "RandSimulateSequenced",
+    "RandTrainingContrastd",
     "SimulateSequence",
     "SimulateSequenced",
     "SimSiamViewPair",
