@@ -12,6 +12,7 @@ import torch
 import yaml
 from monai.bundle import ConfigParser
 
+from mri_ssl.data.brain.demo import BRAIN_DOWNSTREAM_DEMO
 from mri_ssl.data.datalist import resolve_datalist
 from mri_ssl.demo import load_demo_grid
 from mri_ssl.engines.reports import DenoisingReport
@@ -181,7 +182,7 @@ def test_fixed_mode_passes_the_item_through_and_modes_are_checked(tmp_path):
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("downstream_demo")
-    resolve_datalist("", folder, resolution_mm=4.0, subjects=4, validation_subjects=1, demo="downstream",
+    resolve_datalist("", folder, BRAIN_DOWNSTREAM_DEMO, resolution_mm=4.0, subjects=4, validation_subjects=1,
                      test_subjects=1)
     return folder
 
