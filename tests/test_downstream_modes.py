@@ -207,6 +207,10 @@ def test_bundle_configs_resolve_each_mode(bundle, extra, demo_data, tmp_path):
     simulated = extra == ["simulation_augmented.json"]
     assert (item["image"].meta.get("sequence") in ("fse", "gre", "flair", "mprage")) is simulated
     assert not {"pd", "r1", "r2s"} & set(item)
+    # The fixed mode's augmentation holds no contrast transform, so the random streams of its crops and intensity
+    # transforms (Compose seeds its randomizable transforms in order) are the ones they had before the modes.
+    transforms = parser.get_parsed_content("train#augmentation").transforms
+    assert [type(t).__name__ == "RandTrainingContrastd" for t in transforms][:1] == [simulated]
     parser.get_parsed_content("initialize")  # the up-front checks pass (maps present in the demo data)
 
 
