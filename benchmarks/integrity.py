@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
-from mri_ssl.data.integrity import read_nifti
 from mri_ssl.engines import save_checkpoint
+from mri_ssl.io.images import read_nifti
 
 
 def median_seconds(function: Callable[[], object], repeats: int) -> float:

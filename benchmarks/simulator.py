@@ -5,10 +5,16 @@ MT in [0, 0.05]; R2* stands in for R2 as ``simulate`` does when no R2 map is giv
 
 0. With ``--nitorch PATH`` (a NITorch source tree; NITorch, which the reference work used, is on no package
    registry): per sequence with ``TYPICAL_PROTOCOLS``, NITorch's own generator (``fse``, ``spgr``, ``flair``,
-   ``mprage`` from ``nitorch.tools.qmri.generators``) against ``simulate`` eager (the default call, validation
-   included) and fused (``validate=False``, as a training loop calls it), on the same maps in one process: medians,
-   the ratios, the first fused call's compile seconds and the largest relative difference. Without it the part is
-   skipped.
+   ``mprage`` from ``nitorch.tools.qmri.generators``, called as its API is meant to be called, fresh outputs)
+   against ``simulate`` eager (the default call, validation included) and fused (``validate=False``, as a training
+   loop calls it; fresh outputs too, no ``out=``), on the same maps in one process: medians and lower quartiles,
+   the ratios, the first fused call's compile seconds, the largest relative difference and the page faults per
+   call. Every contestant is timed the same way: each round calls each contestant ``--block`` times in a row (4 by
+   default) and times all but the first ``--settle`` (2), i.e. in the steady state of its own repeated calls, where
+   the allocator recycles what the previous call of the same contestant freed (the free after the first call may
+   still trim memory the previous contestant left to the kernel, so the second call can page-fault); the first call
+   of each block (right after another contestant, whose freed temporaries glibc may have returned to the kernel, so
+   that a fresh output page-faults) is printed on its own line. Without ``--nitorch`` the part is skipped.
 1. Per sequence, one protocol (``TYPICAL_PROTOCOLS``): the signal kernel called through
    ``mri_ssl.physics.fused.run_kernel`` with the protocol values as 0-d tensors (prepared by ``as_protocol_batch``,
    exactly as ``simulate`` prepares them), eager and fused. Median ms, Mvoxel/s, and the ratio to the
@@ -94,10 +100,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--nitorch", metavar="PATH", default=None,
                         help="a NITorch source tree (the folder holding the nitorch package; NITorch is not on any "
                         "package registry, and needs torch-interpol): adds the table against its sequence generators")
+    parser.add_argument("--block", type=int, default=4,
+                        help="against NITorch: calls of each contestant in a row per round (the first call's time and "
+                        "faults are printed apart); 1 times every call right after another contestant's")
+    parser.add_argument("--settle", type=int, default=2,
+                        help="against NITorch: untimed calls at the start of each block (with --block 1, use 0). The "
+                        "free after the first call can return to the kernel memory the previous contestant left "
+                        "(glibc trims a heap top over 2x its mmap threshold), so the second call still page-faults")
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS,
                         help="which parts to run: nitorch (only with --nitorch), kernels (one protocol vs the memory "
                         "bound), batched (B protocols per call)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not 0 <= args.settle < args.block:
+        parser.error(f"--settle {args.settle} must be at least 0 and less than --block {args.block}")
+    return args
 
 
 def say(text: str = "") -> None:
@@ -106,6 +122,10 @@ def say(text: str = "") -> None:
 
 def median_ms(times: list[float]) -> float:
     return statistics.median(times) * 1e3
+
+
+def lower_quartile_ms(times: list[float]) -> float:
+    return statistics.quantiles(times, n=4)[0] * 1e3 if len(times) > 1 else times[0] * 1e3
 
 
 def timed(fn):
@@ -128,9 +148,15 @@ def interleaved(variants: dict, rounds: int, warmup: int) -> dict[str, list[floa
     return times
 
 
-def interleaved_with_faults(variants: dict, rounds: int, warmup: int):
+def interleaved_with_faults(variants: dict, rounds: int, warmup: int, block: int = 1, settle: int = 0,
+                            first_calls: dict | None = None):
     """Like ``interleaved``, also returning each call's minor page faults, system CPU seconds and process CPU seconds
-    (user + system, all threads), from getrusage."""
+    (user + system, all threads), from getrusage.
+
+    ``block`` > 1: each round calls each variant ``block`` times in a row and records all but the first ``settle``
+    calls, so every variant is timed in the steady state of its own repeated calls (as a loop calls it: its outputs
+    and temporaries recycled by the allocator) rather than in whatever heap state the previous variant left. The
+    first call of each block goes to ``first_calls[name]`` (seconds, faults) when that dict is given."""
     for fn in variants.values():
         for _ in range(warmup):
             fn()
@@ -140,14 +166,19 @@ def interleaved_with_faults(variants: dict, rounds: int, warmup: int):
     cpu = {name: [] for name in variants}
     for _ in range(rounds):
         for name, fn in variants.items():
-            before = resource.getrusage(resource.RUSAGE_SELF)
-            seconds, result = timed(fn)
-            after = resource.getrusage(resource.RUSAGE_SELF)
-            del result
-            times[name].append(seconds)
-            faults[name].append(after.ru_minflt - before.ru_minflt)
-            system[name].append(after.ru_stime - before.ru_stime)
-            cpu[name].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+            for call in range(block):
+                before = resource.getrusage(resource.RUSAGE_SELF)
+                seconds, result = timed(fn)
+                after = resource.getrusage(resource.RUSAGE_SELF)
+                del result
+                if block > 1 and call == 0 and first_calls is not None:
+                    first_calls.setdefault(name, []).append((seconds, after.ru_minflt - before.ru_minflt))
+                if call < settle:
+                    continue
+                times[name].append(seconds)
+                faults[name].append(after.ru_minflt - before.ru_minflt)
+                system[name].append(after.ru_stime - before.ru_stime)
+                cpu[name].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     return times, faults, system, cpu
 
 
@@ -514,13 +545,18 @@ def nitorch_table(args: argparse.Namespace, maps: dict, shape: tuple) -> None:
         differences[sequence] = (relative_error(eager, reference), relative_error(fused, eager))
         del reference, eager, fused
     load_before = os.getloadavg()
-    times, faults, _, _ = interleaved_with_faults(variants, args.repeats, args.warmup)
+    first_calls = {}
+    times, faults, _, _ = interleaved_with_faults(variants, args.repeats, args.warmup, args.block, args.settle,
+                                                  first_calls)
     load_after = os.getloadavg()
     medians = {name: median_ms(values) for name, values in times.items()}
+    lower_quartiles = {name: lower_quartile_ms(values) for name, values in times.items()}
     fault_medians = {name: statistics.median(values) for name, values in faults.items()}
     say(f"against NITorch ({os.path.abspath(args.nitorch)}): TYPICAL_PROTOCOLS, median ms over {args.repeats} "
-        f"interleaved rounds (nitorch, eager, fused per sequence in turn); load average before "
-        f"{load_before[0]:.2f}, after {load_after[0]:.2f} (1 min)")
+        f"interleaved rounds; each round calls nitorch, eager, fused of each sequence in turn, each {args.block} "
+        f"times in a row, timing the last {args.block - args.settle} (every contestant in the steady state of its "
+        f"own repeated calls, as a loop calls it); load average before {load_before[0]:.2f}, after "
+        f"{load_after[0]:.2f} (1 min)")
     say("  nitorch = its generator (fse, spgr, flair, mprage); eager = simulate(maps, seq, protocol, fused=False), "
         "the default call with validation; fused = simulate(..., fused=True, validate=False), the training-loop call")
     header = (f"{'sequence':8s} {'nitorch':>8s} {'eager':>8s} {'fused':>8s} {'nitorch/':>8s} {'':4s} "
@@ -546,6 +582,23 @@ def nitorch_table(args: argparse.Namespace, maps: dict, shape: tuple) -> None:
             f"{fault_medians[sequence + '/eager']:6.0f} {fault_medians[sequence + '/fused']:6.0f}")
     say(f"{'all':8s} {totals['nitorch']:8.1f} {totals['eager']:8.1f} {totals['fused']:8.1f} "
         f"{totals['nitorch'] / totals['eager']:7.2f}x {'':4s} {totals['nitorch'] / totals['fused']:7.1f}x")
+    say("lower quartiles (ms; the same rounds), nitorch / eager / fused and the ratios: " + "; ".join(
+        f"{sequence} {lower_quartiles[sequence + '/nitorch']:.1f} / {lower_quartiles[sequence + '/eager']:.1f} / "
+        f"{lower_quartiles[sequence + '/fused']:.1f} = "
+        f"{lower_quartiles[sequence + '/nitorch'] / lower_quartiles[sequence + '/eager']:.2f}x, "
+        f"{lower_quartiles[sequence + '/nitorch'] / lower_quartiles[sequence + '/fused']:.1f}x"
+        for sequence in args.sequences))
+    if first_calls:
+        first = {name: (statistics.median(s for s, _ in calls) * 1e3, statistics.median(f for _, f in calls))
+                 for name, calls in first_calls.items()}
+        say("first call of each block (right after another contestant; median ms, page faults), nitorch / eager / "
+            "fused and the ratios: " + "; ".join(
+                f"{sequence} {first[sequence + '/nitorch'][0]:.1f} ({first[sequence + '/nitorch'][1]:.0f}) / "
+                f"{first[sequence + '/eager'][0]:.1f} ({first[sequence + '/eager'][1]:.0f}) / "
+                f"{first[sequence + '/fused'][0]:.1f} ({first[sequence + '/fused'][1]:.0f}) = "
+                f"{first[sequence + '/nitorch'][0] / first[sequence + '/eager'][0]:.2f}x, "
+                f"{first[sequence + '/nitorch'][0] / first[sequence + '/fused'][0]:.1f}x"
+                for sequence in args.sequences))
     say(f"goals: nitorch/eager >= {NITORCH_EAGER_GOAL:g}x, nitorch/fused >= {NITORCH_FUSED_GOAL:g}x; compile = first "
         f"fused call minus the median ({'on-disk' if args.warm_cache else 'fresh'} inductor cache); rel.diff "
         f"nitorch = max|eager - |nitorch|| / max|nitorch| (NITorch's FLAIR is signed, so its magnitude is compared; "

@@ -49,7 +49,7 @@ def _command_demo(args: argparse.Namespace) -> int:
 
 
 def _command_demo_data(args: argparse.Namespace) -> int:
-    from mri_ssl.data.demo_data import write_demo_data
+    from mri_ssl.data.brain.demo import write_demo_data
 
     path = write_demo_data(args.out, subjects=args.subjects, validation_subjects=args.validation_subjects,
                            resolution_mm=args.resolution_mm, seed=args.seed, deformation_mm=args.deformation_mm,
@@ -75,7 +75,7 @@ PROTOCOL_FLAGS = {
 
 def _parse_map_files(values: Sequence[str]) -> dict[str, Path]:
     """``--maps DIR`` or ``--maps pd=a.nii.gz r1=b.nii.gz ...`` -> map name to path."""
-    from mri_ssl.data.nifti import find_map_files
+    from mri_ssl.data.brain.maps import find_map_files
 
     if len(values) == 1 and "=" not in values[0]:
         return find_map_files(values[0])
@@ -111,7 +111,9 @@ def _protocol_from_args(args: argparse.Namespace) -> dict[str, float]:
 
 
 def _command_simulate(args: argparse.Namespace) -> int:
-    from mri_ssl.data.nifti import load_maps, save_json, save_nifti
+    from mri_ssl.data.brain.maps import load_maps
+    from mri_ssl.io.nifti import save_nifti
+    from mri_ssl.io.atomic import save_json
     from mri_ssl.physics.protocols import check_protocol, check_sequence
     from mri_ssl.physics.sequences import rician_noise
     from mri_ssl.physics.simulate import simulate
@@ -164,7 +166,7 @@ def _command_manifest(args: argparse.Namespace) -> int:
                        validation_subjects=args.validation_subjects, resolution_mm=args.resolution_mm,
                        progress=not args.quiet)
     if args.kind == "cmr":
-        from mri_ssl.data.cmr_dicom import write_cmr_dicom_manifest
+        from mri_ssl.data.cardiac.cmr_dicom import write_cmr_dicom_manifest
 
         folder = args.out or str(Path("data_manifests") / "cmr")
         path = write_cmr_dicom_manifest(args.directory, folder, seed=args.seed)

@@ -21,16 +21,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mri_ssl.atomic import atomic_output
-from mri_ssl.data.demo_data import write_phantom_files
-from mri_ssl.data.nifti import save_json, save_nifti
+from mri_ssl.data.brain.demo import write_phantom_files
 from mri_ssl.errors import InputError
 from mri_ssl.experiments import collect, load_grid, run_grid, write_tables
 from mri_ssl.experiments.figures import plot_learning_curves, plot_metric_bars, plot_segmentation_overlays
-from mri_ssl.experiments.memory import ProcessTreeMemory
 from mri_ssl.experiments.grid import Grid, expand_placeholders
+from mri_ssl.experiments.memory import ProcessTreeMemory
 from mri_ssl.experiments.runner import STATUS_OK, failure_report, require_trusted
 from mri_ssl.experiments.tables import format_plain_tables, probe_markdown
+from mri_ssl.io.atomic import save_json
+from mri_ssl.io.atomic import atomic_output
+from mri_ssl.io.nifti import save_nifti
 from mri_ssl.physics.phantom import TISSUE_CLASSES, mni152_phantom, mprage_fidelity
 from mri_ssl.physics.protocols import SEQUENCES, TYPICAL_PROTOCOLS, protocol_item, sample_protocol
 from mri_ssl.physics.simulate import simulate
@@ -201,6 +202,8 @@ def load_demo_grid(grid_path: str | os.PathLike | None = None, bundles_dir: str 
         raise InputError(path, "the demo's experiment grid was not found: run the demo from a checkout of mri_ssl "
                                "(it needs experiments/ and bundles/), or pass --grid and --bundles-dir")
     grid = load_grid(path, bundles_dir=bundles_dir)
+    # A variant may run for fewer tasks in the demo than in the full grid (its `demo_tasks`): the demo's time budget.
+    grid = replace(grid, variants=tuple(replace(v, tasks=v.demo_tasks) if v.demo_tasks else v for v in grid.variants))
     return replace(grid, seeds=tuple(dict.fromkeys(int(s) for s in seeds))) if seeds else grid
 
 

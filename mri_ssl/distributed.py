@@ -27,6 +27,16 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def broadcast_from_main(value):
+    """Rank 0's ``value`` (any picklable object) on every rank; every rank must call it. ``value`` when not
+    distributed. Under NCCL the object travels through the current CUDA device (``torch.cuda.set_device`` first)."""
+    if world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's ``tensor`` along dim 0 (rank order), keeping the autograd graph.
 

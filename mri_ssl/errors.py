@@ -29,7 +29,7 @@ class ProtocolError(InputError):
 class WriteError(OSError):
     """A file that could not be written (disk full, no permission, read-only file system, ...).
 
-    Raised by ``mri_ssl.atomic.atomic_output`` in place of the bare ``OSError`` (or the ``RuntimeError`` that
+    Raised by ``mri_ssl.io.atomic.atomic_output`` in place of the bare ``OSError`` (or the ``RuntimeError`` that
     ``torch.save`` wraps it in), so the message names the file and the cause. A subclass of ``OSError`` that keeps
     the original ``errno``, so callers that already catch ``OSError`` keep working.
 

@@ -153,3 +153,15 @@ def _check(values: Mapping[str, Any], multiple_of: Mapping[str, int | Sequence] 
         sides = values[name] if isinstance(values[name], (list, tuple)) else [values[name]]
         if any(side % int(factor) for side in sides):
             raise InputError(name, f"got {values[name]!r}, needs each side a multiple of {factor}{why}")
+
+
+def as_flag(value: Any, name: str = "flag") -> bool:
+    """A bundle switch as a bool: ``python -m monai.bundle run --resume true`` passes the string "true"."""
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise InputError(name, f"expected true or false, got {value!r}")

@@ -14,6 +14,7 @@ from monai.bundle import ConfigWorkflow
 from monai.handlers import from_engine
 
 from bundle_runner import bundle_dir
+from mri_ssl.data.brain.demo import BRAIN_DOWNSTREAM_DEMO
 from mri_ssl.data.datalist import resolve_datalist
 from mri_ssl.engines import NonFiniteLossError, load_checkpoint
 
@@ -42,8 +43,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 @pytest.fixture(scope="module")
 def demo_data_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("safety_demo_data")
-    resolve_datalist("", folder, resolution_mm=TINY["demo_resolution_mm"], subjects=TINY["demo_subjects"],
-                     validation_subjects=TINY["demo_validation_subjects"], demo="downstream",
+    resolve_datalist("", folder, BRAIN_DOWNSTREAM_DEMO, resolution_mm=TINY["demo_resolution_mm"],
+                     subjects=TINY["demo_subjects"], validation_subjects=TINY["demo_validation_subjects"],
                      test_subjects=TINY["demo_test_subjects"])
     return folder
 

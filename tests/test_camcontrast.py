@@ -15,7 +15,7 @@ from mri_ssl.losses.ntxent import NTXentLoss
 from mri_ssl.losses.supcon import SupConLoss
 from mri_ssl.metrics.fundus import average_precision, cam_iou, pointing_game_hit
 from mri_ssl.networks.cam import CAMClassifier, CAMContrastModel, class_activation_maps, minmax_normalise
-from mri_ssl.engines.schedules import WarmupCosine, decay_parameter_groups
+from mri_ssl.engines.schedules import WarmupCosine, weight_decay_groups
 from mri_ssl.transforms.heatmaps import (
     five_crop_boxes,
     five_crops,
@@ -190,7 +190,7 @@ def test_warmup_cosine_and_no_decay_on_norms_and_biases():
     assert values[3] == pytest.approx(1.0) and all(a >= b for a, b in zip(values[3:], values[4:]))
     assert schedule(10) == pytest.approx(0.0, abs=1e-12)
     model = CAMClassifier(encoder_config=TINY_ENCODER)
-    decay, no_decay = decay_parameter_groups(model, 1e-4)
+    decay, no_decay = weight_decay_groups(model, 1e-4)
     assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
     assert no_decay["weight_decay"] == 0.0 and len(decay["params"]) + len(no_decay["params"]) == len(
         list(model.parameters()))

@@ -10,8 +10,9 @@ from monai.bundle import ConfigWorkflow
 
 from bundle_runner import bundle_dir, run_bundle
 from dicom_writer import write_series
-from mri_ssl.data.cardiac_demo import resolve_cardiac_datalist, write_cardiac_demo
-from mri_ssl.data.sequence_labels import BRAIN_SEQUENCE_MAP, classification_entries
+from mri_ssl.data.cardiac.demo import CARDIAC_DEMO, write_cardiac_demo
+from mri_ssl.data.cardiac.sequence_labels import BRAIN_SEQUENCE_MAP, classification_entries
+from mri_ssl.data.datalist import resolve_datalist
 from mri_ssl.engines import load_checkpoint
 from mri_ssl.errors import InputError
 from mri_ssl.networks import SequenceClassifier, load_vit_encoder
@@ -31,8 +32,8 @@ TINY = {
 @pytest.fixture(scope="module")
 def demo_data_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cardiac_demo")
-    resolve_cardiac_datalist("", folder, subjects=TINY["demo_subjects"], slices=TINY["demo_slices"],
-                             cine_frames=TINY["demo_cine_frames"], progress=False)
+    resolve_datalist("", folder, CARDIAC_DEMO, subjects=TINY["demo_subjects"], slices=TINY["demo_slices"],
+                     cine_frames=TINY["demo_cine_frames"], progress=False)
     return folder
 
 
@@ -53,7 +54,7 @@ def test_demo_data_files_splits_and_classes(demo_data_dir):
     assert (demo_data_dir / "montage.png").stat().st_size > 1000
     # Reused, not rewritten, while the parameters match.
     stamp = (demo_data_dir / "datalist.json").stat().st_mtime_ns
-    resolve_cardiac_datalist("", demo_data_dir, subjects=5, slices=1, cine_frames=2, progress=False)
+    resolve_datalist("", demo_data_dir, CARDIAC_DEMO, subjects=5, slices=1, cine_frames=2, progress=False)
     assert (demo_data_dir / "datalist.json").stat().st_mtime_ns == stamp
 
 
@@ -61,7 +62,7 @@ def test_demo_writer_and_datalist_reject_bad_input(tmp_path):
     with pytest.raises(InputError, match="subjects"):
         write_cardiac_demo(tmp_path, subjects=2)
     with pytest.raises(InputError, match="datalist not found"):
-        resolve_cardiac_datalist(tmp_path / "nothing.json", tmp_path)
+        resolve_datalist(tmp_path / "nothing.json", tmp_path, CARDIAC_DEMO)
 
 
 def test_brain_manifest_sequences_map_to_classes(tmp_path):
@@ -149,8 +150,8 @@ def test_a_missing_encoder_file_is_named(tmp_path):
 def test_a_truncated_image_in_the_datalist_is_named_before_training(tmp_path):
     import gzip
 
-    from mri_ssl.data.integrity import DataIntegrityError
-    from mri_ssl.data.sequence_labels import check_classification_datalist
+    from mri_ssl.io.images import DataIntegrityError
+    from mri_ssl.data.cardiac.sequence_labels import check_classification_datalist
 
     datalist = write_cardiac_demo(tmp_path / "demo", subjects=4, seed=0)
     check_classification_datalist(datalist, ["training"], labelled_only=False)
@@ -164,7 +165,7 @@ def test_a_truncated_image_in_the_datalist_is_named_before_training(tmp_path):
 
 
 def test_a_study_in_two_splits_is_refused(tmp_path):
-    from mri_ssl.data.sequence_labels import check_classification_datalist
+    from mri_ssl.data.cardiac.sequence_labels import check_classification_datalist
 
     datalist = write_cardiac_demo(tmp_path / "demo", subjects=4, seed=0)
     content = json.loads(Path(datalist).read_text())

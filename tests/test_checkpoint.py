@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from mri_ssl.engines import export_encoder, load_checkpoint, load_encoder, save_checkpoint
-from mri_ssl.engines.checkpoint import as_flag
 from mri_ssl.errors import InputError
 from mri_ssl.networks import CNNEncoder3D
+from mri_ssl.parameters import as_flag
 
 
 def test_round_trip_and_no_partial_files(tmp_path):

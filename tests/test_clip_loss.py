@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from mri_ssl.errors import InputError
-from mri_ssl.losses import CLIPLoss, weight_decay_groups
-from mri_ssl.losses.clip import no_decay_names
+from mri_ssl.engines.schedules import no_decay_names, weight_decay_groups
+from mri_ssl.losses import CLIPLoss
 from rank_processes import run_ranks
 
 WORKER = Path(__file__).with_name("distributed_clip_worker.py")

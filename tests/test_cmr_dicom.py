@@ -5,8 +5,8 @@ from __future__ import annotations
 import nibabel as nib
 import pytest
 
-from mri_ssl.data.cmr_dicom import scan_cmr_dicom, series_view, write_cmr_dicom_manifest
-from mri_ssl.data.cmr_studies import load_cmr_manifest
+from mri_ssl.data.cardiac.cmr_dicom import scan_cmr_dicom, series_view, write_cmr_dicom_manifest
+from mri_ssl.data.cardiac.cmr_studies import load_cmr_manifest
 from mri_ssl.errors import InputError
 from dicom_writer import write_series
 

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mri_ssl.data.cmr_studies import (
+from mri_ssl.data.cardiac.cmr_studies import (
     DISEASE_LABELS,
     anatomy_for_label,
     function_grade,
@@ -68,7 +68,8 @@ def test_scar_territory(angle, name):
 def test_written_studies_and_manifest(tmp_path):
     path = write_cmr_studies(tmp_path, studies=8, seed=1, cine_frames=4, lge_slices=2, matrix=24, progress=False)
     manifest = load_cmr_manifest(tmp_path)
-    assert json.loads(path.read_text()) == manifest
+    assert json.loads(path.read_text()) == {key: value for key, value in manifest.items() if key != "root"}
+    assert manifest["root"] == str(tmp_path)  # series files are relative to the manifest's folder
     assert [s["label"] for s in manifest["studies"]] == list(DISEASE_LABELS) * 2
     ids = [s["study_id"] for s in manifest["studies"]]
     splits = [manifest[k] for k in ("training", "validation", "test")]

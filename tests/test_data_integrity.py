@@ -16,17 +16,9 @@ import numpy as np
 import pytest
 
 from mri_ssl.cli import main
-from mri_ssl.data.integrity import (
-    CHECKS,
-    DataIntegrityError,
-    check_case,
-    check_data,
-    read_dicom,
-    read_image,
-    read_nifti,
-    read_raster_image,
-)
+from mri_ssl.data.integrity import check_case, check_data
 from mri_ssl.errors import InputError
+from mri_ssl.io.images import CHECKS, DataIntegrityError, read_dicom, read_image, read_nifti, read_raster_image
 
 AFFINE = np.array([[2.0, 0, 0, -10], [0, 2.0, 0, -20], [0, 0, 3.0, 5], [0, 0, 0, 1]])
 SHAPE = (12, 10, 8)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mri_ssl.data.deformation import smooth_displacement, warp
+from mri_ssl.data.brain.deformation import smooth_displacement, warp
 from mri_ssl.errors import InputError
 
 

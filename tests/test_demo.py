@@ -14,7 +14,7 @@ from monai.data import load_decathlon_datalist
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
 from mri_ssl.cli import main
-from mri_ssl.data.nifti import load_maps
+from mri_ssl.data.brain.maps import load_maps
 from mri_ssl.physics import SEQUENCES, TYPICAL_PROTOCOLS, simulate
 from mri_ssl.physics.phantom import TISSUE_CLASSES
 from mri_ssl.transforms import SimulateSequenced

@@ -10,7 +10,7 @@ from pydicom.data import get_testdata_file
 
 from dicom_writer import write_mr_file, write_series
 from mri_ssl.cli import main
-from mri_ssl.data.dicom_series import central_images, load_image, read_series
+from mri_ssl.data.cardiac.dicom_series import central_images, load_image, read_series
 from mri_ssl.errors import InputError
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from bundle_runner import bundle_dir, run_bundle, write_override
+from mri_ssl.data.brain.demo import BRAIN_DOWNSTREAM_DEMO
 from mri_ssl.data.datalist import resolve_datalist
 from mri_ssl.engines import export_encoder, load_checkpoint
 from mri_ssl.networks import CNNEncoder3D
@@ -39,8 +40,8 @@ TEST_IMAGES = 6  # one test subject: T1w, T2w, PDw, FLAIR, GRE simulated, plus t
 @pytest.fixture(scope="module")
 def demo_data_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("downstream_demo_data")
-    resolve_datalist("", folder, resolution_mm=TINY["demo_resolution_mm"], subjects=TINY["demo_subjects"],
-                     validation_subjects=TINY["demo_validation_subjects"], demo="downstream",
+    resolve_datalist("", folder, BRAIN_DOWNSTREAM_DEMO, resolution_mm=TINY["demo_resolution_mm"],
+                     subjects=TINY["demo_subjects"], validation_subjects=TINY["demo_validation_subjects"],
                      test_subjects=TINY["demo_test_subjects"])
     return folder
 

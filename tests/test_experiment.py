@@ -59,9 +59,11 @@ def test_shipped_grids_load_and_expand():
     pretrain = [r for r in runs if r.kind == "pretrain"]
     assert len(pretrain) == 3 * len(demo.seeds)  # base, seqaug, seqinv per seed; random needs none
     downstream = [r for r in runs if r.kind == "downstream"]
-    assert len(downstream) == len(demo.downstream) * len(demo.modes) * len(demo.seeds) * len(demo.label_fractions)
-    assert all((r.upstream is None) == (r.mode == "random") for r in downstream)
-    assert all(r.upstream.seed == r.seed and r.upstream.mode == r.mode for r in downstream if r.upstream)
+    columns = sum(len(demo.columns_for(spec.name)) for spec in demo.downstream)
+    assert len(downstream) == columns * len(demo.seeds) * len(demo.label_fractions)
+    encoders = {**{mode: mode for mode in demo.modes}, **{v.name: v.encoder for v in demo.variants}}
+    assert all((r.upstream is None) == (encoders[r.mode] == "random") for r in downstream)
+    assert all(r.upstream.seed == r.seed and r.upstream.mode == encoders[r.mode] for r in downstream if r.upstream)
     paper = load_grid(REPO / "experiments" / "paper_tables.yaml")
     assert paper.label_fractions == (0.01, 0.1, 1.0)
     assert {spec.name for spec in paper.downstream} == {"ixi_tissue", "arc_lesion", "ixi_denoising"}

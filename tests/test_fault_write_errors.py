@@ -1,7 +1,7 @@
 """Fault injection on writes: disk full and permission errors name the file and the cause, and keep the old file.
 
 The probe of issue 19 filled a 20 MB tmpfs under a checkpoint folder and got ``RuntimeError: [enforce fail at
-inline_container.cc:672] . unexpected pos ...``. Every write goes through ``mri_ssl.atomic.atomic_output``, which now
+inline_container.cc:672] . unexpected pos ...``. Every write goes through ``mri_ssl.io.atomic.atomic_output``, which now
 raises ``WriteError`` (an ``OSError``) naming the file and the cause, while the previous file stays as it was.
 """
 
@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from mri_ssl import atomic
-from mri_ssl.atomic import atomic_write_text
 from mri_ssl.engines import checkpoint as checkpoint_module
 from mri_ssl.engines import load_checkpoint, save_checkpoint, save_safetensors
 from mri_ssl.errors import WriteError
+from mri_ssl.io.atomic import atomic_write_text
 
 
 class FillingStream(io.FileIO):

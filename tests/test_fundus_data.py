@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mri_ssl.data.fundus import check_fundus_datalist, fundus_entries, read_mask, read_rgb
-from mri_ssl.data.fundus_demo import resolve_fundus_datalist, write_fundus_demo
+from mri_ssl.data.datalist import resolve_datalist
+from mri_ssl.data.photo.demo import FUNDUS_DEMO, write_fundus_demo
+from mri_ssl.data.photo.fundus import check_fundus_datalist, fundus_entries, read_mask, read_rgb
 from mri_ssl.errors import InputError
 
 
@@ -37,9 +38,10 @@ def test_demo_is_reproducible_and_reused(demo, tmp_path):
     again = write_fundus_demo(tmp_path, images=10, validation_images=2, test_images=2, size=64, seed=1)
     first = json.loads(datalist.read_text())["training"][1]["image"]
     np.testing.assert_array_equal(read_rgb(folder / first), read_rgb(tmp_path / first))
+    parameters = dict(images=10, validation_images=2, test_images=2, size=64, seed=1)
+    assert resolve_datalist("", tmp_path, FUNDUS_DEMO, **parameters) == str(again)
     stamp = again.stat().st_mtime_ns
-    assert resolve_fundus_datalist("", tmp_path, images=10, validation_images=2, test_images=2, size=64,
-                                   seed=1) == str(again)
+    assert resolve_datalist("", tmp_path, FUNDUS_DEMO, **parameters) == str(again)
     assert again.stat().st_mtime_ns == stamp
 
 

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from bundle_runner import bundle_dir, run_bundle, write_override
 from fake_idrid import GRADING, HEADER, write_fake_idrid
 from mri_ssl.cli import main
-from mri_ssl.data.fundus import fundus_entries
-from mri_ssl.data.fundus_demo import write_fundus_demo
-from mri_ssl.data.photo_manifests import scan_idrid
+from mri_ssl.data.manifests.photo import scan_idrid
+from mri_ssl.data.photo.demo import write_fundus_demo
+from mri_ssl.data.photo.fundus import fundus_entries
 from mri_ssl.errors import InputError
 from mri_ssl.losses import JointGradingLoss
 from mri_ssl.metrics.grading import JointAccuracyMetric, grading_accuracies, joint_accuracy

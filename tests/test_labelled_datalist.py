@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from monai.data import load_decathlon_datalist
 
+from mri_ssl.data.brain.demo import DOWNSTREAM_CONTRASTS, TISSUE_LABELS, write_downstream_demo
+from mri_ssl.data.brain.demo import BRAIN_DOWNSTREAM_DEMO
 from mri_ssl.data.datalist import check_labelled_datalist, inference_inputs, labelled_entries, resolve_datalist
-from mri_ssl.data.demo_data import DOWNSTREAM_CONTRASTS, TISSUE_LABELS, write_downstream_demo
 from mri_ssl.errors import InputError
 
 AFFINE = np.diag([2.0, 2.0, 3.0, 1.0])
@@ -125,12 +126,12 @@ def test_downstream_demo_splits_contrasts_and_labels(tmp_path):
 
 
 def test_resolve_datalist_writes_the_downstream_demo_once(tmp_path):
-    kwargs = dict(resolution_mm=6.0, subjects=3, validation_subjects=0, demo="downstream", test_subjects=1)
-    path = resolve_datalist("", tmp_path, **kwargs)
+    kwargs = dict(resolution_mm=6.0, subjects=3, validation_subjects=0, test_subjects=1, progress=False)
+    path = resolve_datalist("", tmp_path, BRAIN_DOWNSTREAM_DEMO, **kwargs)
     stamp = (tmp_path / "datalist.json").stat().st_mtime_ns
-    assert resolve_datalist("", tmp_path, **kwargs) == path
+    assert resolve_datalist("", tmp_path, BRAIN_DOWNSTREAM_DEMO, **kwargs) == path
     assert (tmp_path / "datalist.json").stat().st_mtime_ns == stamp
     with pytest.raises(InputError, match="demo"):
-        resolve_datalist("", tmp_path, demo="segmentation")
+        resolve_datalist("", tmp_path, "segmentation")
     with pytest.raises(InputError, match="test subject"):
         write_downstream_demo(tmp_path / "bad", subjects=2, test_subjects=1, validation_subjects=1, progress=False)

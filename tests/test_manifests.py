@@ -1,8 +1,10 @@
 """Dataset scanners and manifests: fake IXI / ARC / qMRI trees of tiny NIfTIs, read back by MONAI."""
 
 import json
-import logging
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -10,11 +12,13 @@ import numpy as np
 import pytest
 from monai.data import load_decathlon_datalist
 
-import mri_ssl.atomic
+import mri_ssl.io.atomic
 from mri_ssl.data import manifests
 from mri_ssl.data.manifests import (SCANNERS, manifest_summary, scan_arc, scan_ixi, scan_qmri, validate_manifest,
                                     write_manifest)
 from mri_ssl.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
 
 SPLITS = ("training", "validation", "test")
 
@@ -312,11 +316,35 @@ def test_schema_catches_broken_manifests():
             validate_manifest(manifest, source="broken.json")
 
 
-def test_missing_schema_skips_validation_with_a_warning(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="mri_ssl.data.manifests"):
-        validate_manifest({"no": "training"}, schema_path=tmp_path / "absent.json")
-    assert "not validating" in caplog.text
-    assert manifests.SCHEMA_PATH.is_file()  # in this (editable) checkout the schema is found
+def test_missing_schema_is_an_error(tmp_path):
+    with pytest.raises(InputError, match="absent.json: cannot read the manifest schema"):
+        validate_manifest({"training": []}, schema_path=tmp_path / "absent.json")
+    assert manifests.SCHEMA_PATH.is_file() and manifests.SCHEMA_PATH.parent == Path(manifests.__file__).parent
+
+
+@pytest.mark.slow
+def test_a_non_editable_install_validates_manifests(tmp_path):
+    """``pip install .`` (not editable) ships the schema: an installed copy rejects a broken manifest."""
+    source = tmp_path / "source"
+    shutil.copytree(REPO / "mri_ssl", source / "mri_ssl", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--target", str(site), str(source)], check=True, cwd=tmp_path, timeout=300)
+    check = ("import mri_ssl, sys\n"
+             "from mri_ssl.data.manifests import validate_manifest\n"
+             "from mri_ssl.errors import InputError\n"
+             "assert mri_ssl.__file__.startswith(sys.argv[1]), mri_ssl.__file__\n"
+             "try:\n"
+             "    validate_manifest({'validation': []}, source='broken.json')\n"
+             "except InputError as error:\n"
+             "    print(error)\n")
+    environment = {**os.environ, "PYTHONPATH": str(site)}
+    run = subprocess.run([sys.executable, "-c", check, str(site)], cwd=tmp_path, env=environment,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "broken.json: not a valid manifest" in run.stdout
 
 
 def test_manifest_write_is_atomic(ixi_tree, tmp_path, monkeypatch):
@@ -327,7 +355,7 @@ def test_manifest_write_is_atomic(ixi_tree, tmp_path, monkeypatch):
     def failing_replace(source, destination):
         raise OSError("disk full")
 
-    monkeypatch.setattr(mri_ssl.atomic.os, "replace", failing_replace)
+    monkeypatch.setattr(mri_ssl.io.atomic.os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         write_manifest("ixi", ixi_tree, out, seed=1)
     assert out.read_text() == before  # the old manifest is intact

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from mri_ssl.atomic import atomic_output
-from mri_ssl.data.nifti import find_map_files, load_maps, load_nifti, save_nifti
+from mri_ssl.data.brain.maps import find_map_files, load_maps
 from mri_ssl.errors import InputError
+from mri_ssl.io.atomic import atomic_output
+from mri_ssl.io.nifti import load_nifti, save_nifti
 
 AFFINE = np.array([[1.5, 0, 0, -10], [0, 1.5, 0, -20], [0, 0, 2.0, 5], [0, 0, 0, 1]])
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from mri_ssl.atomic import exclusive_lock
 from mri_ssl.experiments.memory import PROC, ProcessTreeMemory, tree_resident_bytes
+from mri_ssl.io.atomic import exclusive_lock
 
 linux_only = pytest.mark.skipif(not PROC.is_dir() or sys.platform == "win32", reason="needs /proc and fcntl")
 
@@ -19,7 +19,7 @@ def test_exclusive_lock_makes_a_second_process_wait(tmp_path):
     lock, log = tmp_path / "data" / ".lock", tmp_path / "log.txt"
     holder = textwrap.dedent(f"""
         import time
-        from mri_ssl.atomic import exclusive_lock
+        from mri_ssl.io.atomic import exclusive_lock
         with exclusive_lock({str(lock)!r}):
             open({str(log)!r}, "a").write("child in\\n")
             time.sleep(1.0)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from mri_ssl.cli import main
-from mri_ssl.data.fundus import check_fundus_datalist, fundus_entries, read_mask
+from mri_ssl.data.photo.fundus import check_fundus_datalist, fundus_entries, read_mask
 from mri_ssl.errors import InputError
 
 
@@ -56,7 +56,7 @@ def test_odir_label_file_naming_a_missing_image_names_the_file(tmp_path, capsys)
     assert main(["manifest", "odir", str(folder), "--out", str(tmp_path / "o.json")]) != 0
     assert "labels.csv: names the image '1_right.jpg'" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()
-    from mri_ssl.data.photo_manifests import scan_odir
+    from mri_ssl.data.manifests.photo import scan_odir
 
     with pytest.raises(InputError, match="labels.csv: names the image"):
         scan_odir(folder)
@@ -104,7 +104,7 @@ def test_refuge_disc_masks_have_a_white_background(tmp_path):
     entries = all_entries(content)
     assert len(entries) == 10 and sum(e["abnormal"] for e in entries) == 5
     assert check_fundus_datalist(out, ("training", "validation", "test"), require_mask=True) == 10
-    from mri_ssl.data.fundus import LoadPhotographd
+    from mri_ssl.data.photo.fundus import LoadPhotographd
 
     loaded = LoadPhotographd("image", mask_keys="mask")(fundus_entries(out, "training")[0])
     assert int(loaded["mask"].sum()) == 9  # the 3 x 3 disc (rim and cup), not the background

@@ -12,6 +12,7 @@ from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
 from bundle_runner import run_bundle, write_override
+from mri_ssl.data.brain.demo import BRAIN_PRETRAIN_DEMO
 from mri_ssl.data.datalist import resolve_datalist
 from mri_ssl.engines import NonFiniteLossError, load_checkpoint, load_encoder
 
@@ -39,8 +40,8 @@ TINY = {
 @pytest.fixture(scope="module")
 def demo_data_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pretrain_demo_data")
-    resolve_datalist("", folder, resolution_mm=TINY["demo_resolution_mm"], subjects=TINY["demo_subjects"],
-                     validation_subjects=TINY["demo_validation_subjects"])
+    resolve_datalist("", folder, BRAIN_PRETRAIN_DEMO, resolution_mm=TINY["demo_resolution_mm"],
+                     subjects=TINY["demo_subjects"], validation_subjects=TINY["demo_validation_subjects"])
     return folder
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from mri_ssl.data.demo_data import SPLITS, subject_seed
+from mri_ssl.data.brain.demo import SPLITS, subject_seed
 from mri_ssl.errors import InputError
 from mri_ssl.transforms import ContrastiveViewPair
 

@@ -63,7 +63,7 @@ def test_training_labels_keep_their_class_values():
 @pytest.mark.parametrize("ratios", [[0, 0, 1, 0], [0, 0, 0, 1]])
 def test_crop_class_ratios_choose_the_crop_centres(ratios):
     """``crop_class_ratios`` is handed to the sampler: all weight on one class puts every crop centre in it."""
-    sampler = training_config(crop_class_ratios=ratios).get_parsed_content("train#augmentation#transforms#1")
+    sampler = training_config(crop_class_ratios=ratios).get_parsed_content("train#augmentation_transforms#1")
     sampler.set_random_state(seed=0)
     wanted = ratios.index(1)
     for _ in range(20):

@@ -279,15 +279,17 @@ def test_failure_inside_the_compiled_call_falls_back(make_maps, monkeypatch):
     monkeypatch.delenv(fused.DISABLE_ENV, raising=False)
     monkeypatch.setattr(fused, "_failed", set())
 
+    monkeypatch.setattr(fused, "_compiled", {})
+
     def raising_kernel(*args):
         raise RuntimeError("compiled kernel crashed")
 
-    monkeypatch.setattr(fused, "_compiled", {"fse": raising_kernel})
+    monkeypatch.setattr(torch, "compile", lambda function, **kwargs: raising_kernel)
     maps = make_maps((3, 3, 3), dtype=torch.float32)
     protocol = TYPICAL_PROTOCOLS["fse"]
     out = simulate(maps, "fse", protocol, fused=True)
     assert torch.equal(out, simulate(maps, "fse", protocol, fused=False))
-    assert not fused.fused_available("fse") and "fse" not in fused._compiled
+    assert not fused.fused_available("fse") and fused._compiled == {}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -461,11 +463,16 @@ def test_auto_rule_compiles_once_eager_time_reaches_the_budget(make_maps, monkey
     monkeypatch.setattr(fused, "AUTO_COMPILE_AFTER_S", 3600.0)
     for _ in range(3):
         assert torch.equal(simulate(maps, "fse", protocol), expected)
-    assert compiles == [] and 0 < fused._eager_seconds["fse"] < 3600.0
-    monkeypatch.setattr(fused, "AUTO_COMPILE_AFTER_S", fused._eager_seconds["fse"])  # the budget is now spent
+    (budget_key, spent), = fused._eager_seconds.items()  # one variant and signature: fse magnitude, 3x3x3 maps
+    assert compiles == [] and budget_key.startswith("fse@cpu:float32:3x3x3") and 0 < spent < 3600.0
+    monkeypatch.setattr(fused, "AUTO_COMPILE_AFTER_S", spent)  # the budget is now spent
     for _ in range(2):
         assert _relative_difference(simulate(maps, "fse", protocol), expected) <= 1e-6
     assert len(compiles) == 1  # compiled once, then reused
+    # Another map size has its own budget: eager again, no compile, until its own calls have taken as long.
+    other = make_maps((2, 3, 4), dtype=torch.float32)
+    assert torch.equal(simulate(other, "fse", protocol), simulate(other, "fse", protocol, fused=False))
+    assert len(compiles) == 1 and len(fused._eager_seconds) == 2
     compiler = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
     if compiler:
         assert fused.fused_available("fse")
@@ -489,3 +496,64 @@ def test_exponent_floor_holds_on_every_eager_path(validate, make_maps):
     tiny = torch.finfo(torch.float32).tiny
     assert bool(((image == 0) | (image.abs() >= tiny)).all()) and bool((image > 0).all())
     torch.testing.assert_close(image, functional, rtol=1e-6, atol=0.0)
+
+
+def test_polynomial_exp2_matches_exp2_over_the_decays_range():
+    """The compiled CPU path's exp2 agrees with float64 exp2 within relative 2e-7 (a few float32 ulp) from the
+    exponent floor to 0 (every decay), and stays finite and accurate up to 2^127."""
+    x = torch.cat([torch.linspace(sequences.SMALLEST_EXPONENT * sequences.LOG2_E, 0.0, 200_001),
+                   torch.linspace(0.0, 127.0, 1_001), torch.tensor([-0.5, 0.5, -1.5, 1e-8, -1e-8])])
+    exact = torch.exp2(x.double())
+    for degree, bound in ((5, 2.0e-7), (6, 1.1e-7)):
+        approximate = fused.polynomial_exp2(x, degree)
+        assert approximate.dtype == torch.float32
+        assert float(((approximate.double() - exact) / exact).abs().max()) <= bound, degree
+    assert fused.polynomial_exp2(torch.tensor([0.0])).item() == 1.0
+    assert torch.isfinite(fused.polynomial_exp2(torch.tensor([200.0]))).all()  # saturates at 2^127
+
+
+def test_fused_kernels_match_closed_forms_and_compile_once_per_signature(make_maps, monkeypatch):
+    """Fused results equal the textbook formulas (float64 closed forms) on float32 maps; new protocol values reuse
+    the compiled kernel (no new graph); a new signature beyond STATIC_SIGNATURES shares one shape-generic compile."""
+    monkeypatch.delenv(fused.DISABLE_ENV, raising=False)
+    monkeypatch.setattr(fused, "_compiled", {})
+    monkeypatch.setattr(fused, "_failed", set())
+    compiles = []
+    real_compile = torch.compile
+
+    def counting_compile(function, **kwargs):
+        compiles.append((function.__name__, kwargs.get("dynamic")))
+        return real_compile(function, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    maps = make_maps((5, 4, 3), dtype=torch.float32)
+    m = {k: v.double() for k, v in maps.items()}
+    graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    closed_forms = {
+        "fse": lambda p: m["pd"] * (1 - torch.exp(-m["r1"] * p["tr"])) * torch.exp(-m["r2s"] * p["te"]),
+        "flair": lambda p: (m["pd"] * torch.exp(-m["r2s"] * p["te"])
+                            * (1 - 2 * torch.exp(-m["r1"] * p["ti"]) + torch.exp(-m["r1"] * p["tr"]))).abs(),
+    }
+    for sequence, closed_form in closed_forms.items():
+        for seed in range(3):  # three protocols, one compile
+            protocol = protocol_item(sample_protocol(sequence, 1, generator=torch.Generator().manual_seed(seed)), 0)
+            image = simulate(maps, sequence, protocol, fused=True)
+            torch.testing.assert_close(image.double(), closed_form(protocol), rtol=2e-6, atol=1e-7)
+    compiler = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if compiler:
+        assert fused.fused_available("fse") and fused.fused_available("flair")
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before == 2  # no recompilation
+    assert [dynamic for _, dynamic in compiles] == [False, False]
+    # Further signatures: with one static signature allowed, a second and a third shape share one dynamic compile.
+    monkeypatch.setattr(fused, "STATIC_SIGNATURES", 1)
+    protocol = TYPICAL_PROTOCOLS["fse"]
+    for shape in ((3, 4, 5), (6, 2, 2)):
+        other = make_maps(shape, dtype=torch.float32)
+        torch.testing.assert_close(simulate(other, "fse", protocol, fused=True),
+                                   simulate(other, "fse", protocol, fused=False), rtol=1e-5, atol=1e-7)
+    assert [dynamic for _, dynamic in compiles] == [False, False, True]
+    # float64 maps get a shape-generic compile of their own, with torch's exp2 (the polynomial is float32-accurate).
+    double = make_maps((3, 4, 5), dtype=torch.float64)
+    torch.testing.assert_close(simulate(double, "fse", protocol, fused=True),
+                               simulate(double, "fse", protocol, fused=False), rtol=1e-12, atol=0.0)
+    assert [dynamic for _, dynamic in compiles] == [False, False, True, True]

@@ -6,8 +6,8 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
-from mri_ssl.data.nifti import save_nifti
 from mri_ssl.errors import InputError, ProtocolError
+from mri_ssl.io.nifti import save_nifti
 from mri_ssl.physics import TYPICAL_PROTOCOLS, simulate
 from mri_ssl.transforms import RandSimulateSequence, RandSimulateSequenced, SimulateSequence, SimulateSequenced
 

@@ -11,11 +11,13 @@ import torch
 
 from torch.utils.data import DataLoader
 
-from mri_ssl.data.cmr_video_dataset import CMRVideoTextDataset, load_study_frames, resolve_cmr_manifest
+from mri_ssl.data.cardiac.cmr_studies import CMR_DEMO, load_cmr_manifest
+from mri_ssl.data.cardiac.video_dataset import CMRVideoTextDataset, load_study_frames
+from mri_ssl.data.datalist import resolve_datalist
 from mri_ssl.engines import load_checkpoint
 from mri_ssl.engines.video_text import VideoTextTrainer, load_video_text_model
 from mri_ssl.errors import InputError
-from mri_ssl.metrics.linear_probe import f1_score, linear_probe, roc_auc
+from mri_ssl.metrics.linear_probe import linear_probe
 from mri_ssl.networks.video_text import DividedSpaceTimeBlock, TextEncoder, VideoEncoder, VideoTextModel
 from mri_ssl.text.tokenizer import CLS_ID, PAD_ID, SEP_ID, UNK_ID, WordTokenizer, split_words
 from bundle_runner import bundle_dir, run_bundle, write_override
@@ -73,14 +75,6 @@ def test_video_model_shapes_and_frame_order():
         VideoEncoder(cnn_features=[4, 8], temporal_heads=2)(torch.rand(2, 4, 16, 16))
 
 
-def test_auc_and_f1_closed_form():
-    # positives 0.8, 0.4; negatives 0.4, 0.1: pairs (0.8 > 0.4, 0.8 > 0.1, 0.4 = 0.4 -> 1/2, 0.4 > 0.1) = 3.5 / 4
-    assert roc_auc(np.array([0.8, 0.4, 0.4, 0.1]), np.array([1, 1, 0, 0])) == 0.875
-    assert np.isnan(roc_auc(np.array([0.1, 0.2]), np.array([0, 0])))
-    predicted, actual = np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 0], bool)
-    assert f1_score(predicted, actual) == pytest.approx(0.5)  # TP 1, FP 1, FN 1
-
-
 def test_linear_probe_separates_separable_classes():
     rng = np.random.default_rng(0)
     centres = np.eye(4, 6) * 6
@@ -95,7 +89,8 @@ def test_linear_probe_separates_separable_classes():
 @pytest.fixture(scope="module")
 def tiny_manifest(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cmr")
-    return resolve_cmr_manifest("", folder, studies=8, cine_frames=4, lge_slices=2, matrix=16, progress=False)
+    return load_cmr_manifest(resolve_datalist("", folder, CMR_DEMO, studies=8, cine_frames=4, lge_slices=2, matrix=16,
+                                              progress=False))
 
 
 def test_study_frames_concatenate_series_in_order(tiny_manifest):
@@ -179,8 +174,8 @@ def test_bundle_two_process_training(tmp_path):
                           dist_timeout_seconds=60)
     configs = root / "configs"
     # the demo data are written by one process first, as docs/README.md says
-    manifest = resolve_cmr_manifest("", tmp_path / "demo_data", studies=12, cine_frames=4, lge_slices=2, matrix=16,
-                                    progress=False)
+    manifest = load_cmr_manifest(resolve_datalist("", tmp_path / "demo_data", CMR_DEMO, studies=12, cine_frames=4,
+                                                  lge_slices=2, matrix=16, progress=False))
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     run = run_bundle(tmp_path, [configs / "train.json", configs / "multi_gpu_train.json", tiny], launcher=launcher,
                      timeout=300)

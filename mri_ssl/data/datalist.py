@@ -1,91 +1,143 @@
-"""Find the datalist a bundle trains on: the user's, or the embedded demo data written on first use."""
+"""Find the datalist a bundle trains on: the user's, or embedded demo data, written on first use and whenever the
+parameters they were written with change.
+
+Every bundle calls ``resolve_datalist`` with a ``DemoWriter`` (its modality's demo data: ``brain.demo``,
+``cardiac.demo``, ``cardiac.cmr_studies``, ``photo.demo``). The demo folder holds, beside the data, the record of
+what wrote them (``DEMO_RECORD_NAME``: writer name, version, parameters and their SHA-256); the data are reused only
+while that hash matches, so changed demo parameters never silently reuse stale files. Writing is guarded twice:
+runs sharing one folder (an experiment grid) take a file lock, so one writes and the others then find the data
+complete; under torch.distributed only rank 0 resolves, and the other ranks wait for its answer (a failure on rank 0
+is raised on every rank instead of leaving the others waiting).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
+import numbers
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from mri_ssl.atomic import exclusive_lock
+from mri_ssl import distributed
+from mri_ssl.data.integrity import check_data
 from mri_ssl.errors import InputError
+from mri_ssl.io.atomic import exclusive_lock, save_json
+from mri_ssl.io.images import check_image_files
+from mri_ssl.io.nifti import is_nifti
+from mri_ssl.physics.simulate import check_map_names
 
 DATALIST_NAME = "datalist.json"
 DEMO_LOCK_NAME = ".writing.lock"  # taken while the embedded demo data are checked and (re)written
+DEMO_RECORD_NAME = ".demo_parameters.json"  # what wrote the demo data in this folder; written last
 
 
-DEMO_KINDS = ("pretrain", "downstream")
+@dataclass(frozen=True)
+class DemoWriter:
+    """One kind of embedded demo data.
+
+    Attributes:
+        name: what the data are (recorded beside them; e.g. ``brain_pretrain``).
+        write: ``write(folder, **parameters)`` writes the data and ``file_name`` into ``folder``; if it takes a
+            ``progress`` argument, the resolver passes its own (progress does not change the data).
+        version: change it when the same parameters would now write different data, so older copies are rewritten.
+        file_name: the datalist (or manifest) the bundle reads, in ``folder`` and in a user's dataset folder.
+    """
+    name: str
+    write: Callable[..., Any]
+    version: str = "1"
+    file_name: str = DATALIST_NAME
+
+    def record(self, parameters: Mapping[str, Any]) -> dict:
+        """The record of writing with ``parameters``: every argument of ``write`` (defaults filled in, numbers as
+        floats so that 2 and 2.0 agree, ``progress`` left out) and their SHA-256. Unknown parameters raise
+        ``InputError`` before anything is written."""
+        signature = inspect.signature(self.write)
+        try:
+            bound = signature.bind(None, **parameters)
+        except TypeError as error:
+            raise InputError(self.name, f"demo data parameters {sorted(parameters)}: {error}") from error
+        bound.apply_defaults()
+        folder_argument = next(iter(signature.parameters))
+        values = {key: _comparable(value) for key, value in bound.arguments.items()
+                  if key not in (folder_argument, "progress")}
+        text = json.dumps({"demo": self.name, "version": self.version, "parameters": values}, sort_keys=True)
+        return {"demo": self.name, "version": self.version, "parameters": values,
+                "sha256": hashlib.sha256(text.encode()).hexdigest(), "datalist": self.file_name}
 
 
-def resolve_datalist(
-    dataset_dir: str | os.PathLike | None,
-    demo_data_dir: str | os.PathLike,
-    resolution_mm: float = 1.0,
-    subjects: int = 4,
-    validation_subjects: int = 1,
-    seed: int = 0,
-    demo: str = "pretrain",
-    test_subjects: int = 2,
-) -> str:
-    """Path of the datalist JSON to train on.
+def _comparable(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return value
+    return float(value)
+
+
+def user_datalist(dataset_dir: str | os.PathLike, file_name: str = DATALIST_NAME) -> Path:
+    """``dataset_dir`` itself if it is a file, else ``dataset_dir/file_name``; ``InputError`` if that is missing."""
+    path = Path(dataset_dir)
+    if path.is_dir():
+        path = path / file_name
+    if not path.is_file():
+        raise InputError(path, f"datalist not found; give a datalist JSON (as `mri-ssl manifest` writes) or a folder "
+                               f"holding {file_name}, or leave dataset_dir empty to use the embedded demo data")
+    return path
+
+
+def resolve_datalist(dataset_dir: str | os.PathLike | None, demo_data_dir: str | os.PathLike, demo: DemoWriter,
+                     progress: bool = True, **parameters) -> str:
+    """Path of the datalist to train on.
 
     Args:
-        dataset_dir: a datalist JSON file (as ``mri-ssl manifest`` writes), or a folder holding ``datalist.json``.
-            None (or "") means: use the embedded MNI152 phantom subjects.
-        demo_data_dir: where the embedded subjects are written; reused when its ``datalist.json`` was written with
-            the same kind, resolution, subject counts and seed, rewritten otherwise.
-        resolution_mm, subjects, validation_subjects, seed: passed to the demo writer on first use.
-        demo: ``pretrain`` writes qMRI maps (``write_demo_data``); ``downstream`` writes simulated images with tissue
-            labels and a test split (``write_downstream_demo``, using ``test_subjects``).
+        dataset_dir: a datalist JSON file, or a folder holding ``demo.file_name``; None or "" means the demo data.
+        demo_data_dir: where the demo data are written; reused while the record beside them matches.
+        demo: the modality's ``DemoWriter`` (e.g. ``mri_ssl.data.photo.demo.FUNDUS_DEMO``).
+        progress: show the writer's progress bar, if it has one.
+        parameters: arguments of ``demo.write`` (counts, sizes, seed, ...).
     """
     if dataset_dir not in (None, ""):
-        path = Path(dataset_dir)
-        if path.is_dir():
-            path = path / DATALIST_NAME
-        if not path.is_file():
-            raise InputError(path, "datalist not found; give a datalist JSON or a folder holding datalist.json, "
-                                   "or leave dataset_dir empty to use the embedded demo data")
-        return str(path)
-    if demo not in DEMO_KINDS:
-        raise InputError("demo", f"unknown demo data kind {demo!r}; expected one of {', '.join(DEMO_KINDS)}")
-    demo_datalist = Path(demo_data_dir) / DATALIST_NAME
-    test_subjects = int(test_subjects) if demo == "downstream" else 0
-    # Runs of an experiment grid may share one demo folder and start together: one writes, the others wait.
-    with exclusive_lock(Path(demo_data_dir) / DEMO_LOCK_NAME):
-        if not _demo_matches(demo_datalist, demo, resolution_mm, subjects, validation_subjects, test_subjects,
-                             seed):
-            from mri_ssl.data.demo_data import write_demo_data, write_downstream_demo
-
-            if demo == "pretrain":
-                write_demo_data(demo_data_dir, subjects=subjects, validation_subjects=validation_subjects,
-                                resolution_mm=resolution_mm, seed=seed)
-            else:
-                write_downstream_demo(demo_data_dir, subjects=subjects, test_subjects=test_subjects,
-                                      validation_subjects=validation_subjects, resolution_mm=resolution_mm,
-                                      seed=seed)
-    return str(demo_datalist)
+        return str(user_datalist(dataset_dir, getattr(demo, "file_name", DATALIST_NAME)))
+    if not isinstance(demo, DemoWriter):
+        raise InputError("demo", f"expected a DemoWriter (e.g. mri_ssl.data.photo.demo.FUNDUS_DEMO), got {demo!r}")
+    record = demo.record(parameters)
+    folder = Path(demo_data_dir)
+    if distributed.world_size() == 1:
+        _write_unless_current(folder, demo, record, parameters, progress)
+    else:
+        # Rank 0 checks (and writes) while the others wait for its answer: a broadcast rather than a barrier, so a
+        # failure on rank 0 stops every rank with its message instead of leaving them waiting for ever.
+        problem = None
+        if distributed.rank() == 0:
+            try:
+                _write_unless_current(folder, demo, record, parameters, progress)
+            except Exception as error:  # re-raised below on rank 0, reported on the others
+                problem = f"{type(error).__name__}: {error}"
+                distributed.broadcast_from_main(problem)
+                raise
+        problem = distributed.broadcast_from_main(problem)
+        if problem is not None:
+            raise RuntimeError(f"rank 0 could not write the demo data in {folder}: {problem}")
+    return str(folder / demo.file_name)
 
 
-def _demo_matches(datalist: Path, demo: str, resolution_mm: float, subjects: int, validation_subjects: int,
-                  test_subjects: int, seed: int) -> bool:
-    if not datalist.is_file():
-        return False
+def _write_unless_current(folder: Path, demo: DemoWriter, record: dict, parameters: Mapping, progress: bool) -> None:
+    with exclusive_lock(folder / DEMO_LOCK_NAME):
+        if _recorded(folder) == record and (folder / demo.file_name).is_file():
+            return
+        (folder / DEMO_RECORD_NAME).unlink(missing_ok=True)  # a crash while writing must not leave a valid record
+        extra = {"progress": progress} if "progress" in inspect.signature(demo.write).parameters else {}
+        demo.write(folder, **parameters, **extra)
+        if not (folder / demo.file_name).is_file():
+            raise RuntimeError(f"the {demo.name} demo writer did not write {folder / demo.file_name}")
+        save_json(record, folder / DEMO_RECORD_NAME)
+
+
+def _recorded(folder: Path) -> dict | None:
     try:
-        content = json.loads(datalist.read_text())
+        return json.loads((folder / DEMO_RECORD_NAME).read_text())
     except (OSError, ValueError):
-        return False
-    kind = {"pretrain": "pretrain", "downstream": "demo"}[demo]
-
-    def count(split: str) -> int:
-        return len({entry.get("subject") for entry in content.get(split, [])})
-
-    from mri_ssl.data.demo_data import SUBJECT_SEEDING
-
-    return (content.get("kind", "pretrain") == kind and content.get("resolution_mm") == float(resolution_mm)
-            and content.get("subject_seeding") == SUBJECT_SEEDING
-            and content.get("seed") == int(seed)
-            and count("training") + count("validation") + count("test") == int(subjects)
-            and count("validation") == int(validation_subjects) and count("test") == int(test_subjects))
+        return None
 
 
 def check_datalist(datalist: str | os.PathLike, keys, maps: bool = True,
@@ -98,9 +150,6 @@ def check_datalist(datalist: str | os.PathLike, keys, maps: bool = True,
     splits. With ``maps=True`` the keys must also be a set of maps simulation can use (pd, r1, r2s at least).
     Raises ``DataIntegrityError`` (an ``InputError``) naming the file and the failed check.
     """
-    from mri_ssl.data.integrity import check_data
-    from mri_ssl.physics.simulate import check_map_names
-
     keys = list(keys)
     if maps:
         check_map_names(keys, source="map_keys")
@@ -122,8 +171,6 @@ def check_labelled_datalist(datalist: str | os.PathLike, splits: Sequence[str] =
     Raises ``DataIntegrityError`` (an ``InputError``) naming the file and the check. A split that is absent or empty
     is skipped, but at least one case must be found.
     """
-    from mri_ssl.data.integrity import check_data
-
     datalist = Path(datalist)
     keys = [image_key] + ([label_key] if label_key else [])
     for split in splits:
@@ -167,21 +214,17 @@ def inference_inputs(input_dir: str | os.PathLike | None, datalist: str | os.Pat
 
     Every NIfTI file in ``input_dir`` (sorted by name); with no ``input_dir`` (None or ""), the ``split`` images of
     ``datalist`` (each image once). Raises ``InputError`` when the folder is missing or holds no NIfTI files. With
-    ``check`` every image is read and checked first (``integrity.check_image_files``), so a damaged file stops the
-    run with its name before any inference.
+    ``check`` every image is read and checked first (``mri_ssl.io.images.check_image_files``), so a damaged file
+    stops the run with its name before any inference.
     """
     items = _inference_inputs(input_dir, datalist, split, image_key)
     if check:
-        from mri_ssl.data.integrity import check_image_files
-
         check_image_files([item[image_key] for item in items], spatial_dims=spatial_dims)
     return items
 
 
 def _inference_inputs(input_dir, datalist, split: str, image_key: str) -> list[dict]:
     from monai.data import load_decathlon_datalist
-
-    from mri_ssl.data.nifti import is_nifti
 
     if input_dir not in (None, ""):
         folder = Path(input_dir)

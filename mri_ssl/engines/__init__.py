@@ -4,7 +4,7 @@ from mri_ssl.engines.cam_trainer import CAMClassifierTrainer
 from mri_ssl.engines.camcontrast_trainer import CAMContrastTrainer
 from mri_ssl.engines.checkpoint import AtomicCheckpointer, export_encoder, load_checkpoint, save_checkpoint
 from mri_ssl.engines.checkpoint import load_network_weights, load_safetensors, save_safetensors
-from mri_ssl.engines.classification_report import ClassificationReport, classification_metrics
+from mri_ssl.engines.classification_report import ClassificationReport
 from mri_ssl.engines.clipping import GradientClipping
 from mri_ssl.engines.contrastive_trainer import ContrastiveTrainer, ValidationLoss
 from mri_ssl.engines.features import FeatureWriter, load_encoder, load_encoder_weights, write_features
@@ -42,7 +42,6 @@ __all__ = [
     "write_features",
     "ClassificationReport",
     "SimSiamTrainer",
-    "classification_metrics",
     "simsiam_learning_rate",
     "simsiam_lr_lambdas",
     "simsiam_parameter_groups",

@@ -25,10 +25,11 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from mri_ssl.atomic import atomic_output
 from mri_ssl.distributed import is_main_process
 from mri_ssl.engines.guards import NonFiniteWeightsError, non_finite_tensors
 from mri_ssl.errors import InputError
+from mri_ssl.io.atomic import atomic_output
+from mri_ssl.parameters import as_flag
 
 logger = logging.getLogger(__name__)
 
@@ -38,18 +39,6 @@ RESUME_CHAIN = (FINAL, LATEST, BEST)
 ENCODER_BEST, ENCODER_FINAL = "encoder_best.pt", "encoder_final.pt"
 # The key, in a ``.pt`` payload and in its safetensors twin's metadata, of the id shared by the two files of one save.
 PAIR_ID = "pair_id"
-
-
-def as_flag(value: Any, name: str = "flag") -> bool:
-    """A bundle switch as a bool: ``python -m monai.bundle run --resume true`` passes the string "true"."""
-    if isinstance(value, bool) or value is None:
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise InputError(name, f"expected true or false, got {value!r}")
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:

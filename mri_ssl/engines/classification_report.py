@@ -4,7 +4,7 @@ Attached to a MONAI ``SupervisedEvaluator`` whose postprocessing turns logits in
 (sigmoid, for the per-class BCE). It collects every item's probabilities, one-hot label and identifiers, then writes
 into ``output_dir``:
 
-- ``metrics.json``: per-class AUC (MONAI's ``compute_roc_auc``; NaN for a class absent from the labels, or always
+- ``metrics.json``: per-class AUC (``mri_ssl.metrics.classification``; NaN for a class absent from the labels, or always
   present), mean AUC over the classes that have one, accuracy of the arg-max class, confusion matrix;
 - ``predictions.csv``: one row per image (file, subject, series, true and predicted class, probabilities);
 - ``confusion_matrix.png``: rows the true class, columns the predicted one, counts and row-normalised shading.
@@ -18,7 +18,6 @@ import csv
 import io
 import json
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -26,40 +25,13 @@ from typing import Sequence
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.metrics import compute_roc_auc
 
-from mri_ssl.atomic import atomic_output, atomic_write_text
+from mri_ssl.io.atomic import atomic_output, atomic_write_text
+from mri_ssl.metrics.classification import classification_metrics
 
 logger = logging.getLogger(__name__)
 
 ID_KEYS = ("subject", "series", "sequence")
-
-
-def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict:
-    """Per-class and mean ROC-AUC, accuracy and the confusion matrix of ``(N, K)`` probabilities against ``(N,)``
-    integer labels."""
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.int64)
-    per_class = {}
-    for k, name in enumerate(class_names):
-        truth = labels == k
-        if truth.all() or not truth.any():
-            per_class[name] = float("nan")  # AUC is undefined without both positives and negatives
-        else:
-            per_class[name] = float(compute_roc_auc(torch.as_tensor(probabilities[:, k]),
-                                                    torch.as_tensor(truth.astype(np.float64))))
-    defined = [v for v in per_class.values() if not math.isnan(v)]
-    predicted = probabilities.argmax(axis=1)
-    confusion = np.zeros((len(class_names), len(class_names)), dtype=np.int64)
-    np.add.at(confusion, (labels, predicted), 1)
-    return {
-        "images": int(len(labels)),
-        "auc": per_class,
-        "mean_auc": float(np.mean(defined)) if defined else float("nan"),
-        "accuracy": float((predicted == labels).mean()) if len(labels) else float("nan"),
-        "confusion_matrix": confusion.tolist(),
-        "class_names": list(class_names),
-    }
 
 
 def save_confusion_matrix(confusion: np.ndarray, class_names: Sequence[str], path: str | os.PathLike,

@@ -13,9 +13,9 @@ from typing import Iterable
 import torch
 from tqdm.auto import tqdm
 
-from mri_ssl.atomic import atomic_write_text
 from mri_ssl.engines.checkpoint import consistent_twin, load_checkpoint, load_safetensors
 from mri_ssl.errors import InputError
+from mri_ssl.io.atomic import atomic_write_text
 from mri_ssl.networks.encoder import CNNEncoder3D
 
 # What an exported config may hold: the encoder's constructor arguments, and nothing else.

@@ -28,14 +28,15 @@ from ignite.engine import Engine, Events
 from monai.inferers import Inferer
 from tqdm.auto import tqdm
 
-from mri_ssl.atomic import atomic_write_text
-from mri_ssl.data.fundus import ABNORMAL_KEY
-from mri_ssl.engines.checkpoint import as_flag
+from mri_ssl.data.photo.fundus import ABNORMAL_KEY
 from mri_ssl.errors import InputError
+from mri_ssl.io.atomic import atomic_write_text
 from mri_ssl.losses.grading import split_grading_logits
-from mri_ssl.metrics.fundus import accuracy, average_precision, cam_iou, dice, f1_score, pointing_game_hit, roc_auc
+from mri_ssl.metrics.classification import accuracy, f1_score, roc_auc
+from mri_ssl.metrics.fundus import average_precision, cam_iou, dice, pointing_game_hit
 from mri_ssl.metrics.grading import grading_accuracies
 from mri_ssl.networks.cam import minmax_normalise
+from mri_ssl.parameters import as_flag
 
 logger = logging.getLogger(__name__)
 

@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mri_ssl.atomic import atomic_output, atomic_write_text
-from mri_ssl.data.fundus import ABNORMAL_KEY, fundus_entries, is_image_file
-from mri_ssl.engines.checkpoint import as_flag
+from mri_ssl.data.photo.fundus import ABNORMAL_KEY, fundus_entries, is_image_file
 from mri_ssl.errors import InputError
+from mri_ssl.io.atomic import atomic_output, atomic_write_text
 from mri_ssl.networks.cam import minmax_normalise
+from mri_ssl.parameters import as_flag
 from mri_ssl.transforms.heatmaps import (
     CROP_POSITIONS,
     FOREGROUND_THRESHOLD,

@@ -7,7 +7,7 @@ import sys
 from ignite.engine import Engine
 
 from mri_ssl.distributed import is_main_process
-from mri_ssl.engines.checkpoint import as_flag
+from mri_ssl.parameters import as_flag
 
 
 def attach_progress_bar(engine: Engine, enabled: bool = True) -> Engine:

@@ -1,4 +1,5 @@
-"""SGD parameter groups and the warm-up + cosine learning-rate schedule of CAMContrast's pretraining."""
+"""Optimiser parameter groups with and without weight decay (CAMContrast's SGD, the video-text AdamW) and the
+warm-up + cosine learning-rate schedule of CAMContrast's pretraining."""
 
 from __future__ import annotations
 
@@ -9,14 +10,29 @@ from torch import nn
 from mri_ssl.errors import InputError
 
 
-def decay_parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weights of convolutions / linear layers with ``weight_decay``; norms' parameters and all biases
-    (every parameter of fewer than 2 dimensions) without, as is usual for SGD with weight decay."""
-    decay, no_decay = [], []
-    for parameter in model.parameters():
-        if parameter.requires_grad:
-            (decay if parameter.ndim >= 2 else no_decay).append(parameter)
-    return [{"params": decay, "weight_decay": float(weight_decay)}, {"params": no_decay, "weight_decay": 0.0}]
+def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Optimiser parameter groups: weight decay on weight matrices/kernels, none on scales, norms and biases.
+
+    A parameter is exempt when it has fewer than 2 dimensions (biases, LayerNorm/BatchNorm weights, the scalar
+    ``log_logit_scale``, positional scalars) or its name contains ``logit_scale``. Frozen parameters are skipped.
+
+    Returns:
+        ``[{"params": decayed, "weight_decay": wd}, {"params": exempt, "weight_decay": 0.0}]``, each parameter once.
+    """
+    if not isinstance(weight_decay, (int, float)) or not math.isfinite(weight_decay) or weight_decay < 0:
+        raise InputError("weight_decay", f"expected a finite number >= 0, got {weight_decay!r}")
+    decayed, exempt = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        (exempt if parameter.ndim < 2 or "logit_scale" in name else decayed).append(parameter)
+    return [{"params": decayed, "weight_decay": float(weight_decay)}, {"params": exempt, "weight_decay": 0.0}]
+
+
+def no_decay_names(model: nn.Module) -> list[str]:
+    """Names of the trainable parameters ``weight_decay_groups`` exempts from weight decay (for logs and tests)."""
+    exempt = {id(p) for p in weight_decay_groups(model, 0.0)[1]["params"]}
+    return [name for name, p in model.named_parameters() if id(p) in exempt]
 
 
 class WarmupCosine:

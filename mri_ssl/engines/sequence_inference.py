@@ -1,6 +1,6 @@
 """Classify every series of a DICOM folder with a trained sequence classifier: one CSV row per series.
 
-Each series is read as ``mri-ssl manifest dicom`` reads it (``mri_ssl.data.dicom_series``: central 20 % of the
+Each series is read as ``mri-ssl manifest dicom`` reads it (``mri_ssl.data.cardiac.dicom_series``: central 20 % of the
 slices, 84 x 84 by area averaging), each image is scaled as the bundle's preprocessing scales it (0 - 99.5th
 percentile to [0, 1], clipped), the classifier's per-class sigmoid probabilities are averaged over the series'
 images, and the class with the highest mean probability is the series' prediction. Unreadable files are skipped and
@@ -20,9 +20,9 @@ import torch
 from monai.transforms import ScaleIntensityRangePercentiles
 from tqdm.auto import tqdm
 
-from mri_ssl.atomic import atomic_write_text
-from mri_ssl.data.dicom_series import CENTRAL_FRACTION, IMAGE_SIZE, read_series, series_images
+from mri_ssl.data.cardiac.dicom_series import CENTRAL_FRACTION, IMAGE_SIZE, read_series, series_images
 from mri_ssl.errors import InputError
+from mri_ssl.io.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

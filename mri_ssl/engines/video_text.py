@@ -39,15 +39,15 @@ from monai.inferers import SimpleInferer
 from monai.utils import CommonKeys
 from torch.utils.data import DataLoader
 
-from mri_ssl.atomic import atomic_output, atomic_write_text
-from mri_ssl.data.cmr_studies import DISEASE_LABELS
-from mri_ssl.data.nifti import save_json
+from mri_ssl.data.cardiac.cmr_studies import DISEASE_LABELS
 from mri_ssl.distributed import is_main_process, rank, world_size
 from mri_ssl.engines.checkpoint import load_checkpoint, load_network_weights
 from mri_ssl.engines.clipping import backward_and_step
 from mri_ssl.engines.guards import check_loss
 from mri_ssl.errors import InputError
-from mri_ssl.losses.clip import weight_decay_groups
+from mri_ssl.io.atomic import save_json
+from mri_ssl.io.atomic import atomic_output, atomic_write_text
+from mri_ssl.engines.schedules import weight_decay_groups
 from mri_ssl.metrics.linear_probe import linear_probe
 from mri_ssl.metrics.retrieval import retrieval_metrics
 from mri_ssl.networks.video_text import VideoTextModel

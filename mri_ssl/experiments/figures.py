@@ -15,12 +15,13 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from mri_ssl.atomic import atomic_output
 from mri_ssl.experiments.grid import Grid
 from mri_ssl.experiments.runner import STATUS_OK, RunResult
 from mri_ssl.experiments.tables import MODE_TITLES, row_title
+from mri_ssl.io.atomic import atomic_output
 
-MODE_COLOURS = {"random": "#9e9e9e", "base": "#1f77b4", "seqaug": "#ff7f0e", "seqinv": "#2ca02c"}
+MODE_COLOURS = {"random": "#9e9e9e", "base": "#1f77b4", "seqaug": "#ff7f0e", "seqinv": "#2ca02c",
+                "simaug": "#9467bd", "seqinv_finetuned": "#8c564b"}
 METRIC_TITLES = {"dice_mean": "Dice (mean over tissues)", "hd95_mm_mean": "HD95 (mm, mean over tissues)",
                  "psnr_db": "PSNR (dB, peak = clean data range)", "psnr_peak1_db": "PSNR (dB, peak 1 on z-scores)",
                  "psnr_gain_db": "PSNR gain over the noisy input (dB)"}
@@ -56,12 +57,13 @@ def plot_metric_bars(records: Sequence[Mapping], grid: Grid, path: str | os.Path
         mine = [r for r in records if r["task"] == task and r["metric"] == metric and r["fraction"] == fraction]
         in_domain = {r["group"] for r in mine if r["domain"] == "in domain"}
         groups = sorted({r["group"] for r in mine}, key=lambda g: (g not in in_domain, g))
-        width = 0.8 / len(grid.modes)
-        for position, mode in enumerate(grid.modes):
+        columns = grid.columns_for(task)
+        width = 0.8 / len(columns)
+        for position, mode in enumerate(columns):
             cells = {r["group"]: r for r in mine if r["mode"] == mode}
             means = [cells[g]["mean"] if g in cells and cells[g]["n_seeds"] else np.nan for g in groups]
             stds = [cells[g]["std"] if g in cells and cells[g]["n_seeds"] > 1 else 0.0 for g in groups]
-            x = np.arange(len(groups)) + (position - (len(grid.modes) - 1) / 2) * width
+            x = np.arange(len(groups)) + (position - (len(columns) - 1) / 2) * width
             ax.bar(x, means, width, yerr=stds, capsize=2, label=MODE_TITLES.get(mode, mode),
                    color=MODE_COLOURS.get(mode))
         labels = [row_title(g) + ("\n(in domain)" if g in in_domain else "") for g in groups]
@@ -73,8 +75,11 @@ def plot_metric_bars(records: Sequence[Mapping], grid: Grid, path: str | os.Path
         if metric.startswith("dice"):
             ax.set_ylim(0, 1)
         ax.grid(axis="y", alpha=0.3)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, ncol=len(grid.modes), fontsize=8, loc="upper center", frameon=False)
+    legend = {}  # every method once, from whichever panel shows it (a variant may apply to some tasks only)
+    for ax in axes[:, 0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), ncol=len(legend), fontsize=8, loc="upper center", frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     return _save(fig, Path(path))
 
@@ -114,7 +119,7 @@ def plot_segmentation_overlays(results: Sequence[RunResult], grid: Grid, task: s
     fraction = max(grid.label_fractions)
     runs = {r.run.mode: r for r in results if r.run.task == task and r.run.seed == first_seed
             and r.run.fraction == fraction and r.status == STATUS_OK}
-    methods = [mode for mode in grid.modes if mode in runs]
+    methods = [mode for mode in grid.columns_for(task) if mode in runs]
     if not methods:
         return None
     label = np.asarray(nib.load(str(datalist.parent / entries[0]["label"])).dataobj).astype(np.int64)

@@ -9,6 +9,9 @@ type by hand. The YAML format (``experiments/demo.yaml`` is a commented example)
     seeds: [0, 1, 2]
     label_fractions: [0.1, 1.0]
     modes: [random, base, seqaug, seqinv]   # `random` is the random-init baseline: no pretraining run
+    variants:                           # optional: more columns, each an encoder of `modes` trained otherwise
+      simaug: {encoder: random, overrides: {training_contrast: simulated}}
+      seqinv_finetuned: {encoder: seqinv, overrides: {freeze_encoder: false}, demo_tasks: [tissue]}
     overrides: {...}                    # given to every run (e.g. where the embedded demo data are written)
     pretraining:
       bundle: mri_ssl_pretrain
@@ -25,6 +28,11 @@ type by hand. The YAML format (``experiments/demo.yaml`` is a commented example)
         metrics: {dice_mean: higher, hd95_mm_mean: lower}
         in_domain: {site: [phantom], sequence: [T1w]}   # rows matching every given key are "in domain"
         overrides: {...}
+
+A variant is a downstream-only column: the encoder of one of ``modes`` (``random`` or a pretrained one, from the
+same seed's pretraining run) under a downstream run with the variant's ``overrides`` added, for every downstream
+task or only the ones named in ``tasks`` (``mri-ssl demo`` runs it only for ``demo_tasks``, when given, to keep the
+demo's time bounded). The columns are ``modes`` then the variants, in the file's order.
 
 Values in ``overrides`` are bundle config ids and values. In strings, ``{grid_dir}`` is replaced by the grid file's
 folder when the grid is read, and ``{out_dir}`` by the experiment's output folder when a run starts (so runs can
@@ -73,6 +81,20 @@ class StageSpec:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """A downstream-only column: the encoder of ``encoder`` (a mode), trained downstream with ``overrides``."""
+
+    name: str
+    encoder: str
+    overrides: dict = field(default_factory=dict)
+    tasks: tuple[str, ...] | None = None  # None: every downstream task
+    demo_tasks: tuple[str, ...] | None = None  # `mri-ssl demo` runs the variant for these tasks only (None: tasks)
+
+    def applies_to(self, task: str) -> bool:
+        return self.tasks is None or task in self.tasks
+
+
+@dataclass(frozen=True)
 class Grid:
     name: str
     path: Path
@@ -81,6 +103,16 @@ class Grid:
     modes: tuple[str, ...]
     pretraining: StageSpec | None
     downstream: tuple[StageSpec, ...]
+    variants: tuple[Variant, ...] = ()
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The table's methods: the modes, then the variants."""
+        return self.modes + tuple(variant.name for variant in self.variants)
+
+    def columns_for(self, task: str) -> tuple[str, ...]:
+        """The methods of one downstream task's table: the modes, then the variants that apply to it."""
+        return self.modes + tuple(variant.name for variant in self.variants if variant.applies_to(task))
 
 
 @dataclass
@@ -269,9 +301,35 @@ def load_grid(path: str | os.PathLike, bundles_dir: str | os.PathLike | None = N
     names = [spec.name for spec in downstream]
     if len(set(names)) != len(names) or "pretrain" in names:
         raise InputError(where, f"downstream names must be distinct and not 'pretrain', got {names}")
+    variants = _variants(content.get("variants"), where, tuple(modes), names, grid_dir)
     return Grid(name=str(content.get("name", path.stem)), path=path.resolve(), seeds=tuple(seeds),
                 label_fractions=tuple(float(f) for f in fractions), modes=tuple(modes), pretraining=pretraining,
-                downstream=downstream)
+                downstream=downstream, variants=variants)
+
+
+def _variants(content, where: str, modes: tuple[str, ...], tasks: list[str], grid_dir: Path) -> tuple[Variant, ...]:
+    if content is None:
+        return ()
+    if not isinstance(content, dict):
+        raise InputError(where, f"'variants' must map column names to {{encoder, overrides, tasks}}, got {content!r}")
+    variants = []
+    for name, entry in content.items():
+        place = f"{where} variants.{name}"
+        if not isinstance(name, str) or name in (RANDOM_INIT,) + PRETRAINING_MODES:
+            raise InputError(place, f"a variant needs a name of its own (not a mode), got {name!r}")
+        if not isinstance(entry, dict):
+            raise InputError(place, f"must be a mapping with 'encoder' and 'overrides', got {entry!r}")
+        encoder = _require(entry, "encoder", place, str)
+        if encoder not in modes:
+            raise InputError(place, f"'encoder' must be one of the grid's modes {list(modes)}, got {encoder!r}")
+        chosen = {}
+        for key in ("tasks", "demo_tasks"):
+            only = entry.get(key)
+            if only is not None and (not isinstance(only, list) or not set(only) <= set(tasks) or not only):
+                raise InputError(place, f"{key!r} must be a non-empty list of downstream names {tasks}, got {only!r}")
+            chosen[key] = None if only is None else tuple(only)
+        variants.append(Variant(name, encoder, _overrides(entry, "overrides", place, grid_dir), **chosen))
+    return tuple(variants)
 
 
 def _with_common(spec: StageSpec, common: dict) -> StageSpec:
@@ -319,6 +377,14 @@ def expand_runs(grid: Grid, infer: bool = True) -> list[Run]:
                     overrides = {**spec.overrides, **spec.mode_overrides.get(mode, {}), "seed": seed,
                                  "label_fraction": fraction, "pretrained": upstream is not None}
                     run = Run("downstream", spec.name, mode, seed, fraction, spec, overrides, upstream)
+                    run.config_hash = run_hash(run, infer)
+                    runs.append(run)
+                for variant in [v for v in grid.variants if v.applies_to(spec.name)]:
+                    upstream = pretrain_runs.get((variant.encoder, seed))
+                    overrides = {**spec.overrides, **spec.mode_overrides.get(variant.encoder, {}),
+                                 **variant.overrides, "seed": seed, "label_fraction": fraction,
+                                 "pretrained": upstream is not None}
+                    run = Run("downstream", spec.name, variant.name, seed, fraction, spec, overrides, upstream)
                     run.config_hash = run_hash(run, infer)
                     runs.append(run)
     return runs

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from mri_ssl.data.nifti import save_json
 from mri_ssl.errors import InputError
 from mri_ssl.experiments.grid import Grid, Run, expand_placeholders, expand_runs
+from mri_ssl.io.atomic import save_json
 from mri_ssl.experiments.processes import (BUNDLE_PROCESSES, clear_run_folder, output_lock, stop_on_signals,
                                            write_owner)
 
@@ -387,7 +387,7 @@ def write_runs_csv(results: list[RunResult], path: Path) -> Path:
     import csv
     import io
 
-    from mri_ssl.atomic import atomic_write_text
+    from mri_ssl.io.atomic import atomic_write_text
 
     stream = io.StringIO()
     rows = [result.row() for result in results]

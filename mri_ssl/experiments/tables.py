@@ -21,11 +21,12 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from mri_ssl.atomic import atomic_write_text
 from mri_ssl.experiments.grid import Grid, StageSpec
 from mri_ssl.experiments.runner import STATUS_OK, RunResult
+from mri_ssl.io.atomic import atomic_write_text
 
-MODE_TITLES = {"random": "Random init", "base": "Base", "seqaug": "SeqAug", "seqinv": "SeqInv"}
+MODE_TITLES = {"random": "Random init", "base": "Base", "seqaug": "SeqAug", "seqinv": "SeqInv",
+               "simaug": "Sim. aug. (random init)", "seqinv_finetuned": "SeqInv, fine-tuned"}
 IN_DOMAIN, OUT_OF_DOMAIN = "in domain", "out of domain"
 GROUPING = "by_site_sequence"
 
@@ -77,7 +78,7 @@ def collect(grid: Grid, results: Sequence[RunResult]) -> list[dict]:
             groups = sorted({group for group, _, _ in per_cell})
             for group in groups:
                 for fraction in grid.label_fractions:
-                    for mode in grid.modes:
+                    for mode in grid.columns_for(spec.name):
                         by_seed = per_cell.get((group, fraction, mode), {})
                         values = [by_seed[s] for s in sorted(by_seed)]
                         mean, std = mean_std(values) if values else (float("nan"), float("nan"))
@@ -119,8 +120,9 @@ def markdown_table(records: Sequence[Mapping], grid: Grid, spec: StageSpec, metr
         return f"### {spec.name}: {metric}\n\nNo finished runs.\n"
     direction = "higher" if spec.metrics[metric] == "higher" else "lower"
     lines = [f"### {spec.name}: {metric} ({direction} is better; mean ± std over seeds {list(grid.seeds)})", ""]
+    columns = grid.columns_for(spec.name)
     header = [""] + [f"{fraction:.0%} labels<br>{MODE_TITLES.get(mode, mode)}"
-                     for fraction in grid.label_fractions for mode in grid.modes]
+                     for fraction in grid.label_fractions for mode in columns]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     index = {(r["group"], r["fraction"], r["mode"]): r for r in mine}
     for domain in (IN_DOMAIN, OUT_OF_DOMAIN):
@@ -131,7 +133,7 @@ def markdown_table(records: Sequence[Mapping], grid: Grid, spec: StageSpec, metr
         for group in groups:
             cells = []
             for fraction in grid.label_fractions:
-                block = [index[(group, fraction, mode)] for mode in grid.modes]
+                block = [index[(group, fraction, mode)] for mode in columns]
                 ranks = _ranks(block)
                 for position, record in enumerate(block):
                     text = _format_cell(record, _places(metric))
@@ -156,12 +158,15 @@ def format_plain_tables(records: Sequence[Mapping], grid: Grid) -> str:
             width = max(len(row_title(g)) + 2 for g in groups) + len(" (in domain)")
             header = f"{spec.name}: {metric} ({spec.metrics[metric]} is better), {fraction:.0%} of labels, " \
                      f"seeds {list(grid.seeds)}"
-            lines = [header, f"{'':<{width}}" + "".join(f"{MODE_TITLES.get(m, m):>20}" for m in grid.modes)]
+            columns = grid.columns_for(spec.name)
+            widths = [max(20, len(MODE_TITLES.get(m, m)) + 2) for m in columns]
+            titles = "".join(f"{MODE_TITLES.get(m, m):>{w}}" for m, w in zip(columns, widths))
+            lines = [header, f"{'':<{width}}" + titles]
             for group in groups:
                 title = row_title(group) + (" (in domain)" if domain_of(group, spec.in_domain) == IN_DOMAIN else "")
                 cells = [_format_cell(mine[(group, mode)], _places(metric)) if (group, mode) in mine else "n/a"
-                         for mode in grid.modes]
-                lines.append(f"{title:<{width}}" + "".join(f"{cell:>20}" for cell in cells))
+                         for mode in columns]
+                lines.append(f"{title:<{width}}" + "".join(f"{cell:>{w}}" for cell, w in zip(cells, widths)))
             blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 

@@ -9,8 +9,9 @@ i.e. each video must pick its report among all N reports (video-to-text) and eac
 as in CLIP (Radford et al. 2021) and the CMRformer paper. The scale is stored as its log, initialised at
 log(1 / 0.07) and clamped to at most 100 (temperature >= 0.01): in the forward pass, and on the parameter itself
 after every optimiser step once ``clamp_after_steps(optimizer)`` is attached, so Adam momentum cannot drift it above
-the bound where its gradient would be zero. It must not be weight-decayed: ``weight_decay_groups`` builds the
-optimiser parameter groups that leave it (and norms and biases) out.
+the bound where its gradient would be zero. It must not be weight-decayed:
+``mri_ssl.engines.schedules.weight_decay_groups`` builds the optimiser parameter groups that leave it (and norms and
+biases) out.
 
 Under torch.distributed with world size W each rank holds B pairs; the other ranks' embeddings are gathered with
 ``mri_ssl.distributed.all_gather_with_grad`` and serve as extra negatives, the same scheme as
@@ -105,31 +106,6 @@ class CLIPLoss(nn.Module):
             return local_loss
         # Backpropagate this rank's loss; report the global mean (detached correction carries no gradient).
         return local_loss + (mean_over_ranks(local_loss) - local_loss.detach())
-
-
-def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Optimiser parameter groups: weight decay on weight matrices/kernels, none on scales, norms and biases.
-
-    A parameter is exempt when it has fewer than 2 dimensions (biases, LayerNorm/BatchNorm weights, the scalar
-    ``log_logit_scale``, positional scalars) or its name contains ``logit_scale``. Frozen parameters are skipped.
-
-    Returns:
-        ``[{"params": decayed, "weight_decay": wd}, {"params": exempt, "weight_decay": 0.0}]``, each parameter once.
-    """
-    if not isinstance(weight_decay, (int, float)) or not math.isfinite(weight_decay) or weight_decay < 0:
-        raise InputError("weight_decay", f"expected a finite number >= 0, got {weight_decay!r}")
-    decayed, exempt = [], []
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        (exempt if parameter.ndim < 2 or "logit_scale" in name else decayed).append(parameter)
-    return [{"params": decayed, "weight_decay": float(weight_decay)}, {"params": exempt, "weight_decay": 0.0}]
-
-
-def no_decay_names(model: nn.Module) -> list[str]:
-    """Names of the trainable parameters ``weight_decay_groups`` exempts from weight decay (for logs and tests)."""
-    exempt = {id(p) for p in weight_decay_groups(model, 0.0)[1]["params"]}
-    return [name for name, p in model.named_parameters() if id(p) in exempt]
 
 
 def _check_pairs(video: torch.Tensor, text: torch.Tensor) -> None:

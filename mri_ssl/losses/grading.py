@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mri_ssl.data.fundus import DR_GRADES
+from mri_ssl.data.photo.fundus import DR_GRADES
 from mri_ssl.errors import InputError
 
 

@@ -1,16 +1,15 @@
-"""Metrics of the CAMContrast experiments that MONAI lacks: CAM localisation, F1 / accuracy, AUC-PR.
+"""Metrics of the CAMContrast experiments that MONAI lacks: CAM localisation, Dice, AUC-PR.
 
 * Pointing game (Zhang et al. 2016): a hit when the CAM's maximum falls inside the lesion mask.
 * CAM IoU: intersection over union of ``CAM >= threshold`` (CAM min-max normalised to [0, 1]) with the mask.
 * Average precision (AUC-PR): ``sum_k (R_k - R_{k-1}) P_k`` over descending scores, ties taken together, the
   step-wise area that scikit-learn's ``average_precision_score`` computes (no interpolation).
-ROC-AUC is MONAI's ``compute_roc_auc``; Dice is ``2|A n B| / (|A| + |B|)``.
+Dice is ``2|A n B| / (|A| + |B|)``; ROC-AUC, F1 and accuracy are in ``mri_ssl.metrics.classification``.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from mri_ssl.errors import InputError
 
@@ -55,26 +54,3 @@ def average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
     precision = true_positives / (last + 1)
     recall = true_positives / positives
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
-def roc_auc(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """ROC-AUC of abnormal probabilities against 0/1 labels (MONAI ``compute_roc_auc``); NaN with one class only."""
-    from monai.metrics import compute_roc_auc
-
-    labels = np.asarray(labels).astype(int).ravel()
-    if len(np.unique(labels)) < 2:
-        return float("nan")
-    return float(compute_roc_auc(torch.as_tensor(np.asarray(probabilities, dtype=np.float64).ravel()),
-                                 torch.as_tensor(labels)))
-
-
-def f1_score(predicted: np.ndarray, labels: np.ndarray) -> float:
-    """F1 of the positive (abnormal) class; 0 when nothing is predicted or present positive."""
-    predicted, labels = np.asarray(predicted).astype(bool).ravel(), np.asarray(labels).astype(bool).ravel()
-    true_positive = np.logical_and(predicted, labels).sum()
-    denominator = predicted.sum() + labels.sum()
-    return 0.0 if denominator == 0 else float(2.0 * true_positive / denominator)
-
-
-def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(np.asarray(predicted).ravel() == np.asarray(labels).ravel()))

@@ -1,18 +1,17 @@
 """Linear probing of frozen features: multinomial logistic regression (L2, full-batch L-BFGS in float64 torch),
 then accuracy and, per class (one-vs-rest), ROC AUC and F1.
 
-Features are standardised with the training mean and std. AUC is the Mann-Whitney statistic (ties count 1/2), i.e.
-the probability that a random positive scores above a random negative; it is NaN when a class has no positive or no
-negative among the test cases. F1 = 2 TP / (2 TP + FP + FN) of the arg-max prediction, 0 when that is 0 / 0.
+Features are standardised with the training mean and std. AUC (NaN when a class has no positive or no negative
+among the test cases) and F1 of the arg-max prediction are those of ``mri_ssl.metrics.classification``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
 from mri_ssl.errors import InputError
+from mri_ssl.metrics.classification import accuracy, f1_score, roc_auc
 
 
 def fit_logistic_regression(features: np.ndarray, labels: np.ndarray, num_classes: int, l2: float = 1e-2,
@@ -47,29 +46,13 @@ def predict_proba(model, features: np.ndarray) -> np.ndarray:
     return p / p.sum(axis=1, keepdims=True)
 
 
-def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Mann-Whitney AUC (ties 1/2); NaN without both classes."""
-    positive = np.asarray(positive, dtype=bool)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(scores)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def f1_score(predicted: np.ndarray, actual: np.ndarray) -> float:
-    tp = int(np.sum(predicted & actual))
-    denominator = 2 * tp + int(np.sum(predicted & ~actual)) + int(np.sum(~predicted & actual))
-    return 0.0 if denominator == 0 else 2 * tp / denominator
-
-
 def linear_probe(train_features, train_labels, test_features, test_labels, class_names, l2: float = 1e-2) -> dict:
     """Accuracy, per-class AUC and F1 (keys ``auc_<class>``, ``f1_<class>``) and their macro means."""
     model = fit_logistic_regression(train_features, train_labels, len(class_names), l2)
     proba = predict_proba(model, test_features)
     test_labels = np.asarray(test_labels)
     predicted = proba.argmax(1)
-    result = {"accuracy": float(np.mean(predicted == test_labels))}
+    result = {"accuracy": accuracy(predicted, test_labels)}
     for c, name in enumerate(class_names):
         result[f"auc_{name}"] = roc_auc(proba[:, c], test_labels == c)
         result[f"f1_{name}"] = f1_score(predicted == c, test_labels == c)

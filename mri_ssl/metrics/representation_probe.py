@@ -33,7 +33,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mri_ssl.distributed import rank
 from mri_ssl.errors import InputError
+from mri_ssl.io.atomic import save_json
 from mri_ssl.losses.ntxent import NTXentLoss
 from mri_ssl.metrics.retrieval import true_item_ranks
 
@@ -188,7 +190,6 @@ class RepresentationProbe:
     the best checkpoint) at each epoch-end probe; attach the probe before the checkpointer so it sees the current
     epoch's values.
     """
-
     def __init__(self, data: Iterable[Mapping], input_keys: Sequence[str], view_pair: Callable,
                  crop_size: Sequence[int], crops_per_subject: int = 8, temperature: float = 0.5, seed: int = 54321,
                  random_init_seed: int = 999, interval: int = 1, log_dir: str | os.PathLike | None = None,
@@ -286,8 +287,6 @@ class RepresentationProbe:
             s["spread_healthy"])
 
     def _write(self, iteration: int, scores: Mapping[str, float]) -> None:
-        from mri_ssl.distributed import rank
-
         if rank() != 0:  # every rank measures the same weights; one writes
             return
         if self.log_dir is not None:
@@ -300,8 +299,6 @@ class RepresentationProbe:
                     self._writer.add_scalar(f"{prefix}/{name}", value, iteration)
             self._writer.flush()
         if self.history_path is not None:
-            from mri_ssl.data.nifti import save_json
-
             save_json({"random_init": self.random_init, "history": self.history}, self.history_path)
 
 

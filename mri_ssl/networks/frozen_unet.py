@@ -78,6 +78,12 @@ class FrozenEncoderUNet(nn.Module):
             decoder trains. The random-init baseline is frozen too, so both rows train the same parameters and differ
             only in the encoder's weights.
         dropout: dropout after every decoder convolution (0.2 in the paper).
+        zero_init_head: start the output convolution at zero weights and bias, so the untrained network outputs 0.
+            For a noise-predicting denoiser that is the identity denoiser (denoised = noisy input, PSNR gain 0 dB):
+            training starts from "remove nothing" instead of from a random output that adds its own error (with a
+            random head, a short CPU schedule ended with a validation MSE above the noise variance, i.e. a
+            denoiser worse than its input). Gradients still reach the head's weights at step 0 (they depend on
+            its input features), and the rest of the decoder from step 1.
 
     Input ``(B, in_channels, *spatial)``, each spatial size a multiple of ``2 ** (stages - 1)``; output
     ``(B, out_channels, *spatial)``.
@@ -85,7 +91,8 @@ class FrozenEncoderUNet(nn.Module):
 
     def __init__(self, encoder: nn.Module | str | os.PathLike | None = None, out_channels: int = 1,
                  decoder_features: Sequence[int] = PAPER_DECODER_FEATURES, encoder_config: Mapping | None = None,
-                 pretrained: bool = True, freeze_encoder: bool = True, dropout: float = 0.2):
+                 pretrained: bool = True, freeze_encoder: bool = True, dropout: float = 0.2,
+                 zero_init_head: bool = False):
         super().__init__()
         self.encoder = build_encoder(encoder, encoder_config, pretrained)
         stage_features = self.encoder.features
@@ -103,6 +110,9 @@ class FrozenEncoderUNet(nn.Module):
             for i in range(1, len(stage_features)))
         self.refine = EncoderStage(spatial_dims, decoder_features[-2], decoder_features[-1], dropout)
         self.head = Convolution(spatial_dims, decoder_features[-1], int(out_channels), kernel_size=1, conv_only=True)
+        if zero_init_head:
+            for parameter in self.head.parameters():
+                nn.init.zeros_(parameter)
         if self.freeze_encoder:
             self.encoder.requires_grad_(False)
             self.encoder.eval()
@@ -120,6 +130,27 @@ class FrozenEncoderUNet(nn.Module):
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """The parameters an optimizer should update (the decoder's, plus the encoder's when not frozen)."""
         return (parameter for parameter in self.parameters() if parameter.requires_grad)
+
+    def parameter_groups(self, learning_rate: float, encoder_learning_rate: float | None = None) -> list[dict]:
+        """Optimizer parameter groups: the decoder at ``learning_rate``, the encoder (when it is fine-tuned) at
+        ``encoder_learning_rate`` (None: ``learning_rate``).
+
+        Fine-tuning a pretrained encoder usually takes a lower rate than the decoder trained from scratch, so its
+        features move less than the decoder's random start. A frozen encoder has no group (nothing to update).
+        """
+        rates = {"learning_rate": learning_rate, "encoder_learning_rate": encoder_learning_rate}
+        for name, rate in rates.items():
+            if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float))
+                                     or not 0 < float(rate) < float("inf")):
+                raise InputError(name, f"must be a positive number, got {rate!r}")
+        encoder_ids = {id(parameter) for parameter in self.encoder.parameters()}
+        decoder = [p for p in self.parameters() if p.requires_grad and id(p) not in encoder_ids]
+        groups = [{"params": decoder, "lr": float(learning_rate), "name": "decoder"}]
+        encoder = [p for p in self.encoder.parameters() if p.requires_grad]
+        if encoder:
+            rate = learning_rate if encoder_learning_rate is None else encoder_learning_rate
+            groups.append({"params": encoder, "lr": float(rate), "name": "encoder"})
+        return groups
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.freeze_encoder:

@@ -9,14 +9,20 @@ Protocol values are passed as tensors, never Python floats: a compiled function 
 would recompile for every new protocol.
 
 When the compiled kernel is used
-    ``fused=True`` compiles on the first call of each kernel variant (sequence; magnitude or signed; with or without
-    autograd), ``fused=False`` never does. The default, ``fused=None``, follows a rent-or-buy rule: it runs the eager
-    kernels and adds up the seconds they take per variant in this process; once that total reaches
-    ``AUTO_COMPILE_AFTER_S`` (about what one compile costs on CPU), it compiles and uses the compiled kernel from then
-    on. A one-off call, or a test on small volumes, never pays a compile; a training loop pays it once, after
+    A compiled function belongs to a kernel variant (sequence; magnitude or signed; with or without autograd) and an
+    argument *signature* (device, dtype, every argument's shape: one map size with one number of protocols).
+    ``fused=True`` compiles on the first call of each variant and signature, ``fused=False`` never compiles. The
+    default, ``fused=None``, follows a rent-or-buy rule per variant and signature: it runs the eager kernels and adds
+    up the seconds they take in this process; once that total reaches ``AUTO_COMPILE_AFTER_S`` (about what one
+    compile costs on CPU), it compiles and uses the compiled kernel from then on. A one-off call, or a test on small
+    volumes, never pays a compile; a training loop pays it once per signature (its crop size, a whole volume), after
     spending at most as long again in eager calls, so it is never more than about twice as slow as the better choice
     made in hindsight. On CUDA, eager calls return before the GPU finishes, so the rule sees only launch time and
     compiles late or never: pass ``fused=True`` there for long runs.
+
+    The first ``STATIC_SIGNATURES`` signatures of a variant are compiled for their fixed sizes; further signatures
+    share one shape-generic compile, so a process never compiles a variant more than ``STATIC_SIGNATURES + 1``
+    times. Protocol values are tensors, so new protocols never recompile.
 
 Without autograd, the compiled function writes straight into its output (``out=`` when the caller gives one), and
 takes the magnitude in the same loop when asked, so ``simulate`` makes one pass over the image, not two.
@@ -24,6 +30,7 @@ takes the magnitude in the same loop when asked, so ``simulate`` makes one pass 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -37,46 +44,138 @@ from mri_ssl.physics.sequences import KERNELS, MAP_ARGUMENTS, SPLIT_KERNELS
 
 logger = logging.getLogger(__name__)
 
-# Compiled functions: key ``sequence`` -> the writing function taking the magnitude (what ``simulate`` uses, no
-# autograd), ``sequence/signal`` -> the same for the signed signal, ``sequence/autograd`` -> the kernel returning a
-# fresh, differentiable result.
+# Compiled functions, by ``variant@signature``. The variant: ``sequence`` -> the writing function taking the
+# magnitude (what ``simulate`` uses, no autograd), ``sequence/signal`` -> the same for the signed signal,
+# ``sequence/autograd`` -> the kernel returning a fresh, differentiable result. The signature: device, dtype and the
+# shape of every argument, or device, dtype and ``any`` for the shape-generic compile (see ``STATIC_SIGNATURES``).
 _compiled: dict[str, Callable] = {}
 _failed: set[str] = set()
 
 # Set MRI_SSL_DISABLE_COMPILE=1 to force the eager path (e.g. to debug, or on a machine without a compiler).
 DISABLE_ENV = "MRI_SSL_DISABLE_COMPILE"
 
-# Eager seconds per kernel variant after which ``fused=None`` compiles: the cold first-call compile of the FSE kernel
-# on a quiet 2-core CPU (3.8 s), rounded up. ``benchmarks/simulator.py`` prints the compile seconds of each kernel;
-# on a loaded machine or with a cold inductor start-up they are several times longer, with a warm cache shorter.
+# Eager seconds per kernel variant and signature after which ``fused=None`` compiles: about one compile of a kernel
+# once inductor has started (3.8 s for FSE on a quiet 2-core CPU when this was set; the first compile of a process
+# adds inductor's own start-up, several seconds). ``benchmarks/simulator.py`` prints the compile seconds of each
+# kernel; on a loaded machine they are several times longer, with a warm on-disk cache shorter.
 AUTO_COMPILE_AFTER_S = 4.0
 _eager_seconds: dict[str, float] = {}
+
+# Argument signatures (shapes, dtype, device) each variant gets its own fixed-shape compile for; calls with further
+# signatures share one shape-generic (``dynamic=True``) compile. Fixed sizes let inductor drop the symbolic index
+# arithmetic and the tail loop: measured 15-20 % faster on 192x224x192 FSE. A training loop has one or two
+# signatures (its crop, a whole volume, a protocol batch); a test suite with many tiny shapes stops compiling anew
+# after these.
+STATIC_SIGNATURES = 4
+
+
+def _fit_exp2_polynomial(degree: int = 5) -> tuple[float, ...]:
+    """Coefficients (lowest power first) of the polynomial closest to ``2^f`` on [-1/2, 1/2] in relative error.
+
+    A least-squares fit in float64 on Chebyshev nodes, weighted by ``2^-f``. At degree 5 its largest relative error
+    is 1.0e-7; evaluated in float32 the result is within 1.9e-7 of the exact ``2^x`` (Sleef's ``exp2``: 7e-8).
+    Degree 6 (2.2e-9, float32 result within 1.0e-7) measured 10-15 % slower for the whole FSE and FLAIR kernels.
+    """
+    nodes = torch.cos(torch.pi * (torch.arange(512, dtype=torch.float64) + 0.5) / 512) * 0.5
+    target = torch.exp2(nodes)
+    # The constant term is held at 1, so that 2^0 is exactly 1 (a zero rate gives a decay of exactly 1).
+    powers = torch.stack([nodes ** k for k in range(1, degree + 1)], dim=1) / target[:, None]
+    solution = torch.linalg.lstsq(powers, (1.0 - 1.0 / target)[:, None]).solution
+    return (1.0, *(float(c) for c in solution[:, 0]))
+
+
+_EXP2_COEFFICIENTS = {degree: _fit_exp2_polynomial(degree) for degree in (5, 6)}
+# MPRAGE's steady state subtracts nearly equal magnetisations: with a degree-5 fit its compiled image differed from
+# the eager one by 1.6e-5 of the largest value (tests/test_simulate.py allows 1e-5); degree 6 keeps it at the 1e-6
+# of Sleef's exp2. The other sequences have no such cancellation.
+EXP2_DEGREES = {"mprage": 6}
+_FLOAT32_MANTISSA_BITS = 23
+_FLOAT32_EXPONENT_BIAS = 127
+
+
+def polynomial_exp2(x: torch.Tensor, degree: int = 5) -> torch.Tensor:
+    """``2^x`` for float32 ``x`` in [-126, 127] (larger ``x`` is taken as 127), in arithmetic a compiled CPU loop keeps
+    in vector registers: ``2^x = 2^n 2^f`` with ``n = round(x)``, ``2^f`` a polynomial of ``degree`` 5 or 6 (Horner)
+    and ``2^n`` built from its IEEE-754 exponent bits.
+
+    Why: compiled, ``torch.exp2`` calls Sleef's 1-ulp vector ``exp2``, and the FSE, GRE and FLAIR kernels are bound
+    by those calls on a 2-thread AVX2 CPU, not by memory. This evaluation took about 20-25 % less CPU time for the
+    whole FSE and FLAIR kernels there, and agrees with the exact ``2^x`` within 1.9e-7 relative at degree 5 (2-3
+    float32 ulp), 1.0e-7 at degree 6 (``tests/test_simulate.py`` checks both). Only for float32, without autograd
+    (``round`` has no useful gradient); the decays clamp their exponent at ``SMALLEST_EXPONENT`` (-86.6 in base 2),
+    inside the normal range this needs.
+    """
+    x = torch.clamp_max(x, float(_FLOAT32_EXPONENT_BIAS))
+    whole = torch.round(x)
+    fraction = x - whole
+    coefficients = _EXP2_COEFFICIENTS[degree]
+    power = coefficients[-1]
+    for coefficient in reversed(coefficients[:-1]):
+        power = power * fraction + coefficient
+    exponent_bits = (whole.to(torch.int32) + _FLOAT32_EXPONENT_BIAS) * (1 << _FLOAT32_MANTISSA_BITS)
+    return power * exponent_bits.view(torch.float32)
 
 
 def compile_disabled() -> bool:
     return os.environ.get(DISABLE_ENV, "0") not in ("", "0", "false", "False")
 
 
-def _write_function(sequence: str, magnitude: bool) -> Callable:
-    """``write(out, *kernel_args)``: ``out.copy_(kernel(*args))`` (or its magnitude), a function to compile.
+def _own_code_object(function: Callable, name: str) -> Callable:
+    """``function`` under a code object of its own: dynamo caches compiled graphs per code object with a recompile
+    limit, which the variants and signatures must not share."""
+    function.__code__ = function.__code__.replace(co_name=name)
+    function.__name__ = function.__qualname__ = name
+    return function
 
-    Each (sequence, magnitude) gets its own code object: dynamo caches compiled graphs per code object with a
-    recompile limit, which the sequences must not share.
-    """
+
+def _write_function(sequence: str, magnitude: bool, exp2: Callable = torch.exp2, name: str = "") -> Callable:
+    """``write(out, *kernel_args)``: ``out.copy_(kernel(*args))`` (or its magnitude), a function to compile."""
     kernel = KERNELS[sequence]
     if sequence in SPLIT_KERNELS:
         kernel = SPLIT_KERNELS[sequence][1]
 
     if magnitude:
         def write(out, *args):
-            out.copy_(torch.abs(kernel(*args)))
+            out.copy_(torch.abs(kernel(*args, exp2=exp2)))
     else:
         def write(out, *args):
-            out.copy_(kernel(*args))
-    name = f"write_{sequence}_{'magnitude' if magnitude else 'signal'}"
-    write.__code__ = write.__code__.replace(co_name=name)
-    write.__name__ = write.__qualname__ = name
-    return write
+            out.copy_(kernel(*args, exp2=exp2))
+    return _own_code_object(write, name or f"write_{sequence}_{'magnitude' if magnitude else 'signal'}")
+
+
+def _signature(args: tuple, device: torch.device, dtype: torch.dtype) -> str:
+    shapes = ",".join("x".join(str(size) for size in a.shape) or "()" for a in args)
+    return f"{device.type}:{str(dtype).replace('torch.', '')}:{shapes}"
+
+
+def _compiled_function(key: str, sequence: str, prepared: tuple, autograd: bool, magnitude: bool) -> Callable:
+    """The compiled function of variant ``key`` for these arguments' signature, compiling it on first use.
+
+    The first ``STATIC_SIGNATURES`` signatures of a variant get a fixed-shape compile each; later ones share the
+    variant's shape-generic compile. On CPU in float32 without autograd, the decays use ``polynomial_exp2``.
+    """
+    device, dtype = prepared[0].device, prepared[0].dtype
+    signature = _signature(prepared, device, dtype)
+    function = _compiled.get(f"{key}@{signature}")
+    if function is not None:
+        return function
+    static_count = sum(1 for k in _compiled if k.split("@")[0] == key and not k.endswith(":any"))
+    dynamic = static_count >= STATIC_SIGNATURES
+    # The shape-generic compile is still one per device and dtype: the exp2 chosen below depends on them.
+    full_key = f"{key}@{signature.rsplit(':', 1)[0]}:any" if dynamic else f"{key}@{signature}"
+    function = _compiled.get(full_key)
+    if function is not None:
+        return function
+    name = f"{key.replace('/', '_')}_{'any' if dynamic else static_count}"
+    if autograd:
+        kernel = SPLIT_KERNELS[sequence][1] if sequence in SPLIT_KERNELS else KERNELS[sequence]
+        source = _own_code_object(lambda *args: kernel(*args), f"kernel_{name}")
+    else:
+        fast = device.type == "cpu" and dtype == torch.float32
+        exp2 = functools.partial(polynomial_exp2, degree=EXP2_DEGREES.get(sequence, 5)) if fast else torch.exp2
+        source = _write_function(sequence, magnitude, exp2, f"write_{name}")
+    function = _compiled[full_key] = torch.compile(source, dynamic=dynamic, fullgraph=True)
+    return function
 
 
 def _needs_autograd(args) -> bool:
@@ -115,11 +214,12 @@ def run_kernel(
         sequence: a key of ``KERNELS``.
         args: the kernel's arguments (maps, protocol values, b1) as tensors of one dtype and device, as
             ``as_protocol_batch`` prepares them.
-        fused: True: the compiled kernel (the first call per variant compiles, seconds on CPU); False: eager;
-            None: eager until this variant's eager calls have taken ``AUTO_COMPILE_AFTER_S`` in this process, then
-            compiled (see the module docstring). If compilation or the compiled call raises, the failure is logged
-            at debug level, the sequence is marked as not compilable for this process, and the eager result is
-            returned. Without autograd, eager means the in-place kernels of ``mri_ssl.physics.inplace``.
+        fused: True: the compiled kernel (the first call per variant and signature compiles, seconds on CPU);
+            False: eager; None: eager until this variant's eager calls with this signature have taken
+            ``AUTO_COMPILE_AFTER_S`` in this process, then compiled (see the module docstring). If compilation or
+            the compiled call raises, the failure is logged at debug level, the sequence is marked as not
+            compilable for this process, and the eager result is returned. Without autograd, eager means the
+            in-place kernels of ``mri_ssl.physics.inplace``.
         out: a contiguous tensor of the result's shape, dtype and device to write into and return (e.g. one
             buffer refilled every step of a training loop, which saves allocating, and on CPU page-faulting, a new
             image each call). Not with autograd. Anything else raises ``InputError`` naming ``out``.
@@ -135,33 +235,30 @@ def run_kernel(
     key = f"{sequence}/autograd" if autograd else (sequence if magnitude else f"{sequence}/signal")
     if fused is False or compile_disabled() or sequence in _failed:
         return _eager(sequence, args, shape, out, magnitude, autograd, checked_maxima)
-    if fused is None and key not in _compiled and _eager_seconds.get(key, 0.0) < AUTO_COMPILE_AFTER_S:
-        start = time.perf_counter()
-        result = _eager(sequence, args, shape, out, magnitude, autograd, checked_maxima)
-        _eager_seconds[key] = _eager_seconds.get(key, 0.0) + time.perf_counter() - start
-        return result
-    kernel, prepared = KERNELS[sequence], args
+    if fused is None:
+        budget_key = f"{key}@{_signature(args, args[0].device, args[0].dtype)}"
+        if _eager_seconds.get(budget_key, 0.0) < AUTO_COMPILE_AFTER_S:
+            start = time.perf_counter()
+            result = _eager(sequence, args, shape, out, magnitude, autograd, checked_maxima)
+            _eager_seconds[budget_key] = _eager_seconds.get(budget_key, 0.0) + time.perf_counter() - start
+            return result
+    prepared = args
     if sequence in SPLIT_KERNELS:
-        protocol_constants, kernel = SPLIT_KERNELS[sequence]
+        protocol_constants = SPLIT_KERNELS[sequence][0]
         n_maps = len(MAP_ARGUMENTS[sequence])
         prepared = (*args[:n_maps], *protocol_constants(*args[n_maps:]))
     try:
+        compiled = _compiled_function(key, sequence, prepared, autograd, magnitude)
         if autograd:
-            compiled = _compiled.get(key)
-            if compiled is None:
-                compiled = _compiled[key] = torch.compile(kernel, dynamic=True, fullgraph=True)
             signal = compiled(*prepared)
             return signal.abs() if magnitude else signal
-        write = _compiled.get(key)
-        if write is None:
-            write = _compiled[key] = torch.compile(_write_function(sequence, magnitude), dynamic=True, fullgraph=True)
         result = out if out is not None else torch.empty(shape, dtype=args[0].dtype, device=args[0].device)
-        write(result, *prepared)
+        compiled(result, *prepared)
         return result
     except Exception as error:  # any compiler failure falls back; the maths is the same
         logger.debug("torch.compile of the %s kernel failed, using eager: %s", sequence, error)
         _failed.add(sequence)
-        for stale in [k for k in _compiled if k.split("/")[0] == sequence]:
+        for stale in [k for k in _compiled if _sequence_of(k) == sequence]:
             _compiled.pop(stale)
         return _eager(sequence, args, shape, out, magnitude, autograd, checked_maxima)
 
@@ -183,4 +280,8 @@ def _eager(sequence: str, args: tuple, shape: torch.Size, out: torch.Tensor | No
 
 def fused_available(sequence: str) -> bool:
     """True once ``sequence`` has a compiled kernel that ran; False if it fell back to eager or never ran."""
-    return sequence not in _failed and any(k.split("/")[0] == sequence for k in _compiled)
+    return sequence not in _failed and any(_sequence_of(k) == sequence for k in _compiled)
+
+
+def _sequence_of(key: str) -> str:
+    return key.split("@")[0].split("/")[0]

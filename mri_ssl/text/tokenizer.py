@@ -20,8 +20,8 @@ from typing import Iterable, Sequence
 
 import torch
 
-from mri_ssl.atomic import atomic_write_text
 from mri_ssl.errors import InputError
+from mri_ssl.io.atomic import atomic_write_text
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 PAD_ID, UNK_ID, CLS_ID, SEP_ID = range(4)

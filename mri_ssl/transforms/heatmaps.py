@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mri_ssl.data.fundus import luminance
+from mri_ssl.transforms.photo import luminance
 from mri_ssl.errors import InputError
 from mri_ssl.networks.cam import MINMAX_EPSILON, minmax_normalise
 

@@ -1,14 +1,11 @@
 """Transforms for 2-D photographs the pretraining and heatmap pipelines need and MONAI lacks.
 
-* ``LoadHeatmapd``: a heatmap crop written by heatmap generation (``.npy``, (h, w) float32 in [0, 1]) as (1, h, w).
 * ``RandGrayscale(d)``: with probability ``prob`` replace the three channels by their grey level (the "random
   grayscale" of SimCLR's colour augmentation), Pillow's luminance weights.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Hashable, Mapping
 
 import numpy as np
@@ -16,30 +13,17 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 
-from mri_ssl.data.fundus import luminance
 from mri_ssl.errors import InputError
+from mri_ssl.parameters import as_flag
+
+# Luminance weights of ITU-R BT.601, those of Pillow's "L" mode, so a threshold of 15 means what it meant in the paper.
+LUMINANCE_WEIGHTS = (0.299, 0.587, 0.114)
 
 
-def read_heatmap(path: str | os.PathLike) -> np.ndarray:
-    """(1, h, w) float32 heatmap from a ``.npy`` file; ``InputError`` naming the file if missing or malformed."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "heatmap file not found; run generate_heatmaps.json first")
-    try:
-        heatmap = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise InputError(path, f"cannot read the heatmap ({error})") from error
-    if heatmap.ndim != 2 or not np.isfinite(heatmap).all():
-        raise InputError(path, f"expected a finite 2-D heatmap, got shape {heatmap.shape}")
-    return heatmap[None].astype(np.float32)
-
-
-class LoadHeatmapd(MapTransform):
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        result = dict(data)
-        for key in self.key_iterator(result):
-            result[key] = torch.from_numpy(read_heatmap(result[key]))
-        return result
+def luminance(rgb: torch.Tensor) -> torch.Tensor:
+    """``(..., 3, H, W)`` -> ``(..., 1, H, W)`` grey level with Pillow's "L" weights (same units as the input)."""
+    weights = torch.tensor(LUMINANCE_WEIGHTS, dtype=rgb.dtype, device=rgb.device).view(3, 1, 1)
+    return (rgb * weights).sum(dim=-3, keepdim=True)
 
 
 class RandGrayscale(RandomizableTransform):
@@ -102,8 +86,6 @@ def pretraining_views(method: str = "camcontrast", crop_mode: str = "fixed", cro
         RandSpatialCropd,
         RandZoomd,
     )
-
-    from mri_ssl.engines.checkpoint import as_flag
 
     if crop_mode not in CROP_MODES:
         raise InputError("crop_mode", f"expected one of {', '.join(CROP_MODES)}, got {crop_mode!r}")

@@ -28,7 +28,7 @@ def _verify(directory: str, args: argparse.Namespace, static_only: bool):
 def _command_verify_bundle(args: argparse.Namespace) -> int:
     reports = [_verify(directory, args, args.static_only) for directory in args.directories]
     if args.report:
-        from mri_ssl.atomic import atomic_write_text
+        from mri_ssl.io.atomic import atomic_write_text
 
         atomic_write_text(args.report, json.dumps({str(r.bundle.name): [vars(c) for c in r.checks] for r in reports},
                                                   indent=2) + "\n")

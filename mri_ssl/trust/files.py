@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable, Iterator
 
-from mri_ssl.atomic import atomic_output
 from mri_ssl.errors import InputError
+from mri_ssl.io.atomic import atomic_output
 
 CHUNK_BYTES = 1 << 20
 MIB = 1 << 20

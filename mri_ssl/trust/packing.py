@@ -21,8 +21,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from mri_ssl.atomic import atomic_output
 from mri_ssl.errors import InputError
+from mri_ssl.io.atomic import atomic_output
 from mri_ssl.trust.files import BUNDLE_LIMITS, ExtractLimits, check_archive, safe_extract, sha256_file
 
 MANIFEST = "manifest.json"

@@ -12,7 +12,6 @@ Splits are subject-level (``subject_level_split``): no study has images in two s
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -20,10 +19,11 @@ import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
-from mri_ssl.data.datalist import DATALIST_NAME
-from mri_ssl.data.nifti import save_json
+from mri_ssl.data.datalist import DATALIST_NAME, DemoWriter
 from mri_ssl.data.splits import subject_level_split
 from mri_ssl.errors import InputError
+from mri_ssl.io.atomic import save_json
+from mri_ssl.io.atomic import atomic_output
 from mri_ssl.physics.cardiac import DEFAULT_MATRIX, SEQUENCE_CLASSES, render_study, sample_anatomy
 
 CARDIAC_DEMO_KIND = "cardiac_demo"
@@ -93,8 +93,6 @@ def save_montage(images: dict[str, np.ndarray], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mri_ssl.atomic import atomic_output
-
     figure, axes = plt.subplots(1, len(images), figsize=(2.2 * len(images), 2.6))
     for axis, (title, image) in zip(np.atleast_1d(axes), images.items()):
         axis.imshow(image, cmap="gray", vmin=0.0, vmax=float(np.percentile(image, 99.5)))
@@ -107,28 +105,5 @@ def save_montage(images: dict[str, np.ndarray], path: Path) -> Path:
     return path
 
 
-def resolve_cardiac_datalist(dataset_dir: str | os.PathLike | None, demo_data_dir: str | os.PathLike,
-                             subjects: int = 40, seed: int = 0, slices: int = 2, cine_frames: int = 3,
-                             progress: bool = True) -> str:
-    """The datalist to train on: ``dataset_dir`` (a datalist JSON, or a folder holding ``datalist.json``, e.g. from
-    ``mri-ssl manifest dicom``), or the phantom studies in ``demo_data_dir``, written on first use and reused while
-    their parameters match."""
-    if dataset_dir not in (None, ""):
-        path = Path(dataset_dir)
-        if path.is_dir():
-            path = path / DATALIST_NAME
-        if not path.is_file():
-            raise InputError(path, "datalist not found; give a datalist JSON (e.g. from `mri-ssl manifest dicom`) or "
-                                   "a folder holding datalist.json, or leave dataset_dir empty for the phantom data")
-        return str(path)
-    path = Path(demo_data_dir) / DATALIST_NAME
-    wanted = {"kind": CARDIAC_DEMO_KIND, "seed": int(seed), "subjects": int(subjects), "slices": int(slices),
-              "cine_frames": int(cine_frames)}
-    try:
-        existing = json.loads(path.read_text())
-        if all(existing.get(key) == value for key, value in wanted.items()):
-            return str(path)
-    except (OSError, ValueError):
-        pass
-    return str(write_cardiac_demo(demo_data_dir, subjects=subjects, seed=seed, slices=slices,
-                                  cine_frames=cine_frames, progress=progress))
+# The embedded default data of the cardiac_sequence_classification bundle (``resolve_datalist`` writes them).
+CARDIAC_DEMO = DemoWriter("cardiac", write_cardiac_demo)

@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mri_ssl.data.datalist import DATALIST_NAME
-from mri_ssl.data.deformation import smooth_displacement, warp
-from mri_ssl.data.nifti import save_json, save_nifti
+from mri_ssl.data.brain.deformation import smooth_displacement, warp
+from mri_ssl.data.datalist import DATALIST_NAME, DemoWriter
 from mri_ssl.errors import InputError
+from mri_ssl.io.atomic import save_json
+from mri_ssl.io.nifti import save_nifti
 from mri_ssl.physics.phantom import TISSUE_CLASSES, mni152_phantom
 from mri_ssl.physics.protocols import TYPICAL_PROTOCOLS
 from mri_ssl.physics.sequences import rician_noise
@@ -147,6 +148,9 @@ DOWNSTREAM_CONTRASTS = {  # sequence name in the manifest -> (simulated sequence
     "GRE": ("gre", {"tr": 0.6, "te": 0.02, "flip_angle": math.radians(20.0)}),  # T2*-weighted gradient echo
 }
 SIMULATED_SITE, REAL_SITE = "phantom", "mni152"
+# Part of the downstream writer's version (and recorded in its datalist): data written under another layout (before
+# training entries named their maps) are rewritten.
+DOWNSTREAM_LAYOUT = "training-maps"
 NOISE_FRACTION = 0.02  # Rician sigma as a fraction of the 99th percentile of the brain's signal
 
 
@@ -182,10 +186,12 @@ def write_downstream_demo(
     Training and validation subjects get the ``TRAINING_CONTRAST`` (T1w, an MPRAGE) image; each test subject gets
     every contrast of ``DOWNSTREAM_CONTRASTS`` (site ``phantom``: the T1w row is in-domain, the others are unseen
     contrasts) and its deformed copy of the real MNI152 T1 image (site ``mni152``, sequence ``T1w``). Entries hold
-    ``image``, ``label`` (``TISSUE_LABELS``), ``subject``, ``site`` and ``sequence``, paths relative to ``out_dir``::
+    ``image``, ``label`` (``TISSUE_LABELS``), ``subject``, ``site`` and ``sequence``, and for training and validation
+    subjects also the qMRI maps (``MAP_KEYS``, for heads trained on re-simulated contrasts), paths relative to
+    ``out_dir``::
 
         out_dir/datalist.json
-        out_dir/sub-XX/{T1w,T2w,PDw,FLAIR,GRE,mni152_T1w,label}.nii.gz
+        out_dir/sub-XX/{T1w,T2w,PDw,FLAIR,GRE,mni152_T1w,label,pd,r1,r2,r2s,mt}.nii.gz
     """
     subjects, test_subjects, validation_subjects = int(subjects), int(test_subjects), int(validation_subjects)
     if test_subjects < 1 or validation_subjects < 0 or subjects - test_subjects - validation_subjects < 1:
@@ -209,13 +215,16 @@ def write_downstream_demo(
         images = {contrast: simulate_contrast(maps, contrast, brain, generator) for contrast in contrasts}
         if split == "test":
             images[f"{REAL_SITE}_T1w"] = volumes["t1"]
+        else:  # the maps of a training or validation subject: heads may re-simulate its contrast every step
+            images.update(maps)
         files = write_phantom_files(out_dir / subject, images, tissue_labels(phantom_labels), affine)
+        map_files = {key: f"{subject}/{files.pop(key)}" for key in MAP_KEYS if key in files}
         for key, name in files.items():
             if key == "label":
                 continue
             site, sequence = (REAL_SITE, "T1w") if key.startswith(REAL_SITE) else (SIMULATED_SITE, key)
             splits[split].append({"image": f"{subject}/{name}", "label": f"{subject}/{files['label']}",
-                                  "subject": subject, "site": site, "sequence": sequence})
+                                  "subject": subject, "site": site, "sequence": sequence, **map_files})
     datalist = {
         "name": "mri_ssl MNI152 phantom, downstream tissue segmentation",
         "description": f"Simulated {TRAINING_CONTRAST} images for training; unseen simulated contrasts and the real "
@@ -228,6 +237,7 @@ def write_downstream_demo(
         "seed": int(seed),
         "deformation_mm": float(deformation_mm),
         "subject_seeding": SUBJECT_SEEDING,
+        "layout": DOWNSTREAM_LAYOUT,
         "contrasts": {name: {"sequence": sequence, "protocol": dict(protocol)}
                       for name, (sequence, protocol) in DOWNSTREAM_CONTRASTS.items()},
         "labels": dict(TISSUE_LABELS),
@@ -235,3 +245,10 @@ def write_downstream_demo(
         **splits,
     }
     return save_json(datalist, out_dir / DATALIST_NAME)
+
+
+# The embedded default data of the brain bundles (``resolve_datalist`` writes them on first use): qMRI maps for
+# pretraining, simulated images with tissue labels and a test split for segmentation and denoising.
+BRAIN_PRETRAIN_DEMO = DemoWriter("brain_pretrain", write_demo_data, version=SUBJECT_SEEDING)
+BRAIN_DOWNSTREAM_DEMO = DemoWriter("brain_downstream", write_downstream_demo,
+                                   version=f"{SUBJECT_SEEDING}+{DOWNSTREAM_LAYOUT}")

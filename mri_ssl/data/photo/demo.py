@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from mri_ssl.atomic import atomic_output, atomic_write_text
+from mri_ssl.data.datalist import DATALIST_NAME, DemoWriter
 from mri_ssl.errors import InputError
+from mri_ssl.io.atomic import atomic_output, atomic_write_text
 
 DEMO_KIND = "fundus_demo"
-DATALIST_NAME = "datalist.json"
 SOURCE_SIZE = 512  # the 1411-pixel photograph is first reduced to this, then every demo image is drawn from it
 FOREGROUND_LEVEL = 15.0  # grey level (0..255) above which a pixel is inside the fundus (the paper's threshold)
 
@@ -153,47 +153,5 @@ def write_fundus_demo(folder: str | os.PathLike, images: int = 40, validation_im
     return atomic_write_text(folder / DATALIST_NAME, json.dumps(datalist, indent=1))
 
 
-def resolve_fundus_datalist(dataset_dir: str | os.PathLike | None, demo_data_dir: str | os.PathLike,
-                            images: int = 40, validation_images: int = 8, test_images: int = 12, size: int = 128,
-                            seed: int = 0) -> str:
-    """The datalist to use: the user's (a JSON file, or a folder holding ``datalist.json``), or the demo set.
-
-    The demo set is written to ``demo_data_dir`` on first use and reused while its counts, size and seed match.
-    """
-    if dataset_dir not in (None, ""):
-        path = Path(dataset_dir)
-        if path.is_dir():
-            path = path / DATALIST_NAME
-        if not path.is_file():
-            raise InputError(path, "datalist not found; give a datalist JSON (e.g. from `mri-ssl manifest odir`) or "
-                                   "a folder holding datalist.json, or leave dataset_dir empty for the demo data")
-        return str(path)
-    path = Path(demo_data_dir) / DATALIST_NAME
-    from mri_ssl.distributed import rank, world_size
-
-    if world_size() > 1:
-        # Under torchrun rank 0 writes (or checks) the demo set while the others wait, so no two processes write
-        # the same files; every rank calls this once, so every rank reaches the barrier once.
-        import torch.distributed as dist
-
-        if rank() == 0:
-            _write_demo_unless_current(path, demo_data_dir, images, validation_images, test_images, size, seed)
-        dist.barrier()
-        return str(path)
-    _write_demo_unless_current(path, demo_data_dir, images, validation_images, test_images, size, seed)
-    return str(path)
-
-
-def _write_demo_unless_current(path: Path, demo_data_dir, images: int, validation_images: int, test_images: int,
-                               size: int, seed: int) -> None:
-    try:
-        content = json.loads(path.read_text())
-        matches = (content.get("kind") == DEMO_KIND and content.get("seed") == int(seed)
-                   and content.get("size") == int(size) and len(content["validation"]) == int(validation_images)
-                   and len(content["test"]) == int(test_images)
-                   and sum(len(content[s]) for s in ("training", "validation", "test")) == int(images))
-    except (OSError, ValueError, KeyError):
-        matches = False
-    if not matches:
-        write_fundus_demo(demo_data_dir, images=images, validation_images=validation_images,
-                          test_images=test_images, size=size, seed=seed)
+# The embedded default data of the fundus_camcontrast bundle (``resolve_datalist`` writes them on first use).
+FUNDUS_DEMO = DemoWriter("fundus", write_fundus_demo)

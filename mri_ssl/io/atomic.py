@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from mri_ssl.errors import InputError, WriteError
 
@@ -106,6 +107,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_output(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def save_json(payload: Mapping, path: str | os.PathLike) -> Path:
+    """Write ``payload`` as indented JSON atomically; return the path."""
+    return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
 @contextlib.contextmanager

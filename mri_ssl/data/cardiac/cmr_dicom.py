@@ -1,12 +1,12 @@
 """``mri-ssl manifest cmr DIR``: a folder of DICOM CMR studies, one report text file each, as a video-text manifest.
 
 Layout: ``DIR/<study>/`` holds the study's DICOM files (any sub-folders) and exactly one ``*.txt`` file, the report
-impression. Series are grouped and classified by ``mri_ssl.data.dicom_series`` (headers, then description
+impression. Series are grouped and classified by ``mri_ssl.data.cardiac.dicom_series`` (headers, then description
 keywords); only Cine and LGE series are kept. View: ``lax`` when the description names a long-axis view (lax, long,
 2ch, 3ch, 4ch, ch2/3/4), ``sax`` when it names the short axis (sax, short), otherwise ``sax`` for a multi-slice series
 and ``lax`` for a single slice. Frames: a cine series gives its central slice position over all trigger times, an
 LGE series one image per slice position (base to apex). Each series is written as a NIfTI ``(size, size, frames)``
-under ``images_dir``; the manifest has the format of ``mri_ssl.data.cmr_studies`` (no disease labels) with
+under ``images_dir``; the manifest has the format of ``mri_ssl.data.cardiac.cmr_studies`` (no disease labels) with
 study-level 60/20/20 splits. Studies without a report or without Cine/LGE series are listed under ``skipped``.
 """
 
@@ -19,11 +19,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from mri_ssl.data.cmr_studies import CMR_MANIFEST_KIND, SPLIT_FRACTIONS
-from mri_ssl.data.dicom_series import IMAGE_SIZE, label_series, load_image, read_series
-from mri_ssl.data.nifti import save_json
+from mri_ssl.data.cardiac.cmr_studies import CMR_MANIFEST_KIND, SPLIT_FRACTIONS
+from mri_ssl.data.cardiac.dicom_series import IMAGE_SIZE, label_series, load_image, read_series
 from mri_ssl.data.splits import subject_level_split
 from mri_ssl.errors import InputError
+from mri_ssl.io.atomic import save_json
 
 _LAX = re.compile(r"\b(lax|long|[234] ?ch|ch ?[234])\b")
 _SAX = re.compile(r"\b(sax|short)\b")

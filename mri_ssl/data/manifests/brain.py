@@ -1,16 +1,4 @@
-"""Scan a local copy of a dataset and write a decathlon-style datalist (a *manifest*) that the bundles train on.
-
-A manifest is the JSON ``monai.data.load_decathlon_datalist`` reads::
-
-    {"name": ..., "description": ..., "kind": "ixi", "seed": 0, "labels": {"0": "background", ...},
-     "training": [{"image": ..., "label": ..., "subject": ..., "site": ..., "sequence": ...}, ...],
-     "validation": [...], "test": [...]}
-
-Scanners (``SCANNERS``) return that dict with absolute paths; ``write_manifest`` makes a path relative to the
-manifest's folder only when the file lies under that folder, so a manifest written beside the data can be moved with
-it, and one written elsewhere (``data_manifests/``) points at the data wherever it is. Splits are subject-level and
-seeded (``mri_ssl.data.splits``). The formats are documented in ``data_manifests/README.md``.
-"""
+"""Manifest scanners of brain MRI: IXI, ARC (stroke lesions, BIDS), folders of qMRI maps, and the embedded demo."""
 
 from __future__ import annotations
 
@@ -18,20 +6,18 @@ import json
 import logging
 import os
 import re
-from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import Iterator
 
-from mri_ssl.data.nifti import MAP_FILE_PATTERNS, find_map_files, is_nifti, nifti_stem, save_json
-from mri_ssl.data.splits import check_disjoint_subjects, subject_level_split
+from mri_ssl.data.brain.demo import write_downstream_demo
+from mri_ssl.data.brain.maps import find_map_files
+from mri_ssl.data.manifests.common import PATH_KEYS, SPLITS, assign_splits, dataset_folder, subjects_to_splits
+from mri_ssl.data.splits import subject_level_split
 from mri_ssl.errors import InputError
+from mri_ssl.io.nifti import is_nifti, nifti_stem
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "data_manifests" / "schema.json"
-SPLITS = ("training", "validation", "test")
-# Entry keys that hold file paths (made relative or kept absolute by write_manifest); the rest are plain values.
-PATH_KEYS = ("image", "label", "mask", *MAP_FILE_PATTERNS)
 
 # ----------------------------------------------------------------------------------------------------------------
 # IXI: https://brain-development.org/ixi-dataset/ -- T1, T2 and PD images of ~580 healthy subjects from three sites.
@@ -65,15 +51,7 @@ NO_MAPS_PROBLEM = "no qMRI maps found"  # the start of find_map_files' message f
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# shared helpers
-
-
-def _dataset_folder(directory: str | os.PathLike) -> Path:
-    """``directory`` as an absolute path (symlinks kept, so annexed files keep their names); must exist."""
-    folder = Path(os.path.abspath(directory))
-    if not folder.is_dir():
-        raise InputError(folder, "dataset folder not found")
-    return folder
+# NIfTI file helpers
 
 
 def _nifti_files(folder: Path) -> Iterator[Path]:
@@ -91,18 +69,6 @@ def _nifti_with_stem(folder: Path, stem: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
-
-
-def _assign_splits(entries: list[dict], split_of_subject: Mapping[str, str]) -> dict[str, list[dict]]:
-    """Group entries by their subject's split; every split of ``SPLITS`` is present (possibly empty)."""
-    splits: dict[str, list[dict]] = {name: [] for name in SPLITS}
-    for entry in entries:
-        splits[split_of_subject[entry["subject"]]].append(entry)
-    return splits
-
-
-def _split_of_subject(splits: Mapping[str, list[str]]) -> dict[str, str]:
-    return {subject: split for split, subjects in splits.items() for subject in subjects}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -136,7 +102,7 @@ def scan_ixi(directory: str | os.PathLike, seed: int = 0, label_dir: str | os.Pa
     Splits: GST subjects subject-level 226/31/65 (of 322) training/validation/test, seeded; every HH and IOP subject
     is in ``test`` as out-of-domain data.
     """
-    folder = _dataset_folder(directory)
+    folder = dataset_folder(directory)
     label_folders = []
     if label_dir not in (None, ""):
         label_folders.append(Path(os.path.abspath(label_dir)))
@@ -164,7 +130,7 @@ def scan_ixi(directory: str | os.PathLike, seed: int = 0, label_dir: str | os.Pa
         raise InputError(folder, f"no IXI images found; expected files named {IXI_FILE_PATTERN_TEXT}")
     gst_subjects = sorted(subject for subject, site in site_of_subject.items() if site == IXI_IN_DOMAIN_SITE)
     split_of_subject = {subject: "test" for subject in site_of_subject}  # out-of-domain sites: test only
-    split_of_subject.update(_split_of_subject(subject_level_split(gst_subjects, IXI_GST_FRACTIONS, seed)))
+    split_of_subject.update(subjects_to_splits(subject_level_split(gst_subjects, IXI_GST_FRACTIONS, seed)))
     if not gst_subjects:
         logger.warning("%s: no Guy's (GST) images, so the IXI manifest has no training subjects", folder)
     unlabeled = sum("label" not in entry for entry in entries)
@@ -181,7 +147,7 @@ def scan_ixi(directory: str | os.PathLike, seed: int = 0, label_dir: str | os.Pa
         "tensorImageSize": "3D",
         "labels": dict(IXI_LABELS),
         "unlabeled": unlabeled,
-        **_assign_splits(entries, split_of_subject),
+        **assign_splits(entries, split_of_subject),
     }
 
 
@@ -249,7 +215,7 @@ def scan_arc(directory: str | os.PathLike, seed: int = 0) -> dict:
     (``sub-X``), ``site`` (``ARC``), ``sequence``; images without a mask are counted in ``"unlabeled"``.
     Splits: subject-level 70/10/20 training/validation/test, seeded.
     """
-    folder = _dataset_folder(directory)
+    folder = dataset_folder(directory)
     derivative_masks = _arc_lesion_masks(folder / "derivatives")
     entries = []
     for anat in sorted(folder.glob("sub-*/ses-*/anat")):
@@ -267,7 +233,7 @@ def scan_arc(directory: str | os.PathLike, seed: int = 0) -> dict:
     if not entries:
         raise InputError(folder, f"no ARC images found; expected BIDS files {ARC_FILE_PATTERN_TEXT}")
     subjects = sorted({entry["subject"] for entry in entries})
-    split_of_subject = _split_of_subject(subject_level_split(subjects, ARC_FRACTIONS, seed))
+    split_of_subject = subjects_to_splits(subject_level_split(subjects, ARC_FRACTIONS, seed))
     unlabeled = sum("label" not in entry for entry in entries)
     if unlabeled:
         logger.warning("%s: %d of %d ARC images have no lesion mask", folder, unlabeled, len(entries))
@@ -280,7 +246,7 @@ def scan_arc(directory: str | os.PathLike, seed: int = 0) -> dict:
         "tensorImageSize": "3D",
         "labels": dict(ARC_LABELS),
         "unlabeled": unlabeled,
-        **_assign_splits(entries, split_of_subject),
+        **assign_splits(entries, split_of_subject),
     }
 
 
@@ -296,7 +262,7 @@ def scan_qmri(directory: str | os.PathLike, seed: int = 0) -> dict:
     Entries: ``subject`` (folder name), ``site`` (``qmri``) and one path per map. Splits: subject-level 90/10
     training/validation, seeded, with at least one validation subject when there are two or more.
     """
-    folder = _dataset_folder(directory)
+    folder = dataset_folder(directory)
     entries = []
     for subject_folder in sorted(path for path in folder.iterdir() if path.is_dir() and not path.name.startswith(".")):
         try:
@@ -321,7 +287,7 @@ def scan_qmri(directory: str | os.PathLike, seed: int = 0) -> dict:
         "kind": "qmri",
         "seed": int(seed),
         "tensorImageSize": "3D",
-        **_assign_splits(entries, _split_of_subject(splits)),
+        **assign_splits(entries, subjects_to_splits(splits)),
     }
 
 
@@ -337,8 +303,6 @@ def scan_demo(directory: str | os.PathLike, seed: int = 0, subjects: int = 8, re
     ``test_subjects`` test and ``validation_subjects`` validation subjects) and returns the datalist it wrote, with
     ``image``/``label`` paths made absolute like the other scanners'.
     """
-    from mri_ssl.data.demo_data import write_downstream_demo
-
     datalist_path = write_downstream_demo(directory, subjects=subjects, test_subjects=test_subjects,
                                           validation_subjects=validation_subjects, resolution_mm=resolution_mm,
                                           seed=seed, progress=progress)
@@ -350,132 +314,3 @@ def scan_demo(directory: str | os.PathLike, seed: int = 0, subjects: int = 8, re
                 if key in entry:
                     entry[key] = os.path.normpath(os.path.join(base, entry[key]))
     return content
-
-
-def scan_dicom_folder(directory: str | os.PathLike, seed: int = 0, images_dir: str | os.PathLike | None = None,
-                      progress: bool = True) -> dict:
-    """Cardiac MR DICOM series -> a sequence-classification manifest (``mri_ssl.data.dicom_series.scan_dicom``);
-    the kept slices are written as 84 x 84 NIfTI files under ``images_dir``."""
-    from mri_ssl.data.dicom_series import scan_dicom
-
-    if images_dir in (None, ""):
-        raise InputError("images_dir", "the DICOM scanner needs a folder to write the resampled images to")
-    return scan_dicom(directory, images_dir, seed=seed, progress=progress)
-
-
-SCANNERS: dict[str, Callable[..., dict]] = {"ixi": scan_ixi, "arc": scan_arc, "qmri": scan_qmri, "demo": scan_demo,
-                                            "dicom": scan_dicom_folder}
-
-
-def _photo_scanner(kind: str) -> Callable[..., dict]:
-    """The 2-D scanners live in ``photo_manifests`` (which imports this module), so they are looked up on use."""
-    def scan(directory: str | os.PathLike, seed: int = 0, **options) -> dict:
-        from mri_ssl.data import photo_manifests
-
-        return getattr(photo_manifests, f"scan_{kind}")(directory, seed=seed, **options)
-
-    scan.__name__ = f"scan_{kind}"
-    return scan
-
-
-PHOTO_KINDS = ("odir", "idrid", "refuge", "chestxray14")
-SCANNERS.update({kind: _photo_scanner(kind) for kind in PHOTO_KINDS})
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# writing, validating, summarising
-
-
-def relative_to_manifest(path: str, manifest_folder: Path) -> str:
-    """``path`` relative to ``manifest_folder`` when the file lies under it, else absolute.
-
-    Symlinks are not resolved, so files of a DataLad/git-annex dataset keep their names.
-    """
-    absolute = Path(os.path.abspath(path))
-    if absolute.is_relative_to(manifest_folder):
-        return os.path.relpath(absolute, manifest_folder)
-    return str(absolute)
-
-
-def _relative_paths(value, manifest_folder: Path):
-    """``relative_to_manifest`` of a path, or of each path of a list (e.g. IDRiD's one mask file per lesion type)."""
-    if isinstance(value, list):
-        return [relative_to_manifest(item, manifest_folder) for item in value]
-    return relative_to_manifest(value, manifest_folder)
-
-
-def _with_manifest_paths(manifest: dict, manifest_folder: Path) -> dict:
-    result = dict(manifest)
-    for split in SPLITS:
-        if split in manifest:
-            result[split] = [{key: _relative_paths(value, manifest_folder) if key in PATH_KEYS else value
-                              for key, value in entry.items()} for entry in manifest[split]]
-    return result
-
-
-def validate_manifest(manifest: Mapping, source: str | os.PathLike = "manifest",
-                      schema_path: str | os.PathLike | None = None) -> None:
-    """Check ``manifest`` against ``data_manifests/schema.json``; raise ``InputError(source, ...)`` if it fails.
-
-    The error names the place in the manifest (e.g. ``training/3``) and what is wrong there. When the schema file is
-    absent (a non-editable install has no ``data_manifests/``), validation is skipped with a logged warning.
-    """
-    import jsonschema
-
-    schema_path = Path(schema_path) if schema_path is not None else SCHEMA_PATH
-    if not schema_path.is_file():
-        logger.warning("manifest schema %s not found (non-editable install?); not validating %s", schema_path, source)
-        return
-    schema = json.loads(schema_path.read_text())
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(manifest), key=lambda error: list(error.absolute_path))
-    if errors:
-        shown = [f"at {'/'.join(str(part) for part in error.absolute_path) or 'top level'}: {error.message}"
-                 for error in errors[:3]]
-        more = f"; and {len(errors) - 3} more problems" if len(errors) > 3 else ""
-        raise InputError(source, f"not a valid manifest ({'; '.join(shown)}{more}); see data_manifests/README.md")
-
-
-def write_manifest(kind: str, directory: str | os.PathLike, out: str | os.PathLike, seed: int = 0,
-                   **options) -> Path:
-    """Scan ``directory`` with ``SCANNERS[kind]`` and write the manifest to ``out`` atomically; return ``out``.
-
-    ``options`` go to the scanner (``label_dir`` for ixi; ``subjects``, ``resolution_mm``, ... for demo). Paths under
-    ``out``'s folder are written relative to it, others absolute. Raises ``InputError`` for an unknown kind, a
-    missing dataset folder (demo creates it), a folder without matching files (naming the expected pattern), a
-    subject in two splits, or a manifest that fails ``validate_manifest``.
-    """
-    if kind not in SCANNERS:
-        raise InputError("kind", f"unknown dataset kind {kind!r}; expected one of {', '.join(SCANNERS)}")
-    if kind != "demo":
-        _dataset_folder(directory)
-    manifest = SCANNERS[kind](directory, seed=seed, **options)
-    check_disjoint_subjects(manifest)
-    out = Path(os.path.abspath(out))
-    manifest = _with_manifest_paths(manifest, out.parent)
-    validate_manifest(manifest, source=out)
-    return save_json(manifest, out)
-
-
-def manifest_summary(datalist: Mapping) -> str:
-    """A text table of images, subjects and labelled images per split x site x sequence, with a total row."""
-    header = ("split", "site", "sequence", "images", "subjects", "labelled")
-    rows, subjects_total, images_total, labelled_total = [], set(), 0, 0
-    for split in SPLITS:
-        entries = datalist.get(split) or []
-        groups = Counter((entry.get("site", "-"), entry.get("sequence", "-")) for entry in entries)
-        for site, sequence in sorted(groups):
-            group = [e for e in entries if (e.get("site", "-"), e.get("sequence", "-")) == (site, sequence)]
-            rows.append((split, site, sequence, str(len(group)), str(len({e.get("subject") for e in group})),
-                         str(sum("label" in e for e in group))))
-        subjects_total |= {entry.get("subject") for entry in entries}
-        images_total += len(entries)
-        labelled_total += sum("label" in entry for entry in entries)
-    rows.append(("total", "", "", str(images_total), str(len(subjects_total)), str(labelled_total)))
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(row) -> str:
-        text = [cell.ljust(width) if i < 3 else cell.rjust(width) for i, (cell, width) in enumerate(zip(row, widths))]
-        return "  ".join(text).rstrip()
-
-    return "\n".join([line(header), line(["-" * width for width in widths]), *[line(row) for row in rows]])

@@ -33,15 +33,17 @@ HeartAnatomy pathology numbers).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from mri_ssl.data.nifti import save_json
+from mri_ssl.data.datalist import DemoWriter
 from mri_ssl.data.splits import split_counts
 from mri_ssl.errors import InputError
+from mri_ssl.io.atomic import save_json
 from mri_ssl.physics.cardiac import DEFAULT_MATRIX, HeartAnatomy, render_cine, render_series, sample_anatomy
 
 CMR_MANIFEST_KIND = "cmr_video_text"
@@ -232,9 +234,8 @@ def write_cmr_studies(folder: str | os.PathLike, studies: int = 40, seed: int = 
 
 
 def load_cmr_manifest(path: str | os.PathLike) -> dict:
-    """Read and check a CMR manifest: every study has a report, a known label, series with existing files."""
-    import json
-
+    """Read and check a CMR manifest (a ``manifest.json`` or its folder): every study has a report and series with
+    existing files. Returns the manifest with ``"root"`` set to its folder (series files are relative to it)."""
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST_NAME
@@ -256,4 +257,9 @@ def load_cmr_manifest(path: str | os.PathLike) -> dict:
         for series in study["series"]:
             if not (path.parent / series["file"]).is_file():
                 raise InputError(str(path.parent / series["file"]), f"series file of {study_id} is missing")
+    manifest["root"] = str(path.parent)
     return manifest
+
+
+# The embedded default data of the cmr_video_text bundle (``resolve_datalist`` writes them on first use).
+CMR_DEMO = DemoWriter("cmr_studies", write_cmr_studies, file_name=MANIFEST_NAME)

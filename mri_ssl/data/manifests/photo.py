@@ -30,8 +30,8 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from mri_ssl.data.fundus import DME_GRADES, DR_GRADES, IMAGE_SUFFIXES
-from mri_ssl.data.manifests import _assign_splits, _dataset_folder, _split_of_subject
+from mri_ssl.data.manifests.common import assign_splits, dataset_folder, subjects_to_splits
+from mri_ssl.data.photo.fundus import DME_GRADES, DR_GRADES, IMAGE_SUFFIXES
 from mri_ssl.data.splits import subject_level_split
 from mri_ssl.errors import InputError
 
@@ -91,11 +91,11 @@ def _grade(row: dict, column: str, grades: int, label_file: Path) -> int:
 
 def _manifest(name: str, kind: str, description: str, entries: list[dict], split_of_subject: dict) -> dict:
     return {"name": name, "description": description, "kind": kind, "tensorImageSize": "2D", "labels": FUNDUS_LABELS,
-            **_assign_splits(entries, split_of_subject)}
+            **assign_splits(entries, split_of_subject)}
 
 
 def scan_odir(directory: str | os.PathLike, seed: int = 0) -> dict:
-    folder = _dataset_folder(directory)
+    folder = dataset_folder(directory)
     label_files = sorted(p for p in folder.rglob("*.csv") if not p.name.startswith("."))
     if not label_files:
         raise InputError(folder, "no CSV annotation found; save ODIR's annotation .xlsx as CSV (columns ID, "
@@ -119,11 +119,11 @@ def scan_odir(directory: str | os.PathLike, seed: int = 0) -> dict:
                             "subject": f"odir_{row['ID']}", "site": "ODIR", "sequence": "fundus"})
     splits = subject_level_split([e["subject"] for e in entries], ODIR_FRACTIONS, seed)
     return {**_manifest("OIA-ODIR", "odir", "ODIR fundus photographs, any disease vs normal per eye; patients split "
-                        "80/10/10", entries, _split_of_subject(splits)), "seed": int(seed)}
+                        "80/10/10", entries, subjects_to_splits(splits)), "seed": int(seed)}
 
 
 def scan_idrid(directory: str | os.PathLike, seed: int = 0) -> dict:
-    folder = _dataset_folder(directory)
+    folder = dataset_folder(directory)
     images = _files_by_name(folder, (".jpg", ".jpeg", ".png"))
     masks = _files_by_name(folder, (".tif", ".tiff"))
     entries, official = [], {}
@@ -165,7 +165,7 @@ def scan_idrid(directory: str | os.PathLike, seed: int = 0) -> dict:
 
 
 def scan_refuge(directory: str | os.PathLike, seed: int = 0) -> dict:
-    folder = _dataset_folder(directory)
+    folder = dataset_folder(directory)
     masks = _files_by_name(folder, (".bmp", ".png"))
     entries = []
     for class_folder, abnormal in (("Glaucoma", 1), ("Non-Glaucoma", 0)):
@@ -183,11 +183,11 @@ def scan_refuge(directory: str | os.PathLike, seed: int = 0) -> dict:
         raise InputError(folder, "no images under Glaucoma/ or Non-Glaucoma/ folders (REFUGE Training400 layout)")
     splits = subject_level_split([e["subject"] for e in entries], REFUGE_FRACTIONS, seed)
     return {**_manifest("REFUGE", "refuge", "REFUGE glaucoma vs non-glaucoma with optic disc masks; split 80/10/10",
-                        entries, _split_of_subject(splits)), "seed": int(seed)}
+                        entries, subjects_to_splits(splits)), "seed": int(seed)}
 
 
 def scan_chestxray14(directory: str | os.PathLike, seed: int = 0) -> dict:
-    folder = _dataset_folder(directory)
+    folder = dataset_folder(directory)
     label_files = sorted(folder.rglob("Data_Entry_2017*.csv"))
     if not label_files:
         raise InputError(folder, "Data_Entry_2017.csv not found (NIH ChestX-ray14 layout)")

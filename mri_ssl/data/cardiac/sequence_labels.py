@@ -15,7 +15,9 @@ from typing import Mapping, Sequence
 
 import torch
 
+from mri_ssl.data.integrity import check_no_split_leak
 from mri_ssl.errors import InputError
+from mri_ssl.io.images import check_image_files
 from mri_ssl.physics.cardiac import SEQUENCE_CLASSES
 
 # Brain manifests name sequences T1w / T2w / PDw / FLAIR; only T1w and T2w have a cardiac counterpart class.
@@ -73,9 +75,7 @@ def check_classification_datalist(datalist: str | os.PathLike, splits: Sequence[
                                   sequence_map: Mapping[str, str] | None = None) -> None:
     """Raise ``InputError`` before training if a split is empty or an image file is missing, and a
     ``DataIntegrityError`` (naming the file and the check) if an image does not read completely as a finite 2-D
-    image (``mri_ssl.data.integrity``); a subject in two splits is an error too."""
-    from mri_ssl.data.integrity import check_image_files, check_no_split_leak
-
+    image (``mri_ssl.io.images``); a subject in two splits is an error too."""
     check_no_split_leak(datalist)
 
     for split in splits:

@@ -37,6 +37,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from mri_ssl.data.splits import subject_level_split
 from mri_ssl.errors import InputError
 from mri_ssl.physics.cardiac import SEQUENCE_CLASSES
 
@@ -263,8 +264,6 @@ def scan_dicom(directory: str | os.PathLike, images_dir: str | os.PathLike, seed
     """
     import nibabel as nib
     from tqdm.auto import tqdm
-
-    from mri_ssl.data.splits import subject_level_split
 
     all_series, skipped = read_series(directory, progress=progress)
     images_dir = Path(images_dir)

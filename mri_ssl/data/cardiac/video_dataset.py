@@ -1,4 +1,5 @@
-"""CMR studies as (video, report) pairs for video-text training, from a manifest of ``mri_ssl.data.cmr_studies``.
+"""CMR studies as (video, report) pairs for video-text training, from a manifest of
+``mri_ssl.data.cardiac.cmr_studies``.
 
 A study's video is the frames of its selected series concatenated in ``SERIES_LAYOUT`` order (cine short axis,
 cine long axis, LGE short-axis slices, LGE long axis, as the paper stacks CINE_lax-sax + LGE), each series scaled by
@@ -17,30 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from mri_ssl.data.cmr_studies import DISEASE_LABELS, SERIES_LAYOUT, load_cmr_manifest, write_cmr_studies
+from mri_ssl.data.cardiac.cmr_studies import DISEASE_LABELS, SERIES_LAYOUT
 from mri_ssl.errors import InputError
 from mri_ssl.text.tokenizer import WordTokenizer
 from mri_ssl.transforms.frames import segment_frame_indices
 
 SERIES_TYPES = ("cine", "lge")
-
-
-def resolve_cmr_manifest(dataset_dir: str | os.PathLike | None, demo_data_dir: str | os.PathLike, studies: int = 80,
-                         seed: int = 0, cine_frames: int = 16, lge_slices: int = 4, matrix: int = 84,
-                         progress: bool = True) -> dict:
-    """The user's manifest (``dataset_dir``), or the embedded phantom studies, written once into ``demo_data_dir``.
-
-    Returns the checked manifest with ``"root"`` set to its folder (series files are relative to it).
-    """
-    if dataset_dir not in (None, ""):
-        folder = Path(dataset_dir)
-    else:
-        folder = Path(demo_data_dir)
-        if not (folder / "manifest.json").is_file():
-            write_cmr_studies(folder, studies, seed, cine_frames, lge_slices, matrix, progress)
-    manifest = load_cmr_manifest(folder)
-    manifest["root"] = str(folder if folder.is_dir() else folder.parent)
-    return manifest
 
 
 def split_studies(manifest: dict, split: str) -> list[dict]:

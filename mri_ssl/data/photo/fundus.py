@@ -1,4 +1,5 @@
-"""2-D photographs (fundus, chest X-ray): reading, datalist checks and the transforms that load them.
+"""2-D photographs (fundus, chest X-ray): reading, datalist checks and the transforms that load them (images, masks
+and the ``.npy`` heatmap crops of heatmap generation).
 
 Images are read with Pillow as RGB, channel first, float32 in 0..255: ``(3, H, W)``, row 0 at the top, so "top-left"
 means what it means on screen. Lesion masks are read as ``(1, H, W)`` uint8 in {0, 1}; an entry's ``mask`` may be a
@@ -20,15 +21,15 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
+from mri_ssl.data.integrity import check_no_split_leak
 from mri_ssl.errors import InputError
+from mri_ssl.io.images import read_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 ABNORMAL_KEY = "abnormal"
 # Joint grading (IDRiD): diabetic retinopathy grade 0-4 and diabetic macular oedema risk 0-2.
 DR_GRADE_KEY, DME_GRADE_KEY = "dr_grade", "dme_grade"
 DR_GRADES, DME_GRADES = 5, 3
-# Luminance weights of ITU-R BT.601, those of Pillow's "L" mode, so a threshold of 15 means what it meant in the paper.
-LUMINANCE_WEIGHTS = (0.299, 0.587, 0.114)
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -81,12 +82,6 @@ def read_mask(paths: str | os.PathLike | Sequence[str | os.PathLike], background
     return union[None].astype(np.uint8)
 
 
-def luminance(rgb: torch.Tensor) -> torch.Tensor:
-    """``(..., 3, H, W)`` -> ``(..., 1, H, W)`` grey level with Pillow's "L" weights (same units as the input)."""
-    weights = torch.tensor(LUMINANCE_WEIGHTS, dtype=rgb.dtype, device=rgb.device).view(3, 1, 1)
-    return (rgb * weights).sum(dim=-3, keepdim=True)
-
-
 class LoadPhotograph(Transform):
     """Read an image file as ``(3, H, W)`` float32 in 0..255 (``read_rgb``)."""
 
@@ -100,7 +95,6 @@ class LoadPhotographd(MapTransform):
 
     A mask must have its image's height and width; otherwise ``InputError`` names the mask file.
     """
-
     def __init__(self, keys: KeysCollection, mask_keys: KeysCollection = (), allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
         self.mask_keys = (mask_keys,) if isinstance(mask_keys, str) else tuple(mask_keys)
@@ -120,6 +114,30 @@ class LoadPhotographd(MapTransform):
             if shape is not None and mask.shape[1:] != tuple(shape):
                 raise InputError(result[key], f"mask size {mask.shape[1:]} differs from its image's {tuple(shape)}")
             result[key] = torch.from_numpy(mask)
+        return result
+
+
+def read_heatmap(path: str | os.PathLike) -> np.ndarray:
+    """(1, h, w) float32 heatmap from a ``.npy`` file; ``InputError`` naming the file if missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "heatmap file not found; run generate_heatmaps.json first")
+    try:
+        heatmap = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise InputError(path, f"cannot read the heatmap ({error})") from error
+    if heatmap.ndim != 2 or not np.isfinite(heatmap).all():
+        raise InputError(path, f"expected a finite 2-D heatmap, got shape {heatmap.shape}")
+    return heatmap[None].astype(np.float32)
+
+
+class LoadHeatmapd(MapTransform):
+    """Dictionary loader: ``keys`` hold heatmap ``.npy`` paths, read as (1, h, w) float32 (``read_heatmap``)."""
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        result = dict(data)
+        for key in self.key_iterator(result):
+            result[key] = torch.from_numpy(read_heatmap(result[key]))
         return result
 
 
@@ -196,13 +214,11 @@ def check_fundus_datalist(datalist: str | os.PathLike, splits: Sequence[str] = (
 
     Raises ``InputError`` naming the file and the problem: a missing or unreadable image (or heatmap crop), an
     entry without the coarse label ``abnormal`` (when ``require_label``), a mask of another size than its image;
-    each image and mask is first read completely by ``mri_ssl.data.integrity`` (every PNG chunk CRC checked, a
+    each image and mask is first read completely by ``mri_ssl.io.images`` (every PNG chunk CRC checked, a
     truncated file never padded), which raises its ``DataIntegrityError`` naming the file and the check. A subject in
     two splits is an error too.
     """
     from tqdm.auto import tqdm
-
-    from mri_ssl.data.integrity import check_no_split_leak, read_image
 
     check_no_split_leak(datalist)
 
@@ -218,7 +234,5 @@ def check_fundus_datalist(datalist: str | os.PathLike, splits: Sequence[str] = (
             read_image(path, spatial_dims=2)
         loader({key: entry[key] for key in ("image", "mask", "mask_background_value") if key in entry})
         if "heatmap" in entry:
-            from mri_ssl.transforms.photo import read_heatmap  # transforms import this module; import here
-
             read_heatmap(entry["heatmap"])
     return len(entries)
