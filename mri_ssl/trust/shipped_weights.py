@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from mri_ssl.atomic import atomic_output, atomic_write_text
+from mri_ssl.io.atomic import atomic_output, atomic_write_text
 from mri_ssl.errors import InputError
 from mri_ssl.trust.files import sha256_file
 
