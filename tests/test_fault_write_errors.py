@@ -15,7 +15,7 @@ import uuid
 import pytest
 import torch
 
-from mri_ssl import atomic
+from mri_ssl.io import atomic
 from mri_ssl.engines import checkpoint as checkpoint_module
 from mri_ssl.engines import load_checkpoint, save_checkpoint, save_safetensors
 from mri_ssl.errors import WriteError
