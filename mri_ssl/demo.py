@@ -29,8 +29,7 @@ from mri_ssl.experiments.grid import Grid, expand_placeholders
 from mri_ssl.experiments.memory import ProcessTreeMemory
 from mri_ssl.experiments.runner import STATUS_OK, failure_report, require_trusted
 from mri_ssl.experiments.tables import format_plain_tables, probe_markdown
-from mri_ssl.io.atomic import save_json
-from mri_ssl.io.atomic import atomic_output
+from mri_ssl.io.atomic import atomic_output, save_json
 from mri_ssl.io.nifti import save_nifti
 from mri_ssl.physics.phantom import TISSUE_CLASSES, mni152_phantom, mprage_fidelity
 from mri_ssl.physics.protocols import SEQUENCES, TYPICAL_PROTOCOLS, protocol_item, sample_protocol

@@ -45,8 +45,7 @@ from mri_ssl.engines.checkpoint import load_checkpoint, load_network_weights
 from mri_ssl.engines.clipping import backward_and_step
 from mri_ssl.engines.guards import check_loss
 from mri_ssl.errors import InputError
-from mri_ssl.io.atomic import save_json
-from mri_ssl.io.atomic import atomic_output, atomic_write_text
+from mri_ssl.io.atomic import atomic_output, atomic_write_text, save_json
 from mri_ssl.engines.schedules import weight_decay_groups
 from mri_ssl.metrics.linear_probe import linear_probe
 from mri_ssl.metrics.retrieval import retrieval_metrics

@@ -23,8 +23,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from mri_ssl.errors import InputError
-from mri_ssl.io.atomic import save_json
-from mri_ssl.io.atomic import atomic_write_text
+from mri_ssl.io.atomic import atomic_write_text, save_json
 from mri_ssl.metrics.segmentation import STATUS_ABSENT, STATUS_FALSE_POSITIVE, STATUS_MISSED
 
 STATUS_PREFIX = "status_"

@@ -22,8 +22,7 @@ from tqdm.auto import tqdm
 from mri_ssl.data.datalist import DATALIST_NAME, DemoWriter
 from mri_ssl.data.splits import subject_level_split
 from mri_ssl.errors import InputError
-from mri_ssl.io.atomic import save_json
-from mri_ssl.io.atomic import atomic_output
+from mri_ssl.io.atomic import atomic_output, save_json
 from mri_ssl.physics.cardiac import DEFAULT_MATRIX, SEQUENCE_CLASSES, render_study, sample_anatomy
 
 CARDIAC_DEMO_KIND = "cardiac_demo"
