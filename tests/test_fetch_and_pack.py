@@ -16,7 +16,8 @@ import pytest
 from bundle_runner import bundle_dir
 from mri_ssl.cli import main
 from mri_ssl.errors import InputError
-from mri_ssl.trust.files import check_archive, download_verified, safe_extract, sha256_file
+from mri_ssl.io.hashing import sha256_file
+from mri_ssl.trust.files import check_archive, download_verified, safe_extract
 from mri_ssl.trust.packing import pack_bundle, unpack_bundle
 from mri_ssl.trust.weights import fetch_weights
 from trust_fixtures import make_tiny_bundle

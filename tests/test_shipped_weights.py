@@ -7,7 +7,7 @@ import yaml
 
 from bundle_runner import REPO
 from mri_ssl.errors import InputError
-from mri_ssl.trust.files import sha256_file
+from mri_ssl.io.hashing import sha256_file
 from mri_ssl.trust.shipped_weights import RECIPES, inference_network, network_state, record_large_file
 from mri_ssl.trust.verify import read_large_files
 

@@ -33,8 +33,8 @@ import numpy as np
 from mri_ssl.data.splits import DEFAULT_SPLITS, check_disjoint_subjects
 from mri_ssl.errors import InputError
 from mri_ssl.io.atomic import atomic_write_text
+from mri_ssl.io.hashing import sha256_file
 from mri_ssl.io.images import CHECKS, DEFAULT_MAX_BYTES, CheckedImage, DataIntegrityError, is_image_path, read_image
-from mri_ssl.trust.files import sha256_file
 
 logger = logging.getLogger(__name__)
 

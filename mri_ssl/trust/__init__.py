@@ -1,6 +1,8 @@
-"""Bundle trust: static scan of configs, metadata schema, hash-checked downloads, safe archives, verify / pack."""
+"""Bundle trust: static scan of configs, metadata schema, hash-checked downloads, safe archives, verify / pack.
 
-from mri_ssl.trust.files import check_archive, download_verified, safe_extract, sha256_file
+File hashes themselves (``sha256_file``) live in ``mri_ssl.io.hashing``: data checks use them too."""
+
+from mri_ssl.trust.files import check_archive, download_verified, safe_extract
 from mri_ssl.trust.scan import Finding, scan_bundle
 from mri_ssl.trust.verify import BundleReport, CheckResult, verify_bundle
 
@@ -12,6 +14,5 @@ __all__ = [
     "download_verified",
     "safe_extract",
     "scan_bundle",
-    "sha256_file",
     "verify_bundle",
 ]

@@ -24,19 +24,10 @@ from typing import BinaryIO, Callable, Iterator
 
 from mri_ssl.errors import InputError
 from mri_ssl.io.atomic import atomic_output
+from mri_ssl.io.hashing import CHUNK_BYTES
 
-CHUNK_BYTES = 1 << 20
 MIB = 1 << 20
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def is_sha256(value: object) -> bool:

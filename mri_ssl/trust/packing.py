@@ -23,7 +23,8 @@ from pathlib import Path
 
 from mri_ssl.errors import InputError
 from mri_ssl.io.atomic import atomic_output
-from mri_ssl.trust.files import BUNDLE_LIMITS, ExtractLimits, check_archive, safe_extract, sha256_file
+from mri_ssl.io.hashing import sha256_file
+from mri_ssl.trust.files import BUNDLE_LIMITS, ExtractLimits, check_archive, safe_extract
 
 MANIFEST = "manifest.json"
 MANIFEST_BYTES = 16 << 20

@@ -29,7 +29,7 @@ import yaml
 
 from mri_ssl.io.atomic import atomic_output, atomic_write_text
 from mri_ssl.errors import InputError
-from mri_ssl.trust.files import sha256_file
+from mri_ssl.io.hashing import sha256_file
 
 WEIGHTS = "models/model.pt"
 # Where the repository's files are published; the weights are committed, so the model zoo's download step finds

@@ -53,7 +53,8 @@ import jsonschema
 import yaml
 
 from mri_ssl.errors import InputError
-from mri_ssl.trust.files import is_sha256, sha256_file
+from mri_ssl.io.hashing import sha256_file
+from mri_ssl.trust.files import is_sha256
 from mri_ssl.trust.metadata_schema import METADATA_SCHEMA
 from mri_ssl.trust.scan import scan_bundle
 from mri_ssl.trust.zoo import ZOO_CHECKS, inference_config, run_zoo_checks

@@ -8,7 +8,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from mri_ssl.errors import InputError
-from mri_ssl.trust.files import ARCHIVE_SUFFIXES, download_verified, safe_extract, sha256_file
+from mri_ssl.io.hashing import sha256_file
+from mri_ssl.trust.files import ARCHIVE_SUFFIXES, download_verified, safe_extract
 from mri_ssl.trust.verify import read_large_files
 
 
