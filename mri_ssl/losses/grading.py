@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mri_ssl.data.photo.fundus import DR_GRADES
 from mri_ssl.errors import InputError
+from mri_ssl.grades import DR_GRADES
 
 
 def split_grading_logits(logits: torch.Tensor, dr_grades: int = DR_GRADES) -> tuple[torch.Tensor, torch.Tensor]:

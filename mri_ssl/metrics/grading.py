@@ -22,8 +22,8 @@ import torch
 from monai.handlers import IgniteMetricHandler
 from monai.metrics import CumulativeIterationMetric
 
-from mri_ssl.data.photo.fundus import DR_GRADES
 from mri_ssl.errors import InputError
+from mri_ssl.grades import DR_GRADES
 from mri_ssl.losses.grading import split_grading_logits
 
 

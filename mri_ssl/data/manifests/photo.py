@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Iterable
 
 from mri_ssl.data.manifests.common import assign_splits, dataset_folder, subjects_to_splits
-from mri_ssl.data.photo.fundus import DME_GRADES, DR_GRADES, IMAGE_SUFFIXES
+from mri_ssl.data.photo.fundus import IMAGE_SUFFIXES
 from mri_ssl.data.splits import subject_level_split
 from mri_ssl.errors import InputError
+from mri_ssl.grades import DME_GRADES, DR_GRADES
 
 ODIR_NON_DISEASE = {"normal fundus", "lens dust", "low image quality", "image offset"}
 ODIR_FRACTIONS = {"training": 0.8, "validation": 0.1, "test": 0.1}

@@ -23,13 +23,13 @@ from monai.transforms import MapTransform, Transform
 
 from mri_ssl.data.integrity import check_no_split_leak
 from mri_ssl.errors import InputError
+from mri_ssl.grades import DME_GRADES, DR_GRADES
 from mri_ssl.io.images import read_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 ABNORMAL_KEY = "abnormal"
 # Joint grading (IDRiD): diabetic retinopathy grade 0-4 and diabetic macular oedema risk 0-2.
 DR_GRADE_KEY, DME_GRADE_KEY = "dr_grade", "dme_grade"
-DR_GRADES, DME_GRADES = 5, 3
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
