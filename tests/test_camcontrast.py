@@ -14,12 +14,13 @@ from mri_ssl.losses.cam_attention import CAMClassificationLoss, guided_attention
 from mri_ssl.losses.ntxent import NTXentLoss
 from mri_ssl.losses.supcon import SupConLoss
 from mri_ssl.metrics.fundus import average_precision, cam_iou, pointing_game_hit
-from mri_ssl.networks.cam import CAMClassifier, CAMContrastModel, class_activation_maps, minmax_normalise
+from mri_ssl.networks.cam import CAMClassifier, CAMContrastModel, class_activation_maps
 from mri_ssl.engines.schedules import WarmupCosine, weight_decay_groups
 from mri_ssl.transforms.heatmaps import (
     five_crop_boxes,
     five_crops,
     foreground_mask,
+    minmax_normalise,
     suppress_background,
     suppress_negative,
 )

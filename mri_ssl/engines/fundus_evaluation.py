@@ -35,8 +35,8 @@ from mri_ssl.losses.grading import split_grading_logits
 from mri_ssl.metrics.classification import accuracy, f1_score, roc_auc
 from mri_ssl.metrics.fundus import average_precision, cam_iou, dice, pointing_game_hit
 from mri_ssl.metrics.grading import grading_accuracies
-from mri_ssl.networks.cam import minmax_normalise
 from mri_ssl.parameters import as_flag
+from mri_ssl.transforms.heatmaps import minmax_normalise
 
 logger = logging.getLogger(__name__)
 

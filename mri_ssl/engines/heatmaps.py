@@ -24,7 +24,6 @@ from tqdm.auto import tqdm
 from mri_ssl.data.photo.fundus import ABNORMAL_KEY, fundus_entries, is_image_file
 from mri_ssl.errors import InputError
 from mri_ssl.io.atomic import atomic_output, atomic_write_text
-from mri_ssl.networks.cam import minmax_normalise
 from mri_ssl.parameters import as_flag
 from mri_ssl.transforms.heatmaps import (
     CROP_POSITIONS,
@@ -32,6 +31,7 @@ from mri_ssl.transforms.heatmaps import (
     abnormal_heatmaps,
     five_crops,
     foreground_mask,
+    minmax_normalise,
     suppress_background,
     suppress_negative,
 )

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mri_ssl.errors import InputError
-from mri_ssl.networks.cam import MINMAX_EPSILON, minmax_normalise
+from mri_ssl.transforms.heatmaps import MINMAX_EPSILON, minmax_normalise
 
 
 def guided_attention_loss(cams: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, normal_class: int = 0,

@@ -19,7 +19,6 @@ from mri_ssl.errors import InputError
 from mri_ssl.networks.encoder import PAPER_FEATURES, CNNEncoder3D
 from mri_ssl.networks.heads import ProjectionHead
 
-MINMAX_EPSILON = 1e-6
 FUNDUS_ENCODER_CONFIG = {"spatial_dims": 2, "in_channels": 3}
 
 
@@ -29,19 +28,6 @@ def class_activation_maps(feature_maps: torch.Tensor, class_weights: torch.Tenso
         raise InputError("feature_maps", f"expected (B, K, *spatial) maps and (C, K) weights, got "
                                          f"{list(feature_maps.shape)} and {list(class_weights.shape)}")
     return torch.einsum("bk...,ck->bc...", feature_maps, class_weights.to(feature_maps.dtype))
-
-
-def minmax_normalise(maps: torch.Tensor, epsilon: float = MINMAX_EPSILON) -> torch.Tensor:
-    """Each map scaled to [0, 1] over its spatial dims: ``(M - min) / (max - min + epsilon)``.
-
-    ``maps`` is (B, C, *spatial). The epsilon keeps a constant map (max == min) finite: it becomes all zeros instead
-    of the 0/0 = NaN of the reference code, which would poison the loss and the heatmap files.
-    """
-    flat = maps.flatten(2)
-    low = flat.min(dim=2).values
-    high = flat.max(dim=2).values
-    shape = maps.shape[:2] + (1,) * (maps.ndim - 2)
-    return (maps - low.view(shape)) / (high - low + float(epsilon)).view(shape)
 
 
 def _encoder(encoder: nn.Module | str | os.PathLike | None, encoder_config: Mapping | None,

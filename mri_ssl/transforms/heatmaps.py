@@ -1,5 +1,6 @@
 """Heatmap post-processing and fixed five-crop of CAMContrast (Yap & Ng, Sections 3.1-3.2).
 
+* ``minmax_normalise``: each map scaled to [0, 1] with an epsilon, so a constant map gives zeros, not NaN.
 * ``abnormal_heatmaps``: the abnormal-class CAM, min-max normalised (with epsilon) to [0, 1].
 * ``suppress_background``: the foreground mask (image grey level > 15 of 255), reduced to the heatmap's resolution by
   area averaging (the fraction of foreground pixels under each heatmap pixel), multiplied in.
@@ -15,12 +16,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mri_ssl.transforms.photo import luminance
 from mri_ssl.errors import InputError
-from mri_ssl.networks.cam import MINMAX_EPSILON, minmax_normalise
+from mri_ssl.transforms.photo import luminance
 
 CROP_POSITIONS = ("tl", "tr", "bl", "br", "c")
+MINMAX_EPSILON = 1e-6
 FOREGROUND_THRESHOLD = 15.0  # grey level out of 255, for fundus photographs and chest X-rays alike (paper, Fig. 3)
+
+
+def minmax_normalise(maps: torch.Tensor, epsilon: float = MINMAX_EPSILON) -> torch.Tensor:
+    """Each map scaled to [0, 1] over its spatial dims: ``(M - min) / (max - min + epsilon)``.
+
+    ``maps`` is (B, C, *spatial). The epsilon keeps a constant map (max == min) finite: it becomes all zeros instead
+    of the 0/0 = NaN of the reference code, which would poison the loss and the heatmap files.
+    """
+    flat = maps.flatten(2)
+    low = flat.min(dim=2).values
+    high = flat.max(dim=2).values
+    shape = maps.shape[:2] + (1,) * (maps.ndim - 2)
+    return (maps - low.view(shape)) / (high - low + float(epsilon)).view(shape)
 
 
 def five_crop_boxes(height: int, width: int) -> dict[str, tuple[int, int, int, int]]:
