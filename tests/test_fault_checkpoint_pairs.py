@@ -17,6 +17,7 @@ from ignite.engine import Engine, Events
 
 from mri_ssl.engines import AtomicCheckpointer, load_checkpoint, load_encoder, load_network_weights
 from mri_ssl.engines import checkpoint as checkpoint_module
+from mri_ssl.io import weights as weights_module
 from mri_ssl.networks import CNNEncoder3D
 
 
@@ -70,8 +71,8 @@ def test_a_consistent_pair_reads_the_twin_without_a_warning(tmp_path, caplog, mo
     checkpointer = AtomicCheckpointer(tmp_path, network, export_encoder=False)
     checkpointer.epoch_completed(trainer)
     read = []
-    real = checkpoint_module.load_safetensors
-    monkeypatch.setattr(checkpoint_module, "load_safetensors", lambda *a, **k: read.append(a[0]) or real(*a, **k))
+    real = weights_module.load_safetensors
+    monkeypatch.setattr(weights_module, "load_safetensors", lambda *a, **k: read.append(a[0]) or real(*a, **k))
     with caplog.at_level(logging.WARNING):
         weights = load_network_weights(tmp_path / "best.pt")
     assert read == [tmp_path / "best.safetensors"] and "same save" not in caplog.text

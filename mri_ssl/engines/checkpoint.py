@@ -3,7 +3,8 @@
 MONAI's CheckpointSaver deletes the old checkpoint before writing the new one, so a failed save leaves nothing
 loadable. Here every file is written to a temporary name, fsynced and renamed over the old one, so the previous
 checkpoint is replaced only by a complete new one. Checkpoints hold plain state dicts and numbers only, so they load
-with ``torch.load(weights_only=True)``, which cannot run code hidden in a pickle.
+with ``torch.load(weights_only=True)``, which cannot run code hidden in a pickle (the loaders are in
+``mri_ssl.io.weights``, a layer below the networks, which load their own pretrained weights).
 
 Released weights (the network of ``best`` / ``final`` and exported encoders) are also written as safetensors, a format
 that holds tensors and string metadata only, and loaders prefer the ``.safetensors`` file beside a ``.pt`` when it is
@@ -29,16 +30,14 @@ from mri_ssl.distributed import is_main_process
 from mri_ssl.engines.guards import NonFiniteWeightsError, non_finite_tensors
 from mri_ssl.errors import InputError
 from mri_ssl.io.atomic import atomic_output
+from mri_ssl.io.weights import BEST, FINAL, LATEST, PAIR_ID, load_checkpoint, safetensors_path
 from mri_ssl.parameters import as_flag
 
 logger = logging.getLogger(__name__)
 
-LATEST, BEST, FINAL = "latest.pt", "best.pt", "final.pt"
 # Where ``resume`` looks, in order: the end of a finished run (to train further), the last epoch, the best epoch.
 RESUME_CHAIN = (FINAL, LATEST, BEST)
 ENCODER_BEST, ENCODER_FINAL = "encoder_best.pt", "encoder_final.pt"
-# The key, in a ``.pt`` payload and in its safetensors twin's metadata, of the id shared by the two files of one save.
-PAIR_ID = "pair_id"
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -50,29 +49,6 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
     with atomic_output(path) as temporary, open(temporary, "wb") as stream:
         torch.save(payload, stream)
     return Path(path)
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; raise ``InputError`` naming the file if it cannot be read."""
-    path = Path(path)
-    if not path.is_file():
-        hint = ""
-        if path.name == BEST and (path.parent / FINAL).is_file():
-            hint = (f"; the run wrote {FINAL} but no {BEST}, so its validation metric was never computed (e.g. "
-                    f"val_interval larger than the number of epochs): validate at least once, or use "
-                    f"{path.parent / FINAL}")
-        raise InputError(path, "checkpoint not found" + hint)
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:
-        raise InputError(path, f"cannot load checkpoint safely ({type(error).__name__}: {error}); it may be "
-                               f"truncated, or hold objects other than tensors and plain data") from error
-
-
-def safetensors_path(path: str | os.PathLike) -> Path:
-    """``models/best.pt`` -> ``models/best.safetensors`` (the released-weights twin of a checkpoint)."""
-    path = Path(path)
-    return path if path.suffix == ".safetensors" else path.with_suffix(".safetensors")
 
 
 def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLike,
@@ -91,85 +67,9 @@ def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLik
     return Path(path)
 
 
-def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict, dict[str, str]]:
-    """(state dict, metadata) of a safetensors file; ``InputError`` naming the file if it cannot be read."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "weights file not found")
-    try:
-        with safe_open(str(path), framework="pt", device=str(device)) as handle:
-            return {k: handle.get_tensor(k) for k in handle.keys()}, dict(handle.metadata() or {})
-    except Exception as error:
-        raise InputError(path, f"cannot read safetensors ({type(error).__name__}: {error})") from error
-
-
 def new_pair_id() -> str:
     """A fresh id for the two files (``.pt`` and ``.safetensors``) of one save."""
     return uuid.uuid4().hex
-
-
-def _safetensors_metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            return dict(handle.metadata() or {})
-    except Exception as error:
-        raise InputError(path, f"cannot read safetensors ({type(error).__name__}: {error})") from error
-
-
-def _describe_save(stamp: dict) -> str:
-    return f"epoch {stamp['epoch']}" if stamp.get("epoch") is not None else f"save {stamp.get(PAIR_ID) or 'unknown'}"
-
-
-def consistent_twin(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Path | None:
-    """The safetensors twin of ``path`` if it is there and comes from the same save as ``path``, else None.
-
-    A twin alone (released weights without their ``.pt``) is used as it is. When both files are there, their
-    ``pair_id`` stamps must agree; when they differ (a save was interrupted between the two writes) a warning names
-    both files and their epochs and None is returned, so the caller reads the ``.pt``: it is written first, so it is
-    never older than its twin. Files written before the stamps existed (no id in either) are taken as a pair; a
-    ``.pt`` that cannot be read leaves the twin as the one readable file (with a warning).
-    """
-    checkpoint = Path(path)
-    twin = safetensors_path(checkpoint)
-    if not twin.is_file():
-        return None
-    if twin == checkpoint or not checkpoint.is_file():
-        return twin
-    twin_stamp = _safetensors_metadata(twin)
-    try:
-        payload = load_checkpoint(checkpoint, map_location=map_location)
-    except InputError as error:  # the twin is then the only readable file of the pair
-        logger.warning("cannot check that %s is from the same save as %s (%s); loading %s", twin, checkpoint,
-                       error.problem, twin.name)
-        return twin
-    stamp = payload if isinstance(payload, dict) else {}
-    if twin_stamp.get(PAIR_ID) == stamp.get(PAIR_ID):
-        return twin
-    logger.warning("%s (%s) and %s (%s) are not from the same save: a save was interrupted between the two files; "
-                   "loading %s, which is written first and so holds the newer weights", checkpoint,
-                   _describe_save(stamp), twin, _describe_save(twin_stamp), checkpoint.name)
-    return None
-
-
-def load_network_weights(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """The network state dict of a checkpoint: from ``X.safetensors`` when present beside ``X.pt`` and from the same
-    save (``consistent_twin``), else from ``X.pt``'s ``network`` entry, ``X.pt`` itself when it is a plain state dict,
-    or the ``state_dict`` of an exported encoder file (all read with ``weights_only=True``)."""
-    twin = consistent_twin(path, map_location)
-    if twin is not None:
-        return load_safetensors(twin, map_location)[0]
-    payload = load_checkpoint(path, map_location=map_location)
-    if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
-        return payload  # a plain state dict, as a bundle's shipped models/model.pt
-    if isinstance(payload, dict) and set(payload) == {"config", "state_dict"}:
-        return payload["state_dict"]  # an exported encoder file (export_encoder)
-    if not isinstance(payload, dict) or "network" not in payload:
-        raise InputError(path, "neither a training checkpoint (no 'network' entry) nor a plain state dict")
-    return payload["network"]
 
 
 def export_encoder(encoder: torch.nn.Module, path: str | os.PathLike) -> Path:

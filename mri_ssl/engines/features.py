@@ -1,11 +1,11 @@
-"""Load an exported encoder safely and write the features it gives for a set of volumes."""
+"""Write the features an exported encoder gives for a set of volumes, and copy its weights into a network.
+
+(``load_encoder`` itself lives beside ``CNNEncoder3D`` in ``mri_ssl.networks.encoder``.)"""
 
 from __future__ import annotations
 
 import csv
-import inspect
 import io
-import json
 import os
 from pathlib import Path
 from typing import Iterable
@@ -13,55 +13,9 @@ from typing import Iterable
 import torch
 from tqdm.auto import tqdm
 
-from mri_ssl.engines.checkpoint import consistent_twin, load_checkpoint, load_safetensors
 from mri_ssl.errors import InputError
 from mri_ssl.io.atomic import atomic_write_text
-from mri_ssl.networks.encoder import CNNEncoder3D
-
-# What an exported config may hold: the encoder's constructor arguments, and nothing else.
-ENCODER_CONFIG_KEYS = frozenset(inspect.signature(CNNEncoder3D).parameters)
-
-
-def load_encoder(path: str | os.PathLike, device: str | torch.device = "cpu") -> CNNEncoder3D:
-    """Rebuild a ``CNNEncoder3D`` from an exported ``{"config", "state_dict"}`` file, in eval mode on ``device``.
-
-    Only the known constructor arguments are accepted from the file (never code). The ``.safetensors`` twin written
-    by ``export_encoder`` is read when present; otherwise the file is read with ``weights_only=True``.
-    """
-    return load_exported_module(path, CNNEncoder3D, ENCODER_CONFIG_KEYS, device,
-                                "encoder config has unknown keys").eval()
-
-
-def load_exported_module(path: str | os.PathLike, module_class: type[torch.nn.Module], config_keys,
-                         device: str | torch.device = "cpu",
-                         unknown_keys_message: str = "config has unknown keys") -> torch.nn.Module:
-    """Rebuild ``module_class(**config)`` from an exported ``{"config", "state_dict"}`` file on ``device``.
-
-    The config may hold only ``config_keys`` (constructor arguments, never code); the ``.safetensors`` twin is read
-    when present and from the same save as the file (``consistent_twin``), otherwise the file with
-    ``weights_only=True``. Shared by the CNN and ViT encoder loaders.
-    """
-    twin = consistent_twin(path, device)
-    if twin is not None:  # released weights: tensors + JSON config, no pickle at all
-        state_dict, metadata = load_safetensors(twin, device)
-        try:
-            payload = {"config": json.loads(metadata["config"]), "state_dict": state_dict}
-        except (KeyError, ValueError) as error:
-            raise InputError(twin, "no JSON 'config' in the safetensors metadata") from error
-    else:
-        payload = load_checkpoint(path, map_location=device)
-    if not isinstance(payload, dict) or not {"config", "state_dict"} <= set(payload):
-        raise InputError(path, "not an exported encoder: expected a dict with 'config' and 'state_dict'")
-    config = dict(payload["config"])
-    unknown = set(config) - set(config_keys)
-    if unknown:
-        raise InputError(path, f"{unknown_keys_message} {sorted(unknown)}")
-    module = module_class(**config)
-    try:
-        module.load_state_dict(payload["state_dict"])
-    except RuntimeError as error:
-        raise InputError(path, f"weights do not fit the encoder config {config}: {error}") from error
-    return module.to(device)
+from mri_ssl.networks.encoder import load_encoder
 
 
 @torch.no_grad()

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader
 
 from mri_ssl.data.cardiac.cmr_studies import DISEASE_LABELS
 from mri_ssl.distributed import is_main_process, rank, world_size
-from mri_ssl.engines.checkpoint import load_checkpoint, load_network_weights
+from mri_ssl.io.weights import load_checkpoint, load_network_weights
 from mri_ssl.engines.clipping import backward_and_step
 from mri_ssl.engines.guards import check_loss
 from mri_ssl.errors import InputError

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import os
 from typing import List, Sequence, Tuple, Union
 
 import torch
@@ -10,6 +12,7 @@ from monai.networks.layers import Pool
 from torch import nn
 
 from mri_ssl.errors import InputError
+from mri_ssl.io.weights import load_exported_module
 
 PAPER_FEATURES = (64, 128, 256, 512, 768)
 
@@ -110,3 +113,17 @@ class CNNEncoder3D(nn.Module):
         if return_stages:
             return pooled, stages
         return pooled
+
+
+# What an exported config may hold: the encoder's constructor arguments, and nothing else.
+ENCODER_CONFIG_KEYS = frozenset(inspect.signature(CNNEncoder3D).parameters)
+
+
+def load_encoder(path: str | os.PathLike, device: str | torch.device = "cpu") -> CNNEncoder3D:
+    """Rebuild a ``CNNEncoder3D`` from an exported ``{"config", "state_dict"}`` file, in eval mode on ``device``.
+
+    Only the known constructor arguments are accepted from the file (never code). The ``.safetensors`` twin written
+    by ``export_encoder`` is read when present; otherwise the file is read with ``weights_only=True``.
+    """
+    return load_exported_module(path, CNNEncoder3D, ENCODER_CONFIG_KEYS, device,
+                                "encoder config has unknown keys").eval()

@@ -16,7 +16,7 @@ from monai.networks.blocks import Convolution, UpSample
 from torch import nn
 
 from mri_ssl.errors import InputError
-from mri_ssl.networks.encoder import PAPER_FEATURES, CNNEncoder3D, EncoderStage
+from mri_ssl.networks.encoder import PAPER_FEATURES, CNNEncoder3D, EncoderStage, load_encoder
 
 PAPER_DECODER_FEATURES = (768, 512, 256, 128, 64, 32)
 
@@ -47,8 +47,6 @@ def build_encoder(encoder: nn.Module | str | os.PathLike | None, encoder_config:
     encoder). ``pretrained=False`` keeps only the shape: a fresh, randomly initialised encoder of the same config.
     """
     if isinstance(encoder, (str, os.PathLike)) and str(encoder) != "":
-        from mri_ssl.engines.features import load_encoder  # engines import networks; import here, not at the top
-
         encoder = load_encoder(encoder)
     elif encoder is None or (isinstance(encoder, str) and encoder == ""):
         config = {"spatial_dims": 3, "in_channels": 1, "features": PAPER_FEATURES, **dict(encoder_config or {})}

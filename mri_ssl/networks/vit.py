@@ -26,6 +26,7 @@ from monai.networks.nets import ViT
 from torch import nn
 
 from mri_ssl.errors import InputError
+from mri_ssl.io.weights import load_checkpoint, load_exported_module
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +144,6 @@ def adapt_position_embeddings(embeddings: torch.Tensor, grid: int) -> torch.Tens
 
 def load_pretrained_weights(encoder: ViTEncoder2D, path: str | os.PathLike) -> ViTEncoder2D:
     """Load a local ViT weights file into ``encoder`` (timm layout or this module's), with ``weights_only=True``."""
-    from mri_ssl.engines.checkpoint import load_checkpoint  # engines import networks; import here, not at the top
-
     payload = load_checkpoint(path)
     state = payload.get("state_dict", payload.get("model", payload)) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not state:
@@ -179,7 +178,5 @@ def load_pretrained_weights(encoder: ViTEncoder2D, path: str | os.PathLike) -> V
 def load_vit_encoder(path: str | os.PathLike, device: str | torch.device = "cpu") -> ViTEncoder2D:
     """Rebuild a ``ViTEncoder2D`` from an exported ``{"config", "state_dict"}`` file (``export_encoder``); its
     ``.safetensors`` twin is read when present (``load_exported_module``)."""
-    from mri_ssl.engines.features import load_exported_module  # engines import networks; import here, not at the top
-
     return load_exported_module(path, ViTEncoder2D, VIT_CONFIG_KEYS, device,
                                 "not a ViT encoder file: config has unknown keys")
