@@ -1,5 +1,5 @@
-"""The package's import structure: no import circles, no private names imported across modules, and the generic
-I/O layer (``mri_ssl.io``) depending on nothing above it."""
+"""The package's import structure: no import circles, no private names imported across modules, and layers that
+import only downwards (the generic I/O layer ``mri_ssl.io`` depending on nothing above it)."""
 
 import ast
 from pathlib import Path
@@ -56,6 +56,57 @@ def test_io_depends_only_on_itself_and_errors():
     outside = [(name, module) for name, found in module_imports().items() if name.startswith("mri_ssl.io")
                for module, _ in found if not module.startswith(("mri_ssl.io", "mri_ssl.errors"))]
     assert outside == []
+
+
+# Lowest first; a module may import its own layer and the layers below it, never one above, at any depth (a
+# function-level import is still a dependency). Losses sit below networks: no loss needs a network, while the CLIP
+# model owns its learnable temperature as a ``CLIPLoss`` (networks.video_text).
+LAYERS = (
+    ("mri_ssl", "mri_ssl.errors", "mri_ssl.parameters", "mri_ssl.distributed", "mri_ssl.grades", "mri_ssl.io"),
+    ("mri_ssl.physics", "mri_ssl.text"),
+    ("mri_ssl.transforms",),
+    ("mri_ssl.data",),
+    ("mri_ssl.losses",),
+    ("mri_ssl.networks", "mri_ssl.metrics"),
+    ("mri_ssl.engines",),
+    ("mri_ssl.trust",),
+    ("mri_ssl.experiments",),
+    ("mri_ssl.demo", "mri_ssl.cli", "mri_ssl.__main__"),
+)
+
+
+def layer_of(module: str) -> int:
+    """Index in ``LAYERS`` of the longest prefix naming ``module`` or a package holding it."""
+    matches = [(len(prefix), rank) for rank, prefixes in enumerate(LAYERS) for prefix in prefixes
+               if module == prefix or module.startswith(prefix + ".")]
+    assert matches, f"{module} is in no layer: add it to LAYERS"
+    return max(matches)[1]
+
+
+def test_layers_import_only_downwards():
+    imports = module_imports()
+    upward = []
+    for name, found in imports.items():
+        for module, names in found:
+            targets = [f"{module}.{n}" for n in names if f"{module}.{n}" in imports] or [module]
+            upward += [f"{name} imports {target}" for target in targets if layer_of(target) > layer_of(name)]
+    assert upward == []
+
+
+def test_layer_check_sees_an_upward_import_inside_a_function(tmp_path, monkeypatch):
+    # The check must fail on what it is there to catch: a network importing an engine lazily.
+    package = tmp_path / "mri_ssl"
+    (package / "networks").mkdir(parents=True)
+    (package / "engines").mkdir()
+    (package / "engines" / "trainer.py").write_text("")
+    (package / "networks" / "model.py").write_text("def build():\n    from mri_ssl.engines.trainer import x\n")
+    monkeypatch.setitem(globals(), "PACKAGE", package)  # module_imports() reads the tree under PACKAGE
+    try:
+        test_layers_import_only_downwards()
+    except AssertionError as error:
+        assert "mri_ssl.networks.model imports mri_ssl.engines.trainer" in str(error)
+    else:
+        raise AssertionError("an upward import inside a function went unnoticed")
 
 
 def test_every_mri_ssl_name_a_bundle_config_names_exists():
