@@ -9,6 +9,7 @@ on bad input and exits with status 2, and writes its outputs atomically (no part
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -20,7 +21,13 @@ from typing import Sequence
 import torch
 
 from mri_ssl import __version__
+from mri_ssl.data.integrity import write_check_report
 from mri_ssl.errors import InputError, WriteError
+from mri_ssl.experiments import expand_runs, load_grid, run_grid, write_tables
+from mri_ssl.experiments.figures import plot_learning_curves
+from mri_ssl.experiments.runner import failure_report
+from mri_ssl.io.atomic import save_json
+from mri_ssl.trust.commands import add_trust_commands
 
 EXIT_BAD_INPUT = 2
 
@@ -32,7 +39,7 @@ logger = logging.getLogger("mri_ssl")
 
 
 def _command_demo(args: argparse.Namespace) -> int:
-    from mri_ssl.demo import format_summary, run_demo
+    from mri_ssl.demo import format_summary, run_demo  # lazy: ~1.4 s to import (simulator, NIfTI I/O)
 
     summary = run_demo(args.out, resolution_mm=args.resolution_mm, random_protocols=args.random_protocols,
                        seed=args.seed, fused=args.fused, progress=not args.quiet, seeds=args.seeds,
@@ -49,7 +56,7 @@ def _command_demo(args: argparse.Namespace) -> int:
 
 
 def _command_demo_data(args: argparse.Namespace) -> int:
-    from mri_ssl.data.brain.demo import write_demo_data
+    from mri_ssl.data.brain.demo import write_demo_data  # lazy: ~1.2 s to import (simulator, NIfTI I/O)
 
     path = write_demo_data(args.out, subjects=args.subjects, validation_subjects=args.validation_subjects,
                            resolution_mm=args.resolution_mm, seed=args.seed, deformation_mm=args.deformation_mm,
@@ -75,7 +82,7 @@ PROTOCOL_FLAGS = {
 
 def _parse_map_files(values: Sequence[str]) -> dict[str, Path]:
     """``--maps DIR`` or ``--maps pd=a.nii.gz r1=b.nii.gz ...`` -> map name to path."""
-    from mri_ssl.data.brain.maps import find_map_files
+    from mri_ssl.data.brain.maps import find_map_files  # lazy: ~1.3 s to import (simulator, NIfTI I/O)
 
     if len(values) == 1 and "=" not in values[0]:
         return find_map_files(values[0])
@@ -89,6 +96,7 @@ def _parse_map_files(values: Sequence[str]) -> dict[str, Path]:
 
 
 def _protocol_from_args(args: argparse.Namespace) -> dict[str, float]:
+    # lazy: the physics package takes ~1 s to import, paid only by `simulate`
     from mri_ssl.physics.protocols import PROTOCOL_PARAMETERS, TYPICAL_PROTOCOLS, check_sequence, sample_protocol
 
     sequence = check_sequence(args.sequence)
@@ -111,9 +119,9 @@ def _protocol_from_args(args: argparse.Namespace) -> dict[str, float]:
 
 
 def _command_simulate(args: argparse.Namespace) -> int:
+    # lazy: the simulator and NIfTI I/O take ~1.3 s to import, paid only by `simulate`
     from mri_ssl.data.brain.maps import load_maps
     from mri_ssl.io.nifti import save_nifti
-    from mri_ssl.io.atomic import save_json
     from mri_ssl.physics.protocols import check_protocol, check_sequence
     from mri_ssl.physics.sequences import rician_noise
     from mri_ssl.physics.simulate import simulate
@@ -156,7 +164,7 @@ def _command_simulate(args: argparse.Namespace) -> int:
 
 
 def _command_manifest(args: argparse.Namespace) -> int:
-    from mri_ssl.data.manifests import manifest_summary, write_manifest
+    from mri_ssl.data.manifests import manifest_summary, write_manifest  # lazy: ~6 s to import (every scanner)
 
     options = {}
     if args.kind == "ixi" and args.label_dir:
@@ -166,7 +174,7 @@ def _command_manifest(args: argparse.Namespace) -> int:
                        validation_subjects=args.validation_subjects, resolution_mm=args.resolution_mm,
                        progress=not args.quiet)
     if args.kind == "cmr":
-        from mri_ssl.data.cardiac.cmr_dicom import write_cmr_dicom_manifest
+        from mri_ssl.data.cardiac.cmr_dicom import write_cmr_dicom_manifest  # lazy: ~1.4 s to import
 
         folder = args.out or str(Path("data_manifests") / "cmr")
         path = write_cmr_dicom_manifest(args.directory, folder, seed=args.seed)
@@ -195,15 +203,9 @@ def _command_manifest(args: argparse.Namespace) -> int:
 
 
 def _command_experiment(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from mri_ssl.experiments import expand_runs, load_grid, run_grid, write_tables
-    from mri_ssl.experiments.figures import plot_learning_curves
-    from mri_ssl.experiments.runner import failure_report
-
     grid = load_grid(args.grid, bundles_dir=args.bundles_dir)
     if args.seeds:
-        grid = replace(grid, seeds=tuple(dict.fromkeys(args.seeds)))
+        grid = dataclasses.replace(grid, seeds=tuple(dict.fromkeys(args.seeds)))
     out = Path(args.out or Path("experiments_out") / grid.name)
     if args.dry_run:
         for run in expand_runs(grid, infer=not args.no_inference):
@@ -226,8 +228,6 @@ def _command_experiment(args: argparse.Namespace) -> int:
 
 
 def _command_check_data(args: argparse.Namespace) -> int:
-    from mri_ssl.data.integrity import write_check_report
-
     return write_check_report(args.manifest, args.report, splits=args.splits, keys=args.keys,
                               label_key=args.label_key or None, spatial_dims=args.spatial_dims or None,
                               max_bytes=int(args.max_gb * 1024 ** 3), progress=not args.quiet)
@@ -395,8 +395,6 @@ def build_parser() -> argparse.ArgumentParser:
     check_data.add_argument("--max-gb", type=float, default=8.0, help="memory cap per file in GiB")
     check_data.add_argument("--quiet", action="store_true", help="no progress bar")
     check_data.set_defaults(handler=_command_check_data)
-
-    from mri_ssl.trust.commands import add_trust_commands
 
     add_trust_commands(commands)
     return parser

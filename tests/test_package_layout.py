@@ -109,6 +109,43 @@ def test_layer_check_sees_an_upward_import_inside_a_function(tmp_path, monkeypat
         raise AssertionError("an upward import inside a function went unnoticed")
 
 
+def uncommented_function_imports(source: str) -> list[int]:
+    """Lines of ``mri_ssl`` imports inside a function with no comment saying why they are not at the top: on the
+    import's own line, or on the line above the block of import lines it belongs to."""
+    lines = source.splitlines()
+    found = []
+    for function in ast.walk(ast.parse(source)):
+        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(function):
+            module = node.module if isinstance(node, ast.ImportFrom) else None
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [module or ""]
+            if not isinstance(node, (ast.Import, ast.ImportFrom)) or not any(
+                    n.startswith("mri_ssl") for n in names):
+                continue
+            above = node.lineno - 2
+            while above >= 0 and lines[above].strip().startswith(("from ", "import ")):
+                above -= 1
+            if "#" not in lines[node.lineno - 1] and not (above >= 0 and lines[above].strip().startswith("#")):
+                found.append(node.lineno)
+    return sorted(set(found))
+
+
+def test_function_level_imports_say_why():
+    # Import at the top; a lazy import (an optional dependency, a heavy module one CLI command needs) says so.
+    missing = [f"{path.relative_to(PACKAGE.parent)}:{line}" for path in sorted(PACKAGE.rglob("*.py"))
+               for line in uncommented_function_imports(path.read_text())]
+    assert missing == []
+
+
+def test_uncommented_function_import_check_sees_both_comment_places():
+    source = ("def a():\n    from mri_ssl.x import y\n"
+              "def b():\n    from mri_ssl.x import y  # heavy\n"
+              "def c():\n    # heavy\n    from mri_ssl.x import y\n    from mri_ssl.z import w\n"
+              "def d():\n    import json\n")
+    assert uncommented_function_imports(source) == [2]
+
+
 def test_every_mri_ssl_name_a_bundle_config_names_exists():
     """``"$from mri_ssl.x import y"`` imports and ``"_target_": "mri_ssl.x.Y"`` in bundle configs (checked by the static
     scan only for being under mri_ssl) must name something that exists after a module moves."""

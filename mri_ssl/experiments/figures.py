@@ -17,7 +17,7 @@ import numpy as np
 
 from mri_ssl.experiments.grid import Grid
 from mri_ssl.experiments.runner import STATUS_OK, RunResult
-from mri_ssl.experiments.tables import MODE_TITLES, row_title
+from mri_ssl.experiments.tables import MODE_TITLES, probe_histories, row_title
 from mri_ssl.io.atomic import atomic_output
 
 MODE_COLOURS = {"random": "#9e9e9e", "base": "#1f77b4", "seqaug": "#ff7f0e", "seqinv": "#2ca02c",
@@ -183,8 +183,6 @@ def plot_learning_curves(results: Sequence[RunResult], grid: Grid, path: str | o
     seeds, each seed faint), the random-init encoder's value dashed in grey and chance dotted. Reads the probe
     histories the pretraining runs wrote (``logs/probe.json``, kept in their ``result.json``); None if there are none.
     """
-    from mri_ssl.experiments.tables import probe_histories
-
     histories = probe_histories(results)
     if not histories:
         return None

@@ -20,6 +20,8 @@ process is never deleted, and one runner at a time writes an output folder (``mr
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
@@ -35,9 +37,10 @@ from typing import Callable
 
 from mri_ssl.errors import InputError
 from mri_ssl.experiments.grid import Grid, Run, expand_placeholders, expand_runs
-from mri_ssl.io.atomic import save_json
 from mri_ssl.experiments.processes import (BUNDLE_PROCESSES, clear_run_folder, output_lock, stop_on_signals,
                                            write_owner)
+from mri_ssl.io.atomic import atomic_write_text, save_json
+from mri_ssl.trust.scan import scan_bundle, scan_overrides
 
 STATUS_OK, STATUS_FAILED, STATUS_SKIPPED = "ok", "failed", "skipped"
 RESULT_FILE = "result.json"
@@ -242,8 +245,6 @@ def cached_result(run: Run, folder: Path) -> RunResult | None:
 
 def untrusted_findings(grid: Grid) -> list[str]:
     """What the bundle static scan (``mri_ssl.trust``) refuses in the grid's bundles and in its overrides."""
-    from mri_ssl.trust.scan import scan_bundle, scan_overrides
-
     specs = ([grid.pretraining] if grid.pretraining else []) + list(grid.downstream)
     findings = [str(f) for bundle in dict.fromkeys(spec.bundle_dir for spec in specs) for f in scan_bundle(bundle)]
     for spec in specs:
@@ -384,11 +385,6 @@ def failure_report(results: list[RunResult], runs_csv: str | os.PathLike | None 
 
 
 def write_runs_csv(results: list[RunResult], path: Path) -> Path:
-    import csv
-    import io
-
-    from mri_ssl.io.atomic import atomic_write_text
-
     stream = io.StringIO()
     rows = [result.row() for result in results]
     writer = csv.DictWriter(stream, fieldnames=list(rows[0]) if rows else ["label"], lineterminator="\n")

@@ -17,6 +17,7 @@ from torch import nn
 
 from mri_ssl.errors import InputError
 from mri_ssl.networks.encoder import PAPER_FEATURES, CNNEncoder3D
+from mri_ssl.networks.frozen_unet import build_encoder
 from mri_ssl.networks.heads import ProjectionHead
 
 FUNDUS_ENCODER_CONFIG = {"spatial_dims": 2, "in_channels": 3}
@@ -32,7 +33,6 @@ def class_activation_maps(feature_maps: torch.Tensor, class_weights: torch.Tenso
 
 def _encoder(encoder: nn.Module | str | os.PathLike | None, encoder_config: Mapping | None,
              pretrained: bool) -> CNNEncoder3D:
-    from mri_ssl.networks.frozen_unet import build_encoder
 
     config = {**FUNDUS_ENCODER_CONFIG, **dict(encoder_config or {})}
     return build_encoder(encoder, config, pretrained)

@@ -12,13 +12,17 @@ import os
 from pathlib import Path
 
 from mri_ssl.errors import InputError
+from mri_ssl.io.atomic import atomic_write_text
+from mri_ssl.trust.packing import pack_bundle, unpack_bundle
+from mri_ssl.trust.scan import scan_bundle, scan_overrides
+from mri_ssl.trust.shipped_weights import RECIPES, train_shipped_weights
+from mri_ssl.trust.verify import ALL_CHECKS, verify_bundle
+from mri_ssl.trust.weights import fetch_weights
 
 STATIC_CHECKS = ("layout", "metadata", "static-scan", "large-files")
 
 
 def _verify(directory: str, args: argparse.Namespace, static_only: bool):
-    from mri_ssl.trust.verify import ALL_CHECKS, verify_bundle
-
     checks = STATIC_CHECKS if static_only else ALL_CHECKS
     print(f"== {directory}")
     return verify_bundle(directory, trust_bundle=args.trust_bundle, checks=checks,
@@ -28,8 +32,6 @@ def _verify(directory: str, args: argparse.Namespace, static_only: bool):
 def _command_verify_bundle(args: argparse.Namespace) -> int:
     reports = [_verify(directory, args, args.static_only) for directory in args.directories]
     if args.report:
-        from mri_ssl.io.atomic import atomic_write_text
-
         atomic_write_text(args.report, json.dumps({str(r.bundle.name): [vars(c) for c in r.checks] for r in reports},
                                                   indent=2) + "\n")
     failed = [r.bundle.name for r in reports if not r.ok]
@@ -39,16 +41,12 @@ def _command_verify_bundle(args: argparse.Namespace) -> int:
 
 
 def _command_fetch_weights(args: argparse.Namespace) -> int:
-    from mri_ssl.trust.weights import fetch_weights
-
     files = fetch_weights(args.directory, timeout_s=args.timeout_s, progress=not args.quiet)
     print(f"fetch-weights: {len(files)} files in place, every one sha256-checked")
     return 0
 
 
 def _command_pack_bundle(args: argparse.Namespace) -> int:
-    from mri_ssl.trust.packing import pack_bundle
-
     report = _verify(args.directory, args, args.static_only)
     if not report.ok:
         print("pack-bundle: not packed, verify-bundle failed")
@@ -59,8 +57,6 @@ def _command_pack_bundle(args: argparse.Namespace) -> int:
 
 
 def _command_unpack_bundle(args: argparse.Namespace) -> int:
-    from mri_ssl.trust.packing import unpack_bundle
-
     target = unpack_bundle(args.archive, args.out)
     print(f"unpack-bundle: every file matched the manifest; unpacked to {target}")
     report = _verify(str(target), argparse.Namespace(trust_bundle=False), static_only=True)
@@ -84,8 +80,6 @@ def _parse_overrides(pairs: list[str]) -> dict:
 
 
 def _command_run_bundle(args: argparse.Namespace) -> int:
-    from mri_ssl.trust.scan import scan_bundle, scan_overrides
-
     root = Path(args.directory).resolve()
     if not root.is_dir():
         raise InputError(args.directory, "bundle folder not found")
@@ -107,8 +101,6 @@ def _command_run_bundle(args: argparse.Namespace) -> int:
 
 
 def _command_train_shipped_weights(args: argparse.Namespace) -> int:
-    from mri_ssl.trust.shipped_weights import RECIPES, train_shipped_weights
-
     for name in (sorted(RECIPES) if args.bundles == ["all"] else args.bundles):
         train_shipped_weights(name, workdir=args.workdir, url_base=args.url_base)
     return 0

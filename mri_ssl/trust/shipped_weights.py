@@ -27,9 +27,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from mri_ssl.io.atomic import atomic_output, atomic_write_text
 from mri_ssl.errors import InputError
+from mri_ssl.io.atomic import atomic_output, atomic_write_text
 from mri_ssl.io.hashing import sha256_file
+from mri_ssl.io.weights import load_network_weights
 
 WEIGHTS = "models/model.pt"
 # Where the repository's files are published; the weights are committed, so the model zoo's download step finds
@@ -111,7 +112,7 @@ def inference_network(bundle: Path) -> torch.nn.Module:
 
 def export_shipped_encoder(bundles: Path, path: Path) -> Path:
     """mri_ssl_pretrain's shipped ``models/model.pt`` as an exported encoder file (what downstream configs load)."""
-    from mri_ssl.engines.checkpoint import export_encoder
+    from mri_ssl.engines.checkpoint import export_encoder  # lazy: mri_ssl.engines takes ~5 s to import
 
     pretrain = bundles / "mri_ssl_pretrain"
     if not (pretrain / WEIGHTS).is_file():
@@ -138,8 +139,6 @@ def run_step(step: Step, bundles: Path, workdirs: dict[str, Path], root: Path) -
 
 
 def network_state(checkpoint: Path, key_prefix: str) -> dict[str, torch.Tensor]:
-    from mri_ssl.engines import load_network_weights
-
     state = load_network_weights(checkpoint)
     if key_prefix:
         state = {k[len(key_prefix):]: v for k, v in state.items() if k.startswith(key_prefix)}
@@ -180,7 +179,7 @@ def train_shipped_weights(name: str, bundles: str | os.PathLike | None = None,
         state = network_state(checkpoint, recipe.key_prefix)
         target.parent.mkdir(parents=True, exist_ok=True)
         if recipe.tokenizer:  # written first: inference.json builds its network from this vocabulary
-            from mri_ssl.engines.video_text import load_tokenizer
+            from mri_ssl.engines.video_text import load_tokenizer  # lazy: mri_ssl.engines takes ~5 s to import
 
             load_tokenizer(checkpoint).save(bundles / name / TOKENIZER)
     inference_network(bundles / name).load_state_dict(state)  # strict: the weights fit inference.json as it is

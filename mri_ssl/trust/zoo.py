@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mri_ssl.errors import InputError
+from mri_ssl.trust.metadata_schema import METADATA_SCHEMA
+from mri_ssl.trust.packing import EXCLUDED_DIRS
 
 ZOO_CHECKS = ("files", "version", "metadata", "properties", "net-in-out", "torchscript")
 WEIGHTS = "models/model.pt"
@@ -76,8 +78,6 @@ def check_version(root: Path) -> str:
 
 def check_metadata(root: Path) -> str:
     from monai.bundle import verify_metadata
-
-    from mri_ssl.trust.metadata_schema import METADATA_SCHEMA
 
     metadata = _metadata(root)
     if "required_packages_version" in metadata and "optional_packages_version" in metadata:
@@ -139,8 +139,6 @@ def check_torchscript(root: Path) -> str:
 def fresh_copy(root: Path, workdir: Path) -> Path:
     """The bundle as a zoo reviewer gets it: its files without run outputs (demo data, logs, predictions, caches)."""
     import shutil
-
-    from mri_ssl.trust.packing import EXCLUDED_DIRS
 
     target = workdir / "zoo_copy" / root.name
     shutil.rmtree(target, ignore_errors=True)
