@@ -12,6 +12,7 @@ from dicom_writer import write_mr_file, write_series
 from mri_ssl.cli import main
 from mri_ssl.data.cardiac.dicom_series import central_images, load_image, read_series
 from mri_ssl.errors import InputError
+from mri_ssl.io.images import read_dicom
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +70,14 @@ def test_pixels_are_rescaled_and_area_resampled(tmp_path):
     assert image.shape == (84, 84)
     np.testing.assert_allclose(image[:42], 590.0)
     np.testing.assert_allclose(image[42:], 190.0)
-    with pytest.raises(InputError, match="MR_truncated.dcm"):
+    with pytest.raises(InputError, match="MR_truncated.dcm: cannot decode the pixel data"):
         load_image(get_testdata_file("MR_truncated.dcm"))
+
+
+def test_scanner_and_data_check_decode_the_same_pixels():
+    # One DICOM reader: at its own size (no resampling) the scanner's image is the checked pixel data.
+    path = get_testdata_file("MR_small.dcm")
+    np.testing.assert_allclose(load_image(path, size=64), read_dicom(path, spatial_dims=2).data)
 
 
 def test_manifest_cli_writes_images_splits_and_lists_skipped_files(dicom_dir, tmp_path, capsys):

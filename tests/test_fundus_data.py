@@ -10,6 +10,7 @@ from mri_ssl.data.datalist import resolve_datalist
 from mri_ssl.data.photo.demo import FUNDUS_DEMO, write_fundus_demo
 from mri_ssl.data.photo.fundus import check_fundus_datalist, fundus_entries, read_mask, read_rgb
 from mri_ssl.errors import InputError
+from mri_ssl.io.images import read_raster_image
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +50,29 @@ def test_unreadable_and_missing_images_name_the_file(tmp_path):
     truncated = tmp_path / "truncated.png"
     Image.fromarray(np.full((32, 32, 3), 100, np.uint8)).save(tmp_path / "full.png")
     truncated.write_bytes((tmp_path / "full.png").read_bytes()[:60])
-    with pytest.raises(InputError, match="truncated.png: cannot read the image"):
+    with pytest.raises(InputError, match="truncated.png: cannot read the whole image"):
         read_rgb(truncated)
     (tmp_path / "text.png").write_text("not an image")
-    with pytest.raises(InputError, match="text.png: cannot read the image"):
+    with pytest.raises(InputError, match="text.png: not an image file Pillow can read"):
         read_rgb(tmp_path / "text.png")
-    with pytest.raises(InputError, match="nothing.png: image file not found"):
+    with pytest.raises(InputError, match="nothing.png: file not found"):
         read_rgb(tmp_path / "nothing.png")
+
+
+def test_photographs_are_read_by_the_data_check_reader(tmp_path):
+    # One Pillow reader: the loader's pixels are the checked ones, and a damaged file is refused by name with the data
+    # check's message.
+    rgb = np.random.default_rng(0).integers(0, 256, (24, 30, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "photo.png")
+    np.testing.assert_array_equal(read_rgb(tmp_path / "photo.png"),
+                                  read_raster_image(tmp_path / "photo.png").data.transpose(2, 0, 1))
+    flipped = bytearray((tmp_path / "photo.png").read_bytes())
+    flipped[len(flipped) // 2] ^= 0x01
+    (tmp_path / "flipped.png").write_bytes(bytes(flipped))
+    with pytest.raises(InputError, match="flipped.png: cannot read the whole image"):
+        read_rgb(tmp_path / "flipped.png")
+    with pytest.raises(InputError, match="flipped.png: cannot read the whole image"):
+        read_mask(tmp_path / "flipped.png")
 
 
 def test_datalist_naming_a_missing_image_fails_naming_it(demo, tmp_path):

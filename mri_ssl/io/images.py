@@ -307,12 +307,15 @@ def read_nifti(path: str | os.PathLike, spatial_dims: int | None = 3,
 # PNG / JPEG / TIFF (Pillow)
 
 
-def read_raster_image(path: str | os.PathLike, spatial_dims: int | None = 2,
-                      max_bytes: int | None = DEFAULT_MAX_BYTES) -> CheckedImage:
-    """Read a PNG (or JPEG / TIFF / BMP) completely with Pillow, checking it; returns ``(H, W)`` or ``(H, W, C)``.
+def decode_raster(path: str | os.PathLike, mode: str | None = None,
+                  max_bytes: int | None = DEFAULT_MAX_BYTES) -> np.ndarray:
+    """Decode a PNG (or JPEG / TIFF / BMP) completely with Pillow: ``(H, W)`` or ``(H, W, C)`` in the file's own
+    dtype, converted to the Pillow ``mode`` when one is given (``"RGB"``, ``"L"``).
 
-    Every PNG chunk CRC is verified (``Image.verify``) and the pixels are decoded in full; a truncated file is an
-    error, never padded (Pillow's ``LOAD_TRUNCATED_IMAGES`` stays off). The affine is the identity (pixel units).
+    The one Pillow reader: the data checks (``read_raster_image``) and the photograph loaders
+    (``mri_ssl.data.photo``) both call it. The size is checked against ``max_bytes`` before decoding, every PNG chunk
+    CRC is verified (``Image.verify``) and the pixels are decoded in full; a truncated file is an error, never
+    padded (Pillow's ``LOAD_TRUNCATED_IMAGES`` stays off). Failures are ``DataIntegrityError`` naming the file.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -329,7 +332,7 @@ def read_raster_image(path: str | os.PathLike, spatial_dims: int | None = 2,
             image.verify()  # every chunk CRC (PNG); must be done on a freshly opened image
         with Image.open(path) as image:
             image.load()
-            data = np.asarray(image)
+            return np.asarray(image.convert(mode) if mode else image)
     except DataIntegrityError:
         raise
     except Image.DecompressionBombError as error:
@@ -339,10 +342,17 @@ def read_raster_image(path: str | os.PathLike, spatial_dims: int | None = 2,
     except (OSError, SyntaxError, ValueError, zlib.error) as error:
         raise DataIntegrityError(path, "complete", f"cannot read the whole image ({type(error).__name__}: {error}); "
                                                    f"is the file truncated or damaged?") from error
+
+
+def read_raster_image(path: str | os.PathLike, spatial_dims: int | None = 2,
+                      max_bytes: int | None = DEFAULT_MAX_BYTES) -> CheckedImage:
+    """Read a PNG (or JPEG / TIFF / BMP) completely with Pillow (``decode_raster``), checking it; returns
+    ``(H, W)`` or ``(H, W, C)`` float32. The affine is the identity (pixel units)."""
+    data = decode_raster(path, max_bytes=max_bytes)
     _check_dimensions(path, 2, data.shape[:2], spatial_dims)
     data = data.astype(np.float32)
     _check_finite_voxels(path, data)
-    return CheckedImage(path, data, np.eye(4), 2)
+    return CheckedImage(Path(path), data, np.eye(4), 2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -370,10 +380,16 @@ def _dicom_affine(dataset, frames: int) -> tuple[np.ndarray, list[float] | None]
     return affine, spacing
 
 
-def read_dicom(path: str | os.PathLike, spatial_dims: int | None = None,
-               max_bytes: int | None = DEFAULT_MAX_BYTES) -> CheckedImage:
-    """Read one DICOM file completely with pydicom, checking it; ``(rows, columns)`` or ``(frames, rows, columns)``
-    (a trailing colour axis for RGB). Rescale slope / intercept are applied (modality LUT)."""
+def decode_dicom(path: str | os.PathLike, spatial_dims: int | None = None, max_bytes: int | None = DEFAULT_MAX_BYTES):
+    """``(data set, pixels)`` of one DICOM file read completely with pydicom: float32 ``(rows, columns)`` or
+    ``(frames, rows, columns)`` (a trailing colour axis for RGB), rescale slope / intercept applied (modality LUT).
+
+    The one DICOM pixel reader: the data checks (``read_dicom``) and the cardiac series loader
+    (``mri_ssl.data.cardiac.dicom_series``) both call it. The declared size is checked against ``max_bytes`` before
+    the pixels are decoded, as is the number of spatial dimensions (2, or 3 for a multi-frame file) when
+    ``spatial_dims`` is given, and the decoded shape against the header. Failures are ``DataIntegrityError`` naming the
+    file.
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -414,6 +430,16 @@ def read_dicom(path: str | os.PathLike, spatial_dims: int | None = None,
     if tuple(data.shape) != shape:
         raise DataIntegrityError(path, "complete", f"decoded pixel data has shape {data.shape}, the header declares "
                                                    f"{shape}", tuple(data.shape))
+    return dataset, data
+
+
+def read_dicom(path: str | os.PathLike, spatial_dims: int | None = None,
+               max_bytes: int | None = DEFAULT_MAX_BYTES) -> CheckedImage:
+    """Read one DICOM file completely (``decode_dicom``), checking it; ``(rows, columns)`` or
+    ``(frames, rows, columns)`` float32 (a trailing colour axis for RGB), with its affine from the geometry tags."""
+    path = Path(path)
+    dataset, data = decode_dicom(path, spatial_dims, max_bytes)
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
     try:
         affine, spacing = _dicom_affine(dataset, frames)
     except Exception as error:
@@ -423,7 +449,7 @@ def read_dicom(path: str | os.PathLike, spatial_dims: int | None = None,
         _check_spacing(path, spacing, "PixelSpacing (mm)")
     _check_affine(path, affine)
     _check_finite_voxels(path, data)
-    return CheckedImage(path, data, affine, spatial)
+    return CheckedImage(path, data, affine, 3 if frames > 1 else 2)
 
 
 # ----------------------------------------------------------------------------------------------------------------

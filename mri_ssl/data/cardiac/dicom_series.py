@@ -39,6 +39,7 @@ import torch
 
 from mri_ssl.data.splits import subject_level_split
 from mri_ssl.errors import InputError
+from mri_ssl.io.images import decode_dicom
 from mri_ssl.physics.cardiac import SEQUENCE_CLASSES
 
 logger = logging.getLogger(__name__)
@@ -214,19 +215,13 @@ def central_images(series: DicomSeries, fraction: float = CENTRAL_FRACTION) -> l
 
 def load_image(path: str | os.PathLike, size: int = IMAGE_SIZE) -> np.ndarray:
     """One DICOM image as float32 ``(size, size)``: rescaled to stored units, area-resampled; a multi-frame file gives
-    its middle frame. Raises ``InputError`` naming the file when its pixels cannot be decoded."""
-    import pydicom
-
-    try:
-        dataset = pydicom.dcmread(path)
-        pixels = np.asarray(dataset.pixel_array, dtype=np.float32)
-    except Exception as error:
-        raise InputError(path, f"cannot decode the pixel data ({type(error).__name__}: {error})") from None
-    if pixels.ndim == 3:
+    its middle frame. Decoded by ``mri_ssl.io.images.decode_dicom`` (the reader the data checks use), so a file
+    whose pixels cannot be decoded raises an ``InputError`` naming it."""
+    dataset, pixels = decode_dicom(path)
+    if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
         pixels = pixels[pixels.shape[0] // 2]
     if pixels.ndim != 2:
         raise InputError(path, f"expected a 2-D grey image, got pixel array of shape {pixels.shape}")
-    pixels = pixels * float(dataset.get("RescaleSlope", 1) or 1) + float(dataset.get("RescaleIntercept", 0) or 0)
     if not np.isfinite(pixels).all():
         raise InputError(path, "pixel data hold NaN or Inf")
     tensor = torch.as_tensor(pixels)[None, None]

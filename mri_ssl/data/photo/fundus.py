@@ -24,7 +24,7 @@ from monai.transforms import MapTransform, Transform
 from mri_ssl.data.integrity import check_no_split_leak
 from mri_ssl.errors import InputError
 from mri_ssl.grades import DME_GRADES, DR_GRADES
-from mri_ssl.io.images import read_image
+from mri_ssl.io.images import decode_raster, read_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 ABNORMAL_KEY = "abnormal"
@@ -39,43 +39,25 @@ def is_image_file(path: str | os.PathLike) -> bool:
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """``(3, H, W)`` float32 in 0..255; grey images are repeated to three channels.
 
-    Raises ``InputError`` naming the file when it is missing, not an image Pillow can read, or truncated.
+    Decoded in full by ``mri_ssl.io.images.decode_raster`` (the reader the data checks use), so a missing, unreadable
+    or truncated file raises a ``DataIntegrityError`` (an ``InputError``) naming the file, before training uses it.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "image file not found")
-    try:
-        with Image.open(path) as image:
-            image.load()  # decode everything now: a truncated file fails here, not halfway through training
-            rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise InputError(path, f"cannot read the image ({type(error).__name__}: {error}); is it a complete PNG, "
-                               f"JPEG, TIFF or BMP file?") from error
+    rgb = decode_raster(path, "RGB").astype(np.float32)
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 
 
 def read_mask(paths: str | os.PathLike | Sequence[str | os.PathLike], background_value: int = 0) -> np.ndarray:
     """``(1, H, W)`` uint8 in {0, 1}: pixels other than ``background_value`` in the mask file(s), joined by union.
 
-    ``background_value`` is 0 for most datasets and 255 for REFUGE's disc / cup masks (white background).
+    ``background_value`` is 0 for most datasets and 255 for REFUGE's disc / cup masks (white background). Each file is
+    decoded as grey levels by ``decode_raster``; a bad file raises an ``InputError`` naming it.
     """
-    from PIL import Image, UnidentifiedImageError
-
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     if not paths:
         raise InputError("mask", "an empty list of mask files")
     union = None
     for path in map(Path, paths):
-        if not path.is_file():
-            raise InputError(path, "mask file not found")
-        try:
-            with Image.open(path) as image:
-                image.load()
-                mask = np.asarray(image.convert("L")) != int(background_value)
-        except (UnidentifiedImageError, OSError, ValueError) as error:
-            raise InputError(path, f"cannot read the mask ({type(error).__name__}: {error})") from error
+        mask = decode_raster(path, "L") != int(background_value)
         if union is not None and union.shape != mask.shape:
             raise InputError(path, f"mask shape {mask.shape} differs from that of {paths[0]} {union.shape}")
         union = mask if union is None else union | mask
