@@ -24,8 +24,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 
+from mri_ssl.engines.report_handler import EvaluationReport, source_name
 from mri_ssl.io.atomic import atomic_output, atomic_write_text
 from mri_ssl.metrics.classification import classification_metrics
 
@@ -62,7 +63,7 @@ def save_confusion_matrix(confusion: np.ndarray, class_names: Sequence[str], pat
     return Path(path)
 
 
-class ClassificationReport:
+class ClassificationReport(EvaluationReport):
     """Collects an evaluator's outputs and writes the report (see the module docstring).
 
     Args:
@@ -73,27 +74,17 @@ class ClassificationReport:
 
     def __init__(self, output_dir: str | os.PathLike, class_names: Sequence[str], pred_key: str = "pred",
                  label_key: str = "label", image_key: str = "image"):
-        self.output_dir = Path(output_dir)
+        super().__init__(output_dir)
         self.class_names = list(class_names)
         self.pred_key, self.label_key, self.image_key = pred_key, label_key, image_key
-        self.rows: list[dict] = []
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self.reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
-        engine.add_event_handler(Events.COMPLETED, self.write)
-
-    def reset(self, engine: Engine) -> None:
-        self.rows = []
 
     def collect(self, engine: Engine) -> None:
         for item in engine.state.output:
             probabilities = torch.as_tensor(item[self.pred_key]).detach().float().cpu().flatten().numpy()
             label = int(torch.as_tensor(item[self.label_key]).detach().cpu().flatten().argmax())
-            image = item.get(self.image_key)
-            source = getattr(image, "meta", {}).get("filename_or_obj", "") if image is not None else ""
-            self.rows.append({"file": str(source), **{k: str(item.get(k, "")) for k in ID_KEYS},
-                              "label": label, "probabilities": probabilities})
+            self.rows.append({"file": source_name(item.get(self.image_key)),
+                              **{k: str(item.get(k, "")) for k in ID_KEYS}, "label": label,
+                              "probabilities": probabilities})
 
     def write(self, engine: Engine) -> dict:
         probabilities = np.stack([row["probabilities"] for row in self.rows]) if self.rows else \

@@ -16,8 +16,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 
+from mri_ssl.engines.report_handler import EvaluationReport, source_name
 from mri_ssl.errors import InputError
 from mri_ssl.metrics import denoising_case_scores, format_summary_table, segmentation_case_scores, write_report
 
@@ -36,11 +37,7 @@ def voxel_spacing_mm(image: torch.Tensor) -> tuple[float, ...]:
     return tuple(float(v) for v in np.linalg.norm(affine[:spatial_dims, :spatial_dims], axis=0))
 
 
-def _source_name(image) -> str:
-    return str(getattr(image, "meta", {}).get("filename_or_obj", ""))
-
-
-class CaseReport:
+class CaseReport(EvaluationReport):
     """Base of the report handlers: collect one row per case, write the report when the evaluator completes.
 
     Args:
@@ -51,21 +48,12 @@ class CaseReport:
 
     def __init__(self, output_dir: str | os.PathLike, case_keys: Sequence[str] = CASE_KEYS, image_key: str = "image",
                  pred_key: str = "pred"):
-        self.output_dir = Path(output_dir)
+        super().__init__(output_dir)
         self.case_keys = tuple(case_keys)
         self.image_key = image_key
         self.pred_key = pred_key
-        self.rows: list[dict] = []
         self.paths: dict[str, Path] = {}
         self.summary: dict = {}
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self.reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
-        engine.add_event_handler(Events.COMPLETED, self.write)
-
-    def reset(self, engine: Engine) -> None:
-        self.rows = []
 
     def score(self, item: Mapping, prediction: torch.Tensor) -> dict:
         raise NotImplementedError
@@ -77,7 +65,7 @@ class CaseReport:
                              "report handlers need decollated batches (SupervisedEvaluator(decollate=True))")
         for item, result in zip(batch, output):
             image = item[self.image_key]
-            row = {"case": f"{len(self.rows):04d}", "image": _source_name(image)}
+            row = {"case": f"{len(self.rows):04d}", "image": source_name(image)}
             row.update({key: str(item.get(key, "")) for key in self.case_keys})
             row.update(self.score(item, result[self.pred_key]))
             self.rows.append(row)
