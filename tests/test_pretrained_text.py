@@ -76,8 +76,8 @@ def test_video_text_model_uses_the_pretrained_weights_and_checkpoints_rebuild_it
     import transformers
 
     from mri_ssl.engines.checkpoint import save_checkpoint
-    from mri_ssl.engines.video_text import (build_text_tokenizer, build_video_text_model, checkpoint_extras,
-                                            load_video_text_model)
+    from mri_ssl.engines.video_text import build_video_text_model, checkpoint_extras, load_video_text_model
+    from mri_ssl.text.tokenizer_state import build_text_tokenizer
     from mri_ssl.text.pretrained import PretrainedTextEncoder
 
     tok = build_text_tokenizer(["ignored: the model's own vocabulary is used"], 16, str(bert_dir))

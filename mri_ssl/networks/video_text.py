@@ -25,6 +25,7 @@ from mri_ssl.errors import InputError
 from mri_ssl.losses.clip import CLIPLoss
 from mri_ssl.networks.encoder import CNNEncoder3D
 from mri_ssl.networks.vit import ViTEncoder2D
+from mri_ssl.text.pretrained import PretrainedTextEncoder  # transformers itself is imported only when used
 from mri_ssl.text.tokenizer import PAD_ID
 
 MAX_FRAMES = 64
@@ -174,8 +175,6 @@ def make_text_encoder(vocab_size: int, text_config: dict) -> nn.Module:
     config = dict(text_config)
     pretrained_dir = config.pop("pretrained_dir", None)
     if pretrained_dir:
-        from mri_ssl.text.pretrained import PretrainedTextEncoder  # optional dependency, imported on demand
-
         return PretrainedTextEncoder(pretrained_dir, pad_token_id=config.get("pad_token_id", PAD_ID),
                                      max_length=config.get("max_length", 64))
     config.pop("pad_token_id", None)

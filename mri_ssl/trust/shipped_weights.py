@@ -31,6 +31,7 @@ from mri_ssl.errors import InputError
 from mri_ssl.io.atomic import atomic_output, atomic_write_text
 from mri_ssl.io.hashing import sha256_file
 from mri_ssl.io.weights import load_network_weights
+from mri_ssl.text.tokenizer_state import load_tokenizer
 
 WEIGHTS = "models/model.pt"
 # Where the repository's files are published; the weights are committed, so the model zoo's download step finds
@@ -179,8 +180,6 @@ def train_shipped_weights(name: str, bundles: str | os.PathLike | None = None,
         state = network_state(checkpoint, recipe.key_prefix)
         target.parent.mkdir(parents=True, exist_ok=True)
         if recipe.tokenizer:  # written first: inference.json builds its network from this vocabulary
-            from mri_ssl.engines.video_text import load_tokenizer  # lazy: mri_ssl.engines takes ~5 s to import
-
             load_tokenizer(checkpoint).save(bundles / name / TOKENIZER)
     inference_network(bundles / name).load_state_dict(state)  # strict: the weights fit inference.json as it is
     with atomic_output(target) as temporary:
