@@ -24,11 +24,12 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 from monai.inferers import Inferer
 from tqdm.auto import tqdm
 
 from mri_ssl.data.photo.fundus import ABNORMAL_KEY
+from mri_ssl.engines.report_handler import EvaluationReport
 from mri_ssl.errors import InputError
 from mri_ssl.io.atomic import atomic_write_text
 from mri_ssl.losses.grading import split_grading_logits
@@ -202,21 +203,20 @@ class SegmentationScorer:
             "image_auc_from_max_probability": roc_auc(np.array(self.image_scores), np.array(self.image_labels))}
 
 
-class FundusEvaluationReport:
+class FundusEvaluationReport(EvaluationReport):
     """Handler of a MONAI evaluator (decollated output): feeds every case and its ``pred`` to ``scorer``, and when
     the evaluator completes writes the report to ``output_dir`` and puts the summary's finite numbers into
-    ``engine.state.metrics`` (the summary itself is ``self.summary``)."""
+    ``engine.state.metrics`` (the summary itself is ``self.summary``). The scorer keeps the running sums, so a new
+    evaluator run resets the scorer rather than rows."""
 
     def __init__(self, scorer, output_dir: str | os.PathLike, pred_key: str = "pred"):
+        super().__init__(output_dir)
         self.scorer = scorer
-        self.output_dir = Path(output_dir)
         self.pred_key = pred_key
         self.summary: dict = {}
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda _: self.scorer.reset())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
-        engine.add_event_handler(Events.COMPLETED, self.write)
+    def reset(self, engine: Engine) -> None:
+        self.scorer.reset()
 
     def collect(self, engine: Engine) -> None:
         batch, output = engine.state.batch, engine.state.output

@@ -1,12 +1,14 @@
 """The event wiring every evaluation report shares: collect rows while a MONAI evaluator runs, write when it completes.
 
-``SegmentationReport`` / ``DenoisingReport`` (per case, ``mri_ssl.engines.reports``) and ``ClassificationReport``
-(per image, ``mri_ssl.engines.classification_report``) differ in what a row holds and what they write, not in when.
+``SegmentationReport`` / ``DenoisingReport`` (per case, ``mri_ssl.engines.reports``), ``ClassificationReport``
+(per image, ``mri_ssl.engines.classification_report``) and ``FundusEvaluationReport`` (a scorer's running sums,
+``mri_ssl.engines.fundus_evaluation``) differ in what they gather and write, not in when.
 """
 
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 from ignite.engine import Engine, Events
@@ -17,7 +19,7 @@ def source_name(image) -> str:
     return str(getattr(image, "meta", {}).get("filename_or_obj", "")) if image is not None else ""
 
 
-class EvaluationReport:
+class EvaluationReport(ABC):
     """Base of the report handlers: ``rows`` emptied when the evaluator starts, ``collect`` after every iteration,
     ``write`` when it completes. Subclasses define ``collect`` (append to ``self.rows``) and ``write``.
 
@@ -37,8 +39,10 @@ class EvaluationReport:
     def reset(self, engine: Engine) -> None:
         self.rows = []
 
+    @abstractmethod
     def collect(self, engine: Engine) -> None:
-        raise NotImplementedError
+        """Take the finished iteration's items (``engine.state.batch`` / ``engine.state.output``)."""
 
+    @abstractmethod
     def write(self, engine: Engine):
-        raise NotImplementedError
+        """Write the report from what ``collect`` gathered."""
