@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist (setup.cfg's addopts) there is one worker per core: each keeps to one torch thread, as the
+    # bundle subprocesses do, rather than every worker's thread pool fighting the others for every core.
+    torch.set_num_threads(1)
 
 
 def _make_maps(shape=(3, 4, 5), dtype=torch.float64, device="cpu", seed=0, with_r2=False, with_mt=False):
