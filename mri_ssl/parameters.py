@@ -135,10 +135,14 @@ def check_bundle_parameters(values: Mapping[str, Any], multiple_of: Mapping[str,
     try:
         _check(values, multiple_of)
     except InputError as error:
-        if not exit_on_error:
-            raise
-        print(f"{type(error).__name__}: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _raise_or_exit(error, exit_on_error)
+
+
+def _raise_or_exit(error: InputError, exit_on_error: bool) -> None:
+    if not exit_on_error:
+        raise error
+    print(f"{type(error).__name__}: {error}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 def _check(values: Mapping[str, Any], multiple_of: Mapping[str, int | Sequence] | None) -> None:
@@ -165,3 +169,17 @@ def as_flag(value: Any, name: str = "flag") -> bool:
     if text in ("0", "false", "no", "off", ""):
         return False
     raise InputError(name, f"expected true or false, got {value!r}")
+
+
+def check_batch_norm_batch(crops_per_step: int, batch_norm: Any, name: str = "batch_size",
+                           switch: str = "projection_batch_norm", exit_on_error: bool = False) -> None:
+    """Raise an ``InputError`` if a training step's batch norm would see fewer than 2 samples.
+
+    Batch norm over one sample is undefined (torch raises mid-run, after data loading); this says so at start and
+    names the way out. ``crops_per_step``: the samples one training step normalises over (per process).
+    ``exit_on_error`` as in ``check_bundle_parameters``.
+    """
+    if as_flag(batch_norm, switch) and int(crops_per_step) < 2:
+        _raise_or_exit(InputError(name, f"one training step holds {int(crops_per_step)} crop(s), but {switch} is "
+                                        f"true and batch norm needs at least 2; raise {name} or set {switch} false"),
+                       exit_on_error)

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from mri_ssl.errors import InputError
+from mri_ssl.metrics.representation_probe import projection_spread
 from mri_ssl.networks import (PAPER_FEATURES, CAMClassifier, CNNEncoder3D, FrozenEncoderUNet, ProjectionHead,
                               Reconstructor, SequenceClassifier)
 
@@ -74,6 +75,28 @@ def test_projection_head_and_reconstructor_shapes():
         (768, 384, (2, 2, 2)), (384, 192, (2, 2, 2)), (192, 96, (2, 2, 2)), (96, 48, (2, 2, 2))]
     final = [m for m in reconstructor.modules() if isinstance(m, nn.Conv3d)][-1]
     assert final.kernel_size == (1, 1, 1) and final.out_channels == 1
+
+
+def test_projection_head_batch_norm_is_opt_in_and_keeps_the_default_module_indices():
+    plain, normed = ProjectionHead(), ProjectionHead(batch_norm=True)
+    assert [type(m).__name__ for m in plain] == ["Linear", "GELU", "Linear"]  # weights saved before the option load
+    assert [type(m).__name__ for m in normed] == ["Linear", "BatchNorm1d", "GELU", "Linear"]
+    assert set(plain.state_dict()) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+
+
+def test_projection_batch_norm_spreads_features_that_share_a_large_offset():
+    # Pooled features of an instance-normalised encoder: one shared vector plus small per-crop differences. Without
+    # batch norm the head maps them to nearly one direction; with it each hidden unit is centred and scaled over the
+    # batch, so the crops' differences reach the output.
+    torch.manual_seed(0)
+    features = 5.0 * torch.randn(1, 64) + 0.01 * torch.randn(32, 64)
+    spreads = {}
+    for batch_norm in (False, True):
+        torch.manual_seed(1)
+        head = ProjectionHead(64, 32, 16, batch_norm=batch_norm).train()
+        spreads[batch_norm] = projection_spread(head(features))
+    assert spreads[False] < 0.01
+    assert spreads[True] > 0.1 > 10 * spreads[False]
 
 
 def test_slim_encoder_and_reconstructor_round_trip_the_input_size():

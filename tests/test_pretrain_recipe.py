@@ -63,3 +63,51 @@ def test_held_out_subjects_never_share_a_seed_with_training_subjects():
     assert not seeds["validation"] & seeds["test"]
     with pytest.raises(InputError):
         subject_seed(0, "train", 0)
+
+
+@pytest.mark.parametrize("configs, batch_norm, temperature", [
+    (["train.json"], False, 0.5),                    # the paper's head and temperature
+    (["train.json", "cpu_demo.json"], True, 0.1),    # the CPU recipe's, under which the loss leaves chance
+])
+def test_projector_batch_norm_and_temperature_are_the_recipes(configs, batch_norm, temperature):
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / name) for name in configs])
+    parser.update({"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')"})
+    projector = parser.get_parsed_content("network_def").projector
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in projector) is batch_norm
+    assert parser.get_parsed_content("loss").temperature == pytest.approx(temperature)
+
+
+def cpu_recipe(**overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / name) for name in ("train.json", "cpu_demo.json")])
+    parser.update({"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')", **overrides})
+    parser.get_parsed_content("imports")
+    return parser
+
+
+def test_a_one_crop_step_with_projector_batch_norm_stops_at_start_naming_batch_size(capsys):
+    parser = cpu_recipe(batch_size=1)  # cpu_demo.json: 2 crops per volume, so 1 // 2 -> 1 volume of 2 crops: fine
+    steps = parser.config["initialize"]
+    check = next(i for i, step in enumerate(steps) if "check_batch_norm_batch" in step)
+    parser.get_parsed_content(f"initialize#{check}")
+    parser = cpu_recipe(batch_size=1, crops_per_volume=1)
+    with pytest.raises(SystemExit) as stopped:
+        parser.get_parsed_content(f"initialize#{check}")
+    assert stopped.value.code == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("InputError: batch_size: one training step holds 1 crop(s)")
+    assert "set projection_batch_norm false" in line
+    # Turned off from the command line (where the value arrives as text), the same step passes and the head has no
+    # batch norm.
+    parser = cpu_recipe(batch_size=1, crops_per_volume=1, projection_batch_norm="false")
+    parser.get_parsed_content(f"initialize#{check}")
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in parser.get_parsed_content("network_def").projector)
+
+
+def test_the_probes_random_init_encoder_differs_per_run_seed_and_its_crops_do_not():
+    # A fixed random-init encoder would give the three-seed tables a random-init column without spread.
+    seeds = {seed: cpu_recipe(seed=seed) for seed in (0, 2)}
+    assert seeds[0].get_parsed_content("probe#handler#random_init_seed") == 999
+    assert seeds[2].get_parsed_content("probe#handler#random_init_seed") == 1001
+    assert {parser.get_parsed_content("probe#handler#seed") for parser in seeds.values()} == {54321}

@@ -15,6 +15,8 @@ class ContrastiveReconstructionModel(nn.Module):
     Args:
         spatial_dims, in_channels, features, dropout, norm: the ``CNNEncoder3D``'s arguments.
         projection_hidden, projection_dim: the projection head's widths (paper: 512, 128).
+        projection_batch_norm: batch norm on the projection head's hidden layer (``ProjectionHead``; the paper's
+            head has none).
         reconstruction_channels: the reconstructor's widths, one per upsampling (paper: 384, 192, 96, 48); their
             number must equal the encoder's downsamplings so the output has the input's size.
         reconstruction: build the decoder (False when the reconstruction weight is 0).
@@ -25,10 +27,12 @@ class ContrastiveReconstructionModel(nn.Module):
 
     def __init__(self, spatial_dims: int = 3, in_channels: int = 1, features=PAPER_FEATURES, dropout: float = 0.2,
                  projection_hidden: int = 512, projection_dim: int = 128,
-                 reconstruction_channels=(384, 192, 96, 48), reconstruction: bool = True, norm: str = "INSTANCE"):
+                 reconstruction_channels=(384, 192, 96, 48), reconstruction: bool = True, norm: str = "INSTANCE",
+                 projection_batch_norm: bool = False):
         super().__init__()
         self.encoder = CNNEncoder3D(spatial_dims, in_channels, features, dropout, norm)
-        self.projector = ProjectionHead(self.encoder.out_features, projection_hidden, projection_dim)
+        self.projector = ProjectionHead(self.encoder.out_features, projection_hidden, projection_dim,
+                                        batch_norm=projection_batch_norm)
         self.reconstructor = None
         if reconstruction:
             if len(reconstruction_channels) != len(self.encoder.features) - 1:
