@@ -68,7 +68,7 @@ RULES: dict[str, Rule] = {
         "demo_slices", "demo_cine_frames", "demo_lge_slices", "demo_test_images", "demo_validation_images")},
     **{name: NON_NEGATIVE_COUNT for name in (
         "num_workers", "demo_validation_subjects", "demo_test_subjects", "seed", "demo_seed")},
-    "epoch_length": OPTIONAL_COUNT,
+    **{name: OPTIONAL_COUNT for name in ("epoch_length", "probe_max_fit_images")},
     **{name: POSITIVE for name in (
         "learning_rate", "base_learning_rate", "temperature", "grad_clip_norm", "noise_sigma",
         "demo_resolution_mm")},
