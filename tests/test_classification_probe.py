@@ -103,8 +103,8 @@ def test_the_probe_runs_at_step_0_and_best_pt_follows_it(tmp_path):
     assert history["history"][0]["auc"] == pytest.approx(1.0)  # the untrained network already reads the label
     assert history["random_init"]["n"] == 30 and history["random_init"]["n_fit"] == 60
     assert history["history"][2]["train_loss"] == 2.0
-    assert scores[0] == pytest.approx(1.0) and scores[1] < 0.8 and scores == [h["score"]
-                                                                               for h in history["history"][1:]]
+    assert scores[0] == pytest.approx(1.0) and scores[1] < 0.8
+    assert scores == [h["score"] for h in history["history"][1:]]
     best = load_checkpoint(tmp_path / "models" / "best.pt")
     assert best["epoch"] == 1 and best["best_metric"] == pytest.approx(1.0)
     assert float(best["network"]["noise"]) == 0.0
