@@ -1,6 +1,7 @@
 """SimSiam loss, heads, trainer and the ViT backbone; the classifier head."""
 
 import logging
+import math
 
 import pytest
 import torch
@@ -55,6 +56,9 @@ def test_learning_rate_recipe():
     cosine, constant = simsiam_lr_lambdas(10)
     assert cosine(0) == 1.0 and cosine(5) == pytest.approx(0.5) and cosine(10) == pytest.approx(0.0)
     assert constant(7) == 1.0
+    cosine, constant = simsiam_lr_lambdas(10, warmup_epochs=4)  # the CPU recipe's linear warm-up, both groups
+    assert [constant(e) for e in range(5)] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
+    assert cosine(1) == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi / 10))) and cosine(5) == pytest.approx(0.5)
     model = SimSiamModel(encoder_config=TINY_VIT, projection_dim=16, predictor_hidden=4)
     groups = simsiam_parameter_groups(model)
     ids = [{id(p) for p in g["params"]} for g in groups]

@@ -61,15 +61,20 @@ def simsiam_optimizer(model: torch.nn.Module, name: str = "sgd", lr: float = SIM
     raise InputError("pretrain_optimizer", f"expected one of {SIMSIAM_OPTIMIZERS}, got {name!r}")
 
 
-def simsiam_lr_lambdas(num_epochs: int) -> list[Callable[[int], float]]:
-    """``LambdaLR`` factors per group of ``simsiam_parameter_groups``: half-cosine to 0, and constant 1."""
+def simsiam_lr_lambdas(num_epochs: int, warmup_epochs: int = 0) -> list[Callable[[int], float]]:
+    """``LambdaLR`` factors per group of ``simsiam_parameter_groups``: half-cosine to 0, and constant 1; with
+    ``warmup_epochs`` both first rise linearly, ``(epoch + 1) / warmup_epochs`` (0: the paper's recipe, no warm-up)."""
     epochs = max(1, int(num_epochs))
+    warmup = max(0, int(warmup_epochs))
+
+    def ramp(epoch: int) -> float:
+        return min(1.0, (epoch + 1) / warmup) if warmup else 1.0
 
     def cosine(epoch: int) -> float:
-        return 0.5 * (1.0 + math.cos(math.pi * min(epoch, epochs) / epochs))
+        return ramp(epoch) * 0.5 * (1.0 + math.cos(math.pi * min(epoch, epochs) / epochs))
 
     def constant(epoch: int) -> float:
-        return 1.0
+        return ramp(epoch)
 
     return [cosine, constant]
 
