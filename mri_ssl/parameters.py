@@ -67,12 +67,14 @@ RULES: dict[str, Rule] = {
         "text_width", "text_layers", "text_heads", "demo_subjects", "demo_studies", "demo_images", "demo_size",
         "demo_slices", "demo_cine_frames", "demo_lge_slices", "demo_test_images", "demo_validation_images")},
     **{name: NON_NEGATIVE_COUNT for name in (
-        "num_workers", "demo_validation_subjects", "demo_test_subjects", "seed", "demo_seed")},
-    "epoch_length": OPTIONAL_COUNT,
+        "num_workers", "pretrain_warmup_epochs", "demo_validation_subjects", "demo_test_subjects", "seed",
+        "demo_seed")},
+    **{name: OPTIONAL_COUNT for name in ("epoch_length", "probe_max_fit_images")},
     **{name: POSITIVE for name in (
         "learning_rate", "base_learning_rate", "temperature", "grad_clip_norm", "noise_sigma",
         "demo_resolution_mm")},
-    **{name: NON_NEGATIVE for name in ("weight_decay", "momentum", "reconstruction_weight", "attention_weight")},
+    **{name: NON_NEGATIVE for name in ("weight_decay", "pretrain_weight_decay", "momentum", "reconstruction_weight",
+                                       "attention_weight")},
     **{name: FRACTION for name in ("label_fraction", "data_fraction")},
     **{name: PROBABILITY for name in ("cache_rate", "cam_threshold")},
     "sw_overlap": Rule("float", low=0, high=1, high_open=True),

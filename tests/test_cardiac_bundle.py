@@ -92,6 +92,12 @@ def test_pretrain_finetune_probe_and_evaluate_through_monai_bundle_run(tmp_path,
     assert {"latest.pt", "best.pt", "final.pt", "encoder_final.pt"} <= {p.name for p in simsiam.iterdir()}
     encoder = load_vit_encoder(simsiam / "encoder_final.pt")
     assert encoder(torch.rand(1, 1, 84, 84)).shape == (1, TINY["hidden_size"])
+    # The linear probe on frozen features ran at step 0 and after every epoch, and chose best.pt.
+    probe = json.loads((tmp_path / "logs" / "simsiam" / "probe.json").read_text())
+    assert [h["epoch"] for h in probe["history"]] == list(range(TINY["pretrain_epochs"] + 1))
+    assert probe["history"][0]["iteration"] == 0 and 0.0 <= probe["random_init"]["auc"] <= 1.0
+    assert load_checkpoint(simsiam / "best.pt")["best_metric"] == max(h["score"] for h in probe["history"][1:])
+    assert "linear probe on frozen features" in result.stdout + result.stderr
 
     # Fine-tune from the SimSiam encoder, then evaluate on the test split.
     result = run_bundle(tmp_path, [str(CONFIGS / "train.json"), cpu, tiny])

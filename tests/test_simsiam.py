@@ -1,13 +1,14 @@
 """SimSiam loss, heads, trainer and the ViT backbone; the classifier head."""
 
 import logging
+import math
 
 import pytest
 import torch
 from torch import nn
 
 from mri_ssl.engines import (
-    SimSiamTrainer, simsiam_learning_rate, simsiam_lr_lambdas, simsiam_parameter_groups,
+    SimSiamTrainer, simsiam_learning_rate, simsiam_lr_lambdas, simsiam_optimizer, simsiam_parameter_groups,
 )
 from mri_ssl.errors import InputError
 from mri_ssl.losses import SimSiamLoss, negative_cosine
@@ -46,6 +47,7 @@ def test_heads_follow_the_recipe():
     assert model.predictor[0].out_features == 8 and model.predictor[-1].out_features == 32
     out = model(torch.randn(3, 1, 24, 24))
     assert out["projection"].shape == out["prediction"].shape == (3, 32)
+    assert out["features"].shape == (3, TINY_VIT["hidden_size"])
 
 
 def test_learning_rate_recipe():
@@ -54,6 +56,9 @@ def test_learning_rate_recipe():
     cosine, constant = simsiam_lr_lambdas(10)
     assert cosine(0) == 1.0 and cosine(5) == pytest.approx(0.5) and cosine(10) == pytest.approx(0.0)
     assert constant(7) == 1.0
+    cosine, constant = simsiam_lr_lambdas(10, warmup_epochs=4)  # the CPU recipe's linear warm-up, both groups
+    assert [constant(e) for e in range(5)] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
+    assert cosine(1) == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi / 10))) and cosine(5) == pytest.approx(0.5)
     model = SimSiamModel(encoder_config=TINY_VIT, projection_dim=16, predictor_hidden=4)
     groups = simsiam_parameter_groups(model)
     ids = [{id(p) for p in g["params"]} for g in groups]
@@ -61,6 +66,17 @@ def test_learning_rate_recipe():
     assert ids[1] == {id(p) for p in model.predictor.parameters()}
     with pytest.raises(InputError, match="batch_size"):
         simsiam_learning_rate(1)
+
+
+def test_the_optimiser_is_the_papers_sgd_or_the_cpu_recipes_adamw_over_the_same_two_groups():
+    model = SimSiamModel(encoder_config=TINY_VIT, projection_dim=16, predictor_hidden=4)
+    sgd = simsiam_optimizer(model, "sgd", lr=0.01, momentum=0.9, weight_decay=1e-4)
+    adamw = simsiam_optimizer(model, "AdamW", lr=1e-3, weight_decay=1e-4)
+    assert type(sgd) is torch.optim.SGD and sgd.defaults["momentum"] == 0.9
+    assert type(adamw) is torch.optim.AdamW and adamw.defaults["lr"] == 1e-3
+    assert [g["name"] for g in adamw.param_groups] == ["encoder_projector", "predictor"]
+    with pytest.raises(InputError, match="pretrain_optimizer"):
+        simsiam_optimizer(model, "lamb")
 
 
 class ConstantModel(nn.Module):
@@ -204,3 +220,18 @@ def test_linear_probe_freezes_the_backbone_and_keeps_it_in_eval_mode():
     optimizer.step()
     assert all(torch.equal(v, before[k]) for k, v in classifier.encoder.state_dict().items())
     assert {id(p) for p in classifier.trainable_parameters()} == {id(p) for p in classifier.head.parameters()}
+
+
+def test_a_random_init_copy_of_the_vit_redraws_its_position_embeddings_as_monai_does():
+    from mri_ssl.metrics.representation_probe import random_init_copy
+
+    model = SimSiamModel(encoder_config=TINY_VIT, projection_dim=16, predictor_hidden=4)
+    embeddings = model.encoder.vit.patch_embedding.position_embeddings
+    with torch.no_grad():
+        embeddings.add_(5.0)  # as if trained far from the initialisation
+    fresh = random_init_copy(model, seed=3)
+    redrawn = fresh.encoder.vit.patch_embedding.position_embeddings
+    assert float(redrawn.abs().max()) <= 2.0 and float(redrawn.std()) == pytest.approx(0.02, abs=0.005)
+    assert float(embeddings.mean()) == pytest.approx(5.0, abs=0.01)  # the original is untouched
+    for a, b in zip(random_init_copy(model, seed=3).parameters(), fresh.parameters()):
+        torch.testing.assert_close(a, b)  # seeded

@@ -14,6 +14,7 @@ from mri_ssl.engines.simsiam_trainer import (
     SimSiamTrainer,
     simsiam_learning_rate,
     simsiam_lr_lambdas,
+    simsiam_optimizer,
     simsiam_parameter_groups,
 )
 # Loading is a layer below (networks load their own weights); re-exported here beside saving, as bundles use it.
@@ -46,5 +47,6 @@ __all__ = [
     "SimSiamTrainer",
     "simsiam_learning_rate",
     "simsiam_lr_lambdas",
+    "simsiam_optimizer",
     "simsiam_parameter_groups",
 ]

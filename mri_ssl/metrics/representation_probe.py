@@ -27,6 +27,7 @@ import copy
 import logging
 import math
 import os
+from abc import ABC, abstractmethod
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -133,112 +134,91 @@ def _outputs(output) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def embed_views(network: torch.nn.Module, view1: torch.Tensor, view2: torch.Tensor, device: torch.device,
-                batch_size: int = 8) -> tuple[torch.Tensor, ...]:
-    """``(features1, features2, projection1, projection2)`` of the network in eval mode (its mode is restored)."""
+def embed_images(network: torch.nn.Module, images: torch.Tensor, device: torch.device,
+                 batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(features, projection)`` ``(N, ...)`` flattened, on the CPU, of the network in eval mode (mode restored)."""
     was_training = network.training
     network.eval()
     try:
-        parts: dict[str, list[torch.Tensor]] = {key: [] for key in ("f1", "f2", "p1", "p2")}
-        for start in range(0, view1.shape[0], batch_size):
-            for view, (f, p) in ((view1, ("f1", "p1")), (view2, ("f2", "p2"))):
-                features, projection = _outputs(network(view[start:start + batch_size].to(device)))
-                parts[f].append(features.float().flatten(1).cpu())
-                parts[p].append(projection.float().flatten(1).cpu())
+        features, projections = [], []
+        for start in range(0, images.shape[0], batch_size):
+            feature, projection = _outputs(network(images[start:start + batch_size].to(device)))
+            features.append(feature.float().flatten(1).cpu())
+            projections.append(projection.float().flatten(1).cpu())
     finally:
         network.train(was_training)
-    return tuple(torch.cat(parts[key]) for key in ("f1", "f2", "p1", "p2"))
+    return torch.cat(features), torch.cat(projections)
+
+
+def embed_views(network: torch.nn.Module, view1: torch.Tensor, view2: torch.Tensor, device: torch.device,
+                batch_size: int = 8) -> tuple[torch.Tensor, ...]:
+    """``(features1, features2, projection1, projection2)`` of the network in eval mode (its mode is restored)."""
+    features1, projection1 = embed_images(network, view1, device, batch_size)
+    features2, projection2 = embed_images(network, view2, device, batch_size)
+    return features1, features2, projection1, projection2
 
 
 def random_init_copy(network: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """A copy of ``network`` with every parameter and buffer re-initialised from ``seed`` (torch's RNG restored)."""
+    """A copy of ``network`` with every parameter and buffer re-initialised from ``seed`` (torch's RNG restored).
+
+    Every module with a ``reset_parameters`` method resets itself; one that has children too (a ViT, whose position
+    embeddings are parameters of no layer) resets its whole subtree its own way, so its children are not reset again.
+    """
     state = torch.get_rng_state()
     try:
         torch.manual_seed(int(seed))
         fresh = copy.deepcopy(network)
-        for module in fresh.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+        _reset(fresh)
     finally:
         torch.set_rng_state(state)
     return fresh
 
 
-class RepresentationProbe:
-    """Run the probe in a trainer: at the start, then every ``interval`` epochs.
+def _reset(module: torch.nn.Module) -> None:
+    if hasattr(module, "reset_parameters"):
+        module.reset_parameters()
+        if next(module.children(), None) is not None:
+            return
+    for child in module.children():
+        _reset(child)
+
+
+class ProbeHandler(ABC):
+    """A probe run in a trainer: at the start (the untrained encoder, and once a randomly re-initialised copy of the
+    same shape), then every ``interval`` epochs; subclasses say what they measure (``measure``) and how it reads
+    (``describe``).
 
     Args:
-        data: held-out items (dicts of channel-first tensors, e.g. a ``CacheDataset`` of the validation subjects).
-        input_keys: the keys stacked as input channels (qMRI maps, or one image).
-        view_pair: makes the two views of each crop (``ContrastiveViewPair``: for maps, mode ``seqinv`` without
-            spatial augmentation, so both views are the same crop under two different sequences). It is called on
-            crops of exactly ``crop_size``, once, with ``seed``: the probe set is fixed for the whole run.
-        crop_size: the crops' size in voxels.
-        crops_per_subject: crops per held-out item; N = items x crops_per_subject.
-        temperature: the NT-Xent temperature (the training loss's).
-        seed: fixes the crops and the views.
-        random_init_seed: seed of the random-init encoder of the same shape measured beside the untrained one.
+        random_init_seed: seed of the random-init network of the same shape measured beside the untrained one.
         interval: epochs between probes (the validation interval).
         log_dir: TensorBoard folder (``probe/<name>`` and ``probe_random_init/<name>`` scalars against iterations);
             None: no TensorBoard.
         history_path: JSON file rewritten after every probe: ``{"random_init": {...}, "history": [{"iteration",
-            "epoch", ...scores, "train_loss", "val_*"}, ...]}`` (``train_loss``: the mean training loss since the
-            previous probe; ``val_*``: the engine's validation metrics at that moment); None: no file.
-        batch_size: views per forward pass.
+            "epoch", ...scores, "train_loss", "val_*"}, ...]}`` (``history[0]``: the start, iteration 0;
+            ``train_loss``: the mean training loss since the previous probe; ``val_*``: the engine's validation
+            metrics at that moment); None: no file.
 
-    ``engine.state.metrics`` gets ``probe_<name>`` for every score of ``probe_scores`` (``probe_score`` for choosing
-    the best checkpoint) at each epoch-end probe; attach the probe before the checkpointer so it sees the current
-    epoch's values.
+    ``engine.state.metrics`` gets ``probe_<name>`` for every score (``probe_score`` for choosing the best checkpoint)
+    at each epoch-end probe; attach the probe before the checkpointer so it sees the current epoch's values.
     """
-    def __init__(self, data: Iterable[Mapping], input_keys: Sequence[str], view_pair: Callable,
-                 crop_size: Sequence[int], crops_per_subject: int = 8, temperature: float = 0.5, seed: int = 54321,
-                 random_init_seed: int = 999, interval: int = 1, log_dir: str | os.PathLike | None = None,
-                 history_path: str | os.PathLike | None = None, batch_size: int = 8):
-        if int(crops_per_subject) < 1:
-            raise InputError("crops_per_subject", f"must be >= 1, got {crops_per_subject}")
-        self.data = data
-        self.input_keys = tuple(input_keys)
-        self.view_pair = view_pair
-        self.crop_size = tuple(int(s) for s in (crop_size if isinstance(crop_size, Sequence) else [crop_size] * 3))
-        self.crops_per_subject = int(crops_per_subject)
-        self.temperature = float(temperature)
-        self.seed = int(seed)
+    def __init__(self, random_init_seed: int = 999, interval: int = 1, log_dir: str | os.PathLike | None = None,
+                 history_path: str | os.PathLike | None = None):
         self.random_init_seed = int(random_init_seed)
         self.interval = max(1, int(interval))
         self.log_dir = log_dir
         self.history_path = history_path
-        self.batch_size = int(batch_size)
-        self.views: tuple[torch.Tensor, torch.Tensor] | None = None
         self.random_init: dict[str, float] | None = None
         self.history: list[dict] = []
         self._train_losses: list[float] = []
         self._writer = None
 
-    def build_views(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The fixed probe set: ``(view1, view2)``, each ``(N, 1, *crop_size)``, made once and kept."""
-        if self.views is None:
-            volumes = [torch.cat([torch.as_tensor(item[k]).float() for k in self.input_keys]) for item in self.data]
-            if not volumes:
-                raise InputError("probe data", "no held-out items to probe; the validation split is empty")
-            crops = sample_crops(volumes, self.crops_per_subject, self.crop_size, self.seed)
-            if crops.shape[0] < 2:
-                raise InputError("probe data", "the probe needs at least 2 crops (retrieval among 1 is trivial)")
-            if hasattr(self.view_pair, "set_random_state"):
-                self.view_pair.set_random_state(seed=self.seed)
-            state = torch.get_rng_state()
-            try:
-                pair = self.view_pair(crops)
-            finally:
-                torch.set_rng_state(state)
-            self.views = (pair["view1"].cpu(), pair["view2"].cpu())
-        return self.views
-
+    @abstractmethod
     def measure(self, network: torch.nn.Module, device: torch.device | str = "cpu") -> dict[str, float]:
-        """The probe's scores for ``network`` (a DDP wrapper is unwrapped)."""
-        view1, view2 = self.build_views()
-        network = getattr(network, "module", network)
-        embeddings = embed_views(network, view1, view2, torch.device(device), self.batch_size)
-        return probe_scores(*embeddings, temperature=self.temperature)
+        """The probe's scores for ``network``, with ``score`` (higher is better) among them."""
+
+    @abstractmethod
+    def describe(self, scores: Mapping[str, float], random_init: Mapping[str, float]) -> str:
+        """One log line: the scores beside the random-init network's."""
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
@@ -275,16 +255,8 @@ class RepresentationProbe:
         self._write(iteration, scores)
         self._log(iteration, scores)
 
-    def _log(self, iteration: int, s: Mapping[str, float]) -> None:
-        r = self.random_init
-        logger.info(
-            "probe at iteration %d (N=%d): top-1 features %.3f +- %.3f (random init %.3f), projection %.3f "
-            "(%.3f); top-5 features %.3f (%.3f), projection %.3f (%.3f); chance %.3f; held-out NT-Xent %.3f "
-            "(chance %.3f, random init %.3f); spread %.3f (healthy %.3f)",
-            iteration, s["n"], s["features_top1"], s["features_top1_se"], r["features_top1"], s["projection_top1"],
-            r["projection_top1"], s["features_top5"], r["features_top5"], s["projection_top5"],
-            r["projection_top5"], s["top1_chance"], s["ntxent"], s["ntxent_chance"], r["ntxent"], s["spread"],
-            s["spread_healthy"])
+    def _log(self, iteration: int, scores: Mapping[str, float]) -> None:
+        logger.info("probe at iteration %d: %s", iteration, self.describe(scores, self.random_init))
 
     def _write(self, iteration: int, scores: Mapping[str, float]) -> None:
         if rank() != 0:  # every rank measures the same weights; one writes
@@ -302,5 +274,73 @@ class RepresentationProbe:
             save_json({"random_init": self.random_init, "history": self.history}, self.history_path)
 
 
-__all__ = ["RepresentationProbe", "embed_views", "probe_scores", "projection_spread", "random_init_copy",
-           "retrieval_top_k", "sample_crops"]
+class RepresentationProbe(ProbeHandler):
+    """The cross-sequence retrieval probe (``probe_scores``) in a trainer: at the start, then every ``interval`` epochs.
+
+    Args:
+        data: held-out items (dicts of channel-first tensors, e.g. a ``CacheDataset`` of the validation subjects).
+        input_keys: the keys stacked as input channels (qMRI maps, or one image).
+        view_pair: makes the two views of each crop (``ContrastiveViewPair``: for maps, mode ``seqinv`` without
+            spatial augmentation, so both views are the same crop under two different sequences). It is called on
+            crops of exactly ``crop_size``, once, with ``seed``: the probe set is fixed for the whole run.
+        crop_size: the crops' size in voxels.
+        crops_per_subject: crops per held-out item; N = items x crops_per_subject.
+        temperature: the NT-Xent temperature (the training loss's).
+        seed: fixes the crops and the views.
+        random_init_seed, interval, log_dir, history_path: as ``ProbeHandler``.
+        batch_size: views per forward pass.
+    """
+    def __init__(self, data: Iterable[Mapping], input_keys: Sequence[str], view_pair: Callable,
+                 crop_size: Sequence[int], crops_per_subject: int = 8, temperature: float = 0.5, seed: int = 54321,
+                 random_init_seed: int = 999, interval: int = 1, log_dir: str | os.PathLike | None = None,
+                 history_path: str | os.PathLike | None = None, batch_size: int = 8):
+        if int(crops_per_subject) < 1:
+            raise InputError("crops_per_subject", f"must be >= 1, got {crops_per_subject}")
+        self.data = data
+        self.input_keys = tuple(input_keys)
+        self.view_pair = view_pair
+        self.crop_size = tuple(int(s) for s in (crop_size if isinstance(crop_size, Sequence) else [crop_size] * 3))
+        self.crops_per_subject = int(crops_per_subject)
+        self.temperature = float(temperature)
+        self.seed = int(seed)
+        super().__init__(random_init_seed, interval, log_dir, history_path)
+        self.batch_size = int(batch_size)
+        self.views: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def build_views(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fixed probe set: ``(view1, view2)``, each ``(N, 1, *crop_size)``, made once and kept."""
+        if self.views is None:
+            volumes = [torch.cat([torch.as_tensor(item[k]).float() for k in self.input_keys]) for item in self.data]
+            if not volumes:
+                raise InputError("probe data", "no held-out items to probe; the validation split is empty")
+            crops = sample_crops(volumes, self.crops_per_subject, self.crop_size, self.seed)
+            if crops.shape[0] < 2:
+                raise InputError("probe data", "the probe needs at least 2 crops (retrieval among 1 is trivial)")
+            if hasattr(self.view_pair, "set_random_state"):
+                self.view_pair.set_random_state(seed=self.seed)
+            state = torch.get_rng_state()
+            try:
+                pair = self.view_pair(crops)
+            finally:
+                torch.set_rng_state(state)
+            self.views = (pair["view1"].cpu(), pair["view2"].cpu())
+        return self.views
+
+    def measure(self, network: torch.nn.Module, device: torch.device | str = "cpu") -> dict[str, float]:
+        """The probe's scores for ``network`` (a DDP wrapper is unwrapped)."""
+        view1, view2 = self.build_views()
+        network = getattr(network, "module", network)
+        embeddings = embed_views(network, view1, view2, torch.device(device), self.batch_size)
+        return probe_scores(*embeddings, temperature=self.temperature)
+
+    def describe(self, s: Mapping[str, float], r: Mapping[str, float]) -> str:
+        return (f"(N={s['n']}) top-1 features {s['features_top1']:.3f} +- {s['features_top1_se']:.3f} (random init "
+                f"{r['features_top1']:.3f}), projection {s['projection_top1']:.3f} ({r['projection_top1']:.3f}); "
+                f"top-5 features {s['features_top5']:.3f} ({r['features_top5']:.3f}), projection "
+                f"{s['projection_top5']:.3f} ({r['projection_top5']:.3f}); chance {s['top1_chance']:.3f}; held-out "
+                f"NT-Xent {s['ntxent']:.3f} (chance {s['ntxent_chance']:.3f}, random init {r['ntxent']:.3f}); "
+                f"spread {s['spread']:.3f} (healthy {s['spread_healthy']:.3f})")
+
+
+__all__ = ["ProbeHandler", "RepresentationProbe", "embed_images", "embed_views", "probe_scores", "projection_spread",
+           "random_init_copy", "retrieval_top_k", "sample_crops"]

@@ -55,7 +55,8 @@ def build_vit_encoder(encoder: nn.Module | str | os.PathLike | None, encoder_con
 
 
 class SimSiamModel(nn.Module):
-    """Encoder + projector + predictor; ``forward(x)`` returns ``{"projection": z, "prediction": p}``.
+    """Encoder + projector + predictor; ``forward(x)`` returns ``{"features": f, "projection": z, "prediction": p}``
+    (``features``: the encoder's output, what the representation probe and the classifier read).
 
     Args:
         encoder, encoder_config: as ``build_vit_encoder``.
@@ -71,8 +72,9 @@ class SimSiamModel(nn.Module):
         self.predictor = SimSiamPredictor(int(projection_dim), int(predictor_hidden))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        projection = self.projector(self.encoder(x))
-        return {"projection": projection, "prediction": self.predictor(projection)}
+        features = self.encoder(x)
+        projection = self.projector(features)
+        return {"features": features, "projection": projection, "prediction": self.predictor(projection)}
 
 
 class SequenceClassifier(nn.Module):

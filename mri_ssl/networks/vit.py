@@ -22,6 +22,7 @@ import re
 
 import torch
 import torch.nn.functional as F
+from monai.networks.layers import trunc_normal_
 from monai.networks.nets import ViT
 from torch import nn
 
@@ -71,6 +72,17 @@ class ViTEncoder2D(nn.Module):
     @property
     def grid_size(self) -> int:
         return self.img_size // self.patch_size
+
+    def reset_parameters(self) -> None:
+        """Random initialisation as MONAI's ``ViT`` draws it: every layer's own reset, then the patch embedding's
+        truncated-normal position embeddings and linear layers (``PatchEmbeddingBlock._init_weights``)."""
+        for module in self.vit.modules():
+            if module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        embedding = self.vit.patch_embedding
+        if isinstance(getattr(embedding, "position_embeddings", None), nn.Parameter):
+            trunc_normal_(embedding.position_embeddings, mean=0.0, std=0.02, a=-2.0, b=2.0)
+        embedding.apply(embedding._init_weights)
 
     def config(self) -> dict:
         """Constructor arguments (without weights paths), saved with exported weights to rebuild the encoder."""
