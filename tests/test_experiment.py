@@ -91,10 +91,21 @@ def test_hash_follows_what_decides_a_result(tmp_path):
     ({"overrides": {"seed": 3}}, "experiment runner sets"),
     ({"downstream": [], "modes": ["random"]}, "no dataset"),
     ({"downstream": {"name": "tissue"}}, "must be a list"),
+    # A grid's own modes (another bundle's pretraining): names, the mode key, the column titles.
+    ({"modes": ["random", "simsiam"]}, "'modes'.*mode_key"),  # not a 3-D view mode, and no mode_key given
+    ({"modes": ["random", "SimSiam"], "pretraining": {"mode_key": None}}, "'modes' must be distinct names"),
+    ({"modes": ["random", "sim siam"], "pretraining": {"mode_key": None}}, "'modes' must be distinct names"),
+    ({"modes": ["random", "a", "b"], "pretraining": {"mode_key": None}}, "same pretraining run.*mode_overrides"),
+    ({"modes": ["random", "simsiam"], "pretraining": {"mode_key": 3}}, "'mode_key' must be"),
+    ({"modes": ["random", "simsiam"], "pretraining": {"mode_key": "method", "overrides": {"method": "x"}}},
+     "experiment runner sets"),
+    ({"titles": {"simclr": "SimCLR"}}, "'titles'"),
 ])
 def test_bad_grids_are_named(tmp_path, change, message):
     path = write_grid(tmp_path)
     content = yaml.safe_load(path.read_text())
+    change = dict(change)
+    content["pretraining"].update(change.pop("pretraining", {}))
     content.update(change)
     path.write_text(yaml.safe_dump(content))
     with pytest.raises(InputError, match=message):
@@ -416,30 +427,6 @@ def test_a_grid_names_its_own_pretraining_mode_and_encoder_file():
         assert run.upstream is None or (run.upstream.seed == run.seed and run.upstream.spec.encoder ==
                                         "simsiam/encoder_best.pt")
     assert len({r.config_hash for r in runs}) == len(runs)
-
-
-@pytest.mark.parametrize("change, message", [
-    ({"modes": ["random", "simsiam"]}, "'modes'.*mode_key"),  # not a 3-D view mode, and no mode_key given
-    ({"modes": ["random", "SimSiam"], "mode_key": None}, "'modes' must be distinct names"),
-    ({"modes": ["random", "sim siam"], "mode_key": None}, "'modes' must be distinct names"),
-    ({"modes": ["random", "a", "b"], "mode_key": None}, "same pretraining run.*mode_overrides"),
-    ({"modes": ["random", "simsiam"], "mode_key": 3}, "'mode_key' must be"),
-    ({"modes": ["random", "simsiam"], "mode_key": "method", "pretraining_overrides": {"method": "x"}},
-     "experiment runner sets"),
-    ({"titles": {"simclr": "SimCLR"}}, "'titles'"),
-])
-def test_bad_modes_and_mode_keys_are_named(tmp_path, change, message):
-    path = write_grid(tmp_path)
-    content = yaml.safe_load(path.read_text())
-    for key in ("modes", "titles"):
-        if key in change:
-            content[key] = change[key]
-    if "mode_key" in change:
-        content["pretraining"]["mode_key"] = change["mode_key"]
-    content["pretraining"]["overrides"].update(change.get("pretraining_overrides", {}))
-    path.write_text(yaml.safe_dump(content))
-    with pytest.raises(InputError, match=message):
-        load_grid(path)
 
 
 def test_modes_without_a_mode_key_differ_by_their_mode_overrides(tmp_path):
