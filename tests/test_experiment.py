@@ -420,10 +420,11 @@ def test_a_grid_names_its_own_pretraining_mode_and_encoder_file():
     assert [r.label for r in pretrain] == [f"pretrain-simsiam-seed{s}" for s in grid.seeds]
     assert all("view_mode" not in r.overrides and r.overrides["seed"] == r.seed for r in pretrain)
     downstream = [r for r in runs if r.kind == "downstream"]
-    assert len(downstream) == 2 * 3 * 3
+    assert len(downstream) == len(grid.columns) * 3 * 3
+    encoders = {**{mode: mode for mode in grid.modes}, **{v.name: v.encoder for v in grid.variants}}
     for run in downstream:
-        assert run.overrides["pretrained"] == (run.mode == "simsiam")
-        assert (run.upstream is None) == (run.mode == "random")
+        assert run.overrides["pretrained"] == (encoders[run.mode] == "simsiam")
+        assert (run.upstream is None) == (encoders[run.mode] == "random")
         assert run.upstream is None or (run.upstream.seed == run.seed and run.upstream.spec.encoder ==
                                         "simsiam/encoder_best.pt")
     assert len({r.config_hash for r in runs}) == len(runs)
@@ -447,7 +448,7 @@ def test_a_classifier_run_loads_the_named_encoder_and_its_scores_reach_the_table
     from mri_ssl.experiments import runner
 
     grid = load_grid(REPO / "experiments" / "cardiac_label_efficiency.yaml")
-    grid = replace(grid, seeds=(0, 1), label_fractions=(0.01,))
+    grid = replace(grid, seeds=(0, 1), label_fractions=(0.01,), variants=())
     runs = [r for r in expand_runs(grid) if r.kind == "downstream"]
     auc = {("random", 0): 0.6, ("random", 1): 0.8, ("simsiam", 0): 0.9, ("simsiam", 1): 0.95}
 
