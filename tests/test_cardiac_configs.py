@@ -73,3 +73,29 @@ def test_multi_gpu_pretraining_runs_under_torchrun_on_cpu(tmp_path, tmp_path_fac
                                    str(CONFIGS / "cpu_demo.json"), str(tiny)], launcher=launcher)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert (tmp_path / "models" / "simsiam" / "encoder_final.pt").is_file()
+
+
+def test_pretrained_switch_gives_a_random_init_encoder_without_an_encoder_file():
+    """The experiment runner sets `pretrained` (and `encoder_path` only for a pretrained column): with `pretrained`
+    false the classifier starts from random init, whatever `encoder_path` says."""
+    assert parser("train.json").get_parsed_content("network_def#encoder") == "/bundle/models/simsiam/encoder_final.pt"
+    assert parser("train.json", pretrained=False).get_parsed_content("network_def#encoder") == ""
+    assert parser("train.json", pretrained=True, encoder_path="/runs/p/models/simsiam/encoder_best.pt") \
+        .get_parsed_content("network_def#encoder") == "/runs/p/models/simsiam/encoder_best.pt"
+    assert parser("train.json", "evaluate.json").get_parsed_content("network_def#encoder") == ""  # loads best.pt
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_percent_of_the_labels_keeps_one_study_with_every_class(tmp_path, seed):
+    """The label fraction draws whole studies: 1 % of the demo's 42 training studies is one study, which has a
+    series of each class (tests/test_cardiac_phantom.py), so every class keeps at least one labelled image."""
+    classes = ["T1", "T2", "Cine", "Cine", "LGE", "Other"]
+    training = [{"image": f"case{s:03d}_{i}.nii.gz", "subject": f"case{s:03d}", "class_index": ["T1", "T2", "Cine",
+                 "LGE", "Other"].index(name)} for s in range(42) for i, name in enumerate(classes)]
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"training": training, "validation": [], "test": []}))
+    data = {fraction: parser("train.json", "cpu_demo.json", dataset_dir=str(path), label_fraction=fraction,
+                             seed=seed).get_parsed_content("train#dataset#data") for fraction in (0.01, 0.1, 1.0)}
+    assert [len({d["subject"] for d in data[f]}) for f in (0.01, 0.1, 1.0)] == [1, 4, 42]
+    assert {d["label"] for d in data[0.01]} == set(range(5))
+    assert {d["image"] for d in data[0.01]} <= {d["image"] for d in data[0.1]}  # nested subsets

@@ -91,10 +91,21 @@ def test_hash_follows_what_decides_a_result(tmp_path):
     ({"overrides": {"seed": 3}}, "experiment runner sets"),
     ({"downstream": [], "modes": ["random"]}, "no dataset"),
     ({"downstream": {"name": "tissue"}}, "must be a list"),
+    # A grid's own modes (another bundle's pretraining): names, the mode key, the column titles.
+    ({"modes": ["random", "simsiam"]}, "'modes'.*mode_key"),  # not a 3-D view mode, and no mode_key given
+    ({"modes": ["random", "SimSiam"], "pretraining": {"mode_key": None}}, "'modes' must be distinct names"),
+    ({"modes": ["random", "sim siam"], "pretraining": {"mode_key": None}}, "'modes' must be distinct names"),
+    ({"modes": ["random", "a", "b"], "pretraining": {"mode_key": None}}, "same pretraining run.*mode_overrides"),
+    ({"modes": ["random", "simsiam"], "pretraining": {"mode_key": 3}}, "'mode_key' must be"),
+    ({"modes": ["random", "simsiam"], "pretraining": {"mode_key": "method", "overrides": {"method": "x"}}},
+     "experiment runner sets"),
+    ({"titles": {"simclr": "SimCLR"}}, "'titles'"),
 ])
 def test_bad_grids_are_named(tmp_path, change, message):
     path = write_grid(tmp_path)
     content = yaml.safe_load(path.read_text())
+    change = dict(change)
+    content["pretraining"].update(change.pop("pretraining", {}))
     content.update(change)
     path.write_text(yaml.safe_dump(content))
     with pytest.raises(InputError, match=message):
@@ -367,3 +378,117 @@ def test_stage_cpu_time_counts_the_child_and_the_exit_status_is_kept(tmp_path):
     assert code == 3
     if cpu_seconds is not None:  # POSIX
         assert 1.0 <= cpu_seconds < 5.0
+
+
+# ------------------------------------------------------------------------------------------------ a bundle's own modes
+
+
+def test_the_3d_grids_keep_their_run_identities(tmp_path):
+    """Naming modes per grid leaves the 3-D grids' runs as they were: each pretraining run sets `view_mode`, the
+    hash is the formula it always was (so finished runs are reused), and `mode_key: view_mode` is the default."""
+    import hashlib
+
+    def old_hash(run):
+        identity = {
+            "bundle": run.spec.bundle_dir.name,
+            "stages": [(stage, [[path.name, hashlib.sha256(path.read_bytes()).hexdigest()] for path in files])
+                       for stage, files in run.stages(True)],
+            "overrides": run.overrides, "upstream": run.upstream.config_hash if run.upstream else None,
+            "encoder": "encoder_best.pt" if run.upstream else None}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+    for name in ("demo.yaml", "learning_curves.yaml", "paper_tables.yaml"):
+        runs = expand_runs(load_grid(REPO / "experiments" / name))
+        assert all(run.config_hash == old_hash(run) for run in runs), name
+        assert all(run.overrides["view_mode"] == run.mode for run in runs if run.kind == "pretrain"), name
+    path = write_grid(tmp_path)
+    content = yaml.safe_load(path.read_text())
+    content["pretraining"]["mode_key"] = "view_mode"
+    explicit = tmp_path / "explicit" / "grid.yaml"
+    explicit.parent.mkdir()
+    explicit.write_text(yaml.safe_dump(content))
+    hashes = [[r.config_hash for r in expand_runs(load_grid(grid))] for grid in (explicit, path)]
+    assert hashes[0] == hashes[1]
+
+
+def test_a_grid_names_its_own_pretraining_mode_and_encoder_file():
+    grid = load_grid(REPO / "experiments" / "cardiac_label_efficiency.yaml")
+    assert grid.modes == ("random", "simsiam") and grid.pretraining.mode_key is None
+    assert grid.label_fractions == (0.01, 0.1, 1.0)
+    runs = expand_runs(grid)
+    pretrain = [r for r in runs if r.kind == "pretrain"]
+    assert [r.label for r in pretrain] == [f"pretrain-simsiam-seed{s}" for s in grid.seeds]
+    assert all("view_mode" not in r.overrides and r.overrides["seed"] == r.seed for r in pretrain)
+    downstream = [r for r in runs if r.kind == "downstream"]
+    assert len(downstream) == len(grid.columns) * 3 * 3
+    encoders = {**{mode: mode for mode in grid.modes}, **{v.name: v.encoder for v in grid.variants}}
+    for run in downstream:
+        assert run.overrides["pretrained"] == (encoders[run.mode] == "simsiam")
+        assert (run.upstream is None) == (encoders[run.mode] == "random")
+        assert run.upstream is None or (run.upstream.seed == run.seed and run.upstream.spec.encoder ==
+                                        "simsiam/encoder_best.pt")
+    assert len({r.config_hash for r in runs}) == len(runs)
+
+
+def test_modes_without_a_mode_key_differ_by_their_mode_overrides(tmp_path):
+    path = write_grid(tmp_path)
+    content = yaml.safe_load(path.read_text())
+    content.update(modes=["random", "short", "long"])
+    content["pretraining"].update(mode_key=None, mode_overrides={"short": {"num_epochs": 1}, "long": {"num_epochs": 2}})
+    path.write_text(yaml.safe_dump(content))
+    pretrain = {r.mode: r for r in expand_runs(load_grid(path)) if r.kind == "pretrain"}
+    assert pretrain["short"].overrides["num_epochs"] == 1 and pretrain["long"].overrides["num_epochs"] == 2
+    assert "view_mode" not in pretrain["short"].overrides
+    assert pretrain["short"].config_hash != pretrain["long"].config_hash
+
+
+def test_a_classifier_run_loads_the_named_encoder_and_its_scores_reach_the_table(tmp_path, monkeypatch):
+    """execute_run with the bundle stages faked: the downstream run gets the pretraining run's
+    `models/simsiam/encoder_best.pt`, and the classifier's metrics.json becomes a table row."""
+    from mri_ssl.experiments import runner
+
+    grid = load_grid(REPO / "experiments" / "cardiac_label_efficiency.yaml")
+    grid = replace(grid, seeds=(0, 1), label_fractions=(0.01,), variants=())
+    runs = [r for r in expand_runs(grid) if r.kind == "downstream"]
+    auc = {("random", 0): 0.6, ("random", 1): 0.8, ("simsiam", 0): 0.9, ("simsiam", 1): 0.95}
+
+    def fake_stage(command, log_path, on_epoch, timeout_s, environment=None):
+        folder = log_path.parent
+        if log_path.name == "evaluate.log":
+            overrides = json.loads((folder / "overrides.json").read_text())
+            mode = "simsiam" if overrides["pretrained"] else "random"
+            metrics = {"images": 140, "auc": {"T1": 0.5, "T2": float("nan")}, "accuracy": 0.4,
+                       "mean_auc": auc[(mode, overrides["seed"])], "confusion_matrix": [[1]], "class_names": ["T1"]}
+            (folder / "logs" / "evaluation").mkdir(parents=True)
+            (folder / "logs" / "evaluation" / "metrics.json").write_text(json.dumps(metrics))
+        log_path.write_text("ok\n")
+        return 0, 1.0
+
+    monkeypatch.setattr(runner, "_run_stage", fake_stage)
+    results = [runner.execute_run(run, runner.run_folder(tmp_path, run)) for run in runs]
+    assert all(r.status == STATUS_OK for r in results), [r.reason for r in results]
+    for result in results:
+        overrides = json.loads((result.folder / "overrides.json").read_text())
+        if result.run.mode == "simsiam":
+            assert overrides["encoder_path"] == str(runner.run_folder(tmp_path, result.run.upstream) / "models" /
+                                                    "simsiam" / "encoder_best.pt")
+        else:
+            assert "encoder_path" not in overrides and overrides["pretrained"] is False
+    assert results[0].summary["overall"]["mean_auc"] == {"mean": auc[("random", 0)], "n": 140}
+    records = {r["mode"]: r for r in collect(grid, results) if r["metric"] == "mean_auc"}
+    assert records["simsiam"]["mean"] == pytest.approx(0.925) and records["random"]["mean"] == pytest.approx(0.7)
+    table = markdown_table(collect(grid, results), grid, grid.downstream[0], "mean_auc")
+    assert "1% labels<br>Supervised from scratch | 1% labels<br>SimSiam + fine-tuning" in table
+    assert "| all test cases | <u>0.700 ± 0.141</u> | **0.925 ± 0.035** |" in table and "In domain" not in table
+
+
+def test_an_evaluation_without_a_summary_or_classifier_scores_fails_the_run(tmp_path):
+    from mri_ssl.experiments.runner import read_evaluation_summary
+
+    with pytest.raises(OSError):
+        read_evaluation_summary(tmp_path)
+    (tmp_path / "metrics.json").write_text(json.dumps({"recall_at_5": 0.3}))
+    with pytest.raises(ValueError, match="classification scores"):
+        read_evaluation_summary(tmp_path)
+    (tmp_path / "summary.json").write_text(json.dumps({"overall": {"dice_mean": {"mean": 0.5}}}))
+    assert read_evaluation_summary(tmp_path)["overall"]["dice_mean"]["mean"] == 0.5

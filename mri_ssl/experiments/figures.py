@@ -17,7 +17,7 @@ import numpy as np
 
 from mri_ssl.experiments.grid import Grid
 from mri_ssl.experiments.runner import STATUS_OK, RunResult
-from mri_ssl.experiments.tables import MODE_TITLES, probe_histories, row_title
+from mri_ssl.experiments.tables import column_title, probe_histories, row_title
 from mri_ssl.io.atomic import atomic_output
 
 MODE_COLOURS = {"random": "#9e9e9e", "base": "#1f77b4", "seqaug": "#ff7f0e", "seqinv": "#2ca02c",
@@ -64,7 +64,7 @@ def plot_metric_bars(records: Sequence[Mapping], grid: Grid, path: str | os.Path
             means = [cells[g]["mean"] if g in cells and cells[g]["n_seeds"] else np.nan for g in groups]
             stds = [cells[g]["std"] if g in cells and cells[g]["n_seeds"] > 1 else 0.0 for g in groups]
             x = np.arange(len(groups)) + (position - (len(columns) - 1) / 2) * width
-            ax.bar(x, means, width, yerr=stds, capsize=2, label=MODE_TITLES.get(mode, mode),
+            ax.bar(x, means, width, yerr=stds, capsize=2, label=column_title(grid, mode),
                    color=MODE_COLOURS.get(mode))
         labels = [row_title(g) + ("\n(in domain)" if g in in_domain else "") for g in groups]
         ax.set_xticks(np.arange(len(groups)), labels, fontsize=8)
@@ -152,7 +152,7 @@ def plot_segmentation_overlays(results: Sequence[RunResult], grid: Grid, task: s
         stem = relative.name.split(".nii")[0]
         for row, mode in enumerate(methods, start=1):
             prediction_path = runs[mode].folder / "predictions" / relative.parent / f"{stem}_seg.nii.gz"
-            title = MODE_TITLES.get(mode, mode)
+            title = column_title(grid, mode)
             if prediction_path.is_file():
                 prediction = np.asarray(nib.load(str(prediction_path)).dataobj).astype(np.int64)
                 score = dice[mode].get(str(image_path)) or dice[mode].get(str(image_path.resolve()))
@@ -206,7 +206,7 @@ def plot_learning_curves(results: Sequence[RunResult], grid: Grid, path: str | o
             common = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
             if common:
                 ax.plot(common, [np.mean([c[s] for c in curves]) for s in common], color=colour, linewidth=2.0,
-                        marker="o", markersize=3, label=f"{MODE_TITLES.get(mode, mode)} (n={len(curves)})")
+                        marker="o", markersize=3, label=f"{column_title(grid, mode)} (n={len(curves)})")
         if random_init:
             ax.axhline(float(np.mean(random_init)), color="#616161", linestyle="--", linewidth=1.2,
                        label="random init")

@@ -9,6 +9,7 @@ type by hand. The YAML format (``experiments/demo.yaml`` is a commented example)
     seeds: [0, 1, 2]
     label_fractions: [0.1, 1.0]
     modes: [random, base, seqaug, seqinv]   # `random` is the random-init baseline: no pretraining run
+    titles: {random: Random init}       # optional: the tables' column titles (default: built-in or the name)
     variants:                           # optional: more columns, each an encoder of `modes` trained otherwise
       simaug: {encoder: random, overrides: {training_contrast: simulated}}
       seqinv_finetuned: {encoder: seqinv, overrides: {freeze_encoder: false}, demo_tasks: [tissue]}
@@ -17,6 +18,7 @@ type by hand. The YAML format (``experiments/demo.yaml`` is a commented example)
       bundle: mri_ssl_pretrain
       configs: [train.json, cpu_demo.json]   # files in the bundle's configs/ folder, in order
       encoder: encoder_best.pt          # the exported encoder the downstream runs load (from the run's models/)
+      mode_key: view_mode               # the config id that receives the mode's name (default view_mode; or null)
       overrides: {...}
       mode_overrides: {base: {...}}     # optional, per mode
     downstream:                         # may be empty: a grid of pretraining runs only (their probe curves)
@@ -28,6 +30,19 @@ type by hand. The YAML format (``experiments/demo.yaml`` is a commented example)
         metrics: {dice_mean: higher, hd95_mm_mean: lower}
         in_domain: {site: [phantom], sequence: [T1w]}   # rows matching every given key are "in domain"
         overrides: {...}
+
+The modes name the pretraining runs. With the default ``mode_key: view_mode`` they are the view modes of the 3-D
+pretraining bundle (``PRETRAINING_MODES``) and each run gets ``view_mode: <mode>``. Another bundle's pretraining
+names its own modes (lower-case names: letters, digits, ``_``) and sets ``mode_key`` to the config id that takes
+the name, or to ``null`` when the bundle has a single way of pretraining (then the modes differ only by their
+``mode_overrides``). For example the cardiac bundle (``experiments/cardiac_label_efficiency.yaml``)::
+
+    modes: [random, simsiam]
+    pretraining:
+      bundle: cardiac_sequence_classification
+      configs: [pretrain.json, cpu_demo.json]
+      encoder: simsiam/encoder_best.pt
+      mode_key: null
 
 A variant is a downstream-only column: the encoder of one of ``modes`` (``random`` or a pretrained one, from the
 same seed's pretraining run) under a downstream run with the variant's ``overrides`` added, for every downstream
@@ -42,8 +57,8 @@ in ``_dir``, ``_path`` or ``_file``, e.g. ``dataset_dir: data_manifests/ixi.json
 the grid is run from, as a path typed on the command line would be, and made absolute when the grid is read: each
 bundle run works in its own folder, where the relative path would name nothing. The runner sets ``seed`` and the
 run's folder as
-``bundle_root`` itself, with ``view_mode`` (pretraining), ``label_fraction``, ``encoder_path`` and ``pretrained``
-(downstream).
+``bundle_root`` itself, with the ``mode_key`` (pretraining), ``label_fraction``, ``encoder_path`` (the pretraining
+run's ``models/<encoder>``) and ``pretrained`` (downstream).
 """
 
 from __future__ import annotations
@@ -51,6 +66,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -58,7 +74,9 @@ from typing import Any, Mapping
 from mri_ssl.errors import InputError
 
 RANDOM_INIT = "random"
-PRETRAINING_MODES = ("base", "seqaug", "seqinv")
+PRETRAINING_MODES = ("base", "seqaug", "seqinv")  # the 3-D pretraining bundle's view modes (its `view_mode`)
+DEFAULT_MODE_KEY = "view_mode"
+MODE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # a mode names run folders and table columns
 METRIC_DIRECTIONS = ("higher", "lower")
 # Overrides a grid may not set itself: the runner owns them, so a run's folder and identity stay consistent.
 RESERVED_KEYS = ("bundle_root", "seed", "view_mode", "label_fraction", "encoder_path", "pretrained")
@@ -77,7 +95,8 @@ class StageSpec:
     metrics: dict = field(default_factory=dict)
     in_domain: dict = field(default_factory=dict)
     mode_overrides: dict = field(default_factory=dict)
-    encoder: str = "encoder_best.pt"
+    encoder: str = "encoder_best.pt"      # pretraining: the exported encoder file, relative to the run's models/
+    mode_key: str | None = DEFAULT_MODE_KEY  # pretraining: the config id set to the mode's name (None: none)
 
 
 @dataclass(frozen=True)
@@ -104,6 +123,7 @@ class Grid:
     pretraining: StageSpec | None
     downstream: tuple[StageSpec, ...]
     variants: tuple[Variant, ...] = ()
+    titles: dict = field(default_factory=dict)  # column (mode or variant) -> table title, where the grid gives one
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -176,11 +196,12 @@ def expand_placeholders(value: Any, replacements: Mapping[str, str]) -> Any:
     return value
 
 
-def _overrides(mapping: Mapping, key: str, where: str, grid_dir: Path) -> dict:
+def _overrides(mapping: Mapping, key: str, where: str, grid_dir: Path,
+               reserved_keys: tuple[str, ...] = RESERVED_KEYS) -> dict:
     value = mapping.get(key) or {}
     if not isinstance(value, dict):
         raise InputError(where, f"{key!r} must be a mapping of config ids to values, got {value!r}")
-    reserved = sorted(set(value) & set(RESERVED_KEYS))
+    reserved = sorted(set(value) & set(reserved_keys))
     if reserved:
         raise InputError(where, f"{key!r} sets {reserved}, which the experiment runner sets for each run")
     return absolute_path_overrides(expand_placeholders(dict(value), {"grid_dir": grid_dir}))
@@ -218,7 +239,8 @@ def _config_files(bundle_dir: Path, names, where: str, key: str) -> tuple[Path, 
     return tuple(files)
 
 
-def _stage(entry: Mapping, where: str, bundles: Path, grid_dir: Path, downstream: bool) -> StageSpec:
+def _stage(entry: Mapping, where: str, bundles: Path, grid_dir: Path, downstream: bool,
+           reserved_keys: tuple[str, ...] = RESERVED_KEYS) -> StageSpec:
     if not isinstance(entry, dict):
         raise InputError(where, f"must be a mapping, got {entry!r}")
     bundle = _require(entry, "bundle", where, str)
@@ -242,12 +264,37 @@ def _stage(entry: Mapping, where: str, bundles: Path, grid_dir: Path, downstream
         raise InputError(where, f"'mode_overrides' must map modes to overrides, got {mode_overrides!r}")
     return StageSpec(
         name=str(entry.get("name", "pretrain")), bundle_dir=bundle_dir, configs=configs,
-        overrides=_overrides(entry, "overrides", where, grid_dir),
+        overrides=_overrides(entry, "overrides", where, grid_dir, reserved_keys),
         evaluate=_config_files(bundle_dir, entry.get("evaluate"), where, "evaluate"),
         inference=_config_files(bundle_dir, entry.get("inference"), where, "inference"),
         metrics=dict(metrics), in_domain=dict(in_domain),
-        mode_overrides={mode: _overrides(mode_overrides, mode, where, grid_dir) for mode in mode_overrides},
-        encoder=str(entry.get("encoder", "encoder_best.pt")))
+        mode_overrides={mode: _overrides(mode_overrides, mode, where, grid_dir, reserved_keys)
+                        for mode in mode_overrides},
+        encoder=str(entry.get("encoder", "encoder_best.pt")), mode_key=_mode_key(entry, where))
+
+
+def _mode_key(entry, where: str) -> str | None:
+    """The pretraining entry's ``mode_key``: the config id that receives the mode's name (``view_mode`` by default),
+    or None (``null``) for a bundle with a single way of pretraining."""
+    if not isinstance(entry, dict):
+        return DEFAULT_MODE_KEY
+    key = entry.get("mode_key", DEFAULT_MODE_KEY)
+    if key is not None and (not isinstance(key, str) or not key):
+        raise InputError(where, f"'mode_key' must be a bundle config id or null, got {key!r}")
+    return key
+
+
+def _check_modes(modes: list, mode_key: str | None, where: str) -> None:
+    """Distinct mode names; with the default ``mode_key`` (the 3-D bundle's ``view_mode``), only its view modes."""
+    if not modes or len(set(map(str, modes))) != len(modes) or not all(
+            isinstance(m, str) and MODE_NAME.match(m) for m in modes):
+        raise InputError(where, f"'modes' must be distinct names of lower-case letters, digits and '_' ({RANDOM_INIT!r}"
+                                f" for the random-init baseline), got {modes!r}")
+    unknown = [m for m in modes if m not in (RANDOM_INIT,) + PRETRAINING_MODES]
+    if mode_key == DEFAULT_MODE_KEY and unknown:
+        raise InputError(where, f"'modes' {unknown} are not values of {DEFAULT_MODE_KEY!r} "
+                                f"{(RANDOM_INIT,) + PRETRAINING_MODES}; for another bundle's pretraining set "
+                                f"'pretraining: mode_key' to the config id that takes the mode's name, or to null")
 
 
 def load_grid(path: str | os.PathLike, bundles_dir: str | os.PathLike | None = None) -> Grid:
@@ -281,16 +328,20 @@ def load_grid(path: str | os.PathLike, bundles_dir: str | os.PathLike | None = N
             isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1 for f in fractions):
         raise InputError(where, f"'label_fractions' must be a non-empty list of numbers in (0, 1], got {fractions!r}")
     modes = _require(content, "modes", where, list)
-    unknown = [m for m in modes if m not in (RANDOM_INIT,) + PRETRAINING_MODES]
-    if not modes or unknown or len(set(modes)) != len(modes):
-        raise InputError(where, f"'modes' must be distinct values of {(RANDOM_INIT,) + PRETRAINING_MODES}, "
-                                f"got {modes!r}")
-    common = _overrides(content, "overrides", where, grid_dir)
+    mode_key = _mode_key(content.get("pretraining"), f"{where} pretraining")
+    _check_modes(modes, mode_key, where)
+    reserved_keys = RESERVED_KEYS + ((mode_key,) if mode_key and mode_key not in RESERVED_KEYS else ())
+    common = _overrides(content, "overrides", where, grid_dir, reserved_keys)
     pretraining = None
-    if any(mode != RANDOM_INIT for mode in modes):
+    pretrained_modes = [mode for mode in modes if mode != RANDOM_INIT]
+    if pretrained_modes:
         pretraining = _stage(_require(content, "pretraining", where, dict), f"{where} pretraining", bundles,
-                             grid_dir, downstream=False)
+                             grid_dir, downstream=False, reserved_keys=reserved_keys)
         pretraining = _with_common(pretraining, common)
+        settings = [json.dumps(pretraining.mode_overrides.get(mode, {}), sort_keys=True) for mode in pretrained_modes]
+        if mode_key is None and len(set(settings)) != len(settings):
+            raise InputError(f"{where} pretraining", f"modes {pretrained_modes} would be the same pretraining run: "
+                                                     f"without a 'mode_key', give each its own 'mode_overrides'")
     entries = content.get("downstream") or []
     if not isinstance(entries, list):
         raise InputError(where, f"'downstream' must be a list of datasets / tasks, got {entries!r}")
@@ -302,9 +353,14 @@ def load_grid(path: str | os.PathLike, bundles_dir: str | os.PathLike | None = N
     if len(set(names)) != len(names) or "pretrain" in names:
         raise InputError(where, f"downstream names must be distinct and not 'pretrain', got {names}")
     variants = _variants(content.get("variants"), where, tuple(modes), names, grid_dir)
+    titles = content.get("titles") or {}
+    columns = tuple(modes) + tuple(variant.name for variant in variants)
+    if not isinstance(titles, dict) or not set(titles) <= set(columns) or not all(
+            isinstance(t, str) and t for t in titles.values()):
+        raise InputError(where, f"'titles' must map columns {list(columns)} to table titles, got {titles!r}")
     return Grid(name=str(content.get("name", path.stem)), path=path.resolve(), seeds=tuple(seeds),
                 label_fractions=tuple(float(f) for f in fractions), modes=tuple(modes), pretraining=pretraining,
-                downstream=downstream, variants=variants)
+                downstream=downstream, variants=variants, titles=dict(titles))
 
 
 def _variants(content, where: str, modes: tuple[str, ...], tasks: list[str], grid_dir: Path) -> tuple[Variant, ...]:
@@ -315,7 +371,7 @@ def _variants(content, where: str, modes: tuple[str, ...], tasks: list[str], gri
     variants = []
     for name, entry in content.items():
         place = f"{where} variants.{name}"
-        if not isinstance(name, str) or name in (RANDOM_INIT,) + PRETRAINING_MODES:
+        if not isinstance(name, str) or name in (RANDOM_INIT,) + PRETRAINING_MODES + modes:
             raise InputError(place, f"a variant needs a name of its own (not a mode), got {name!r}")
         if not isinstance(entry, dict):
             raise InputError(place, f"must be a mapping with 'encoder' and 'overrides', got {entry!r}")
@@ -350,7 +406,7 @@ def run_hash(run: Run, infer: bool = True) -> str:
         "stages": [(stage, [[path.name, _file_digest(path)] for path in files]) for stage, files in run.stages(infer)],
         "overrides": run.overrides,
         "upstream": run.upstream.config_hash if run.upstream else None,
-        "encoder": run.spec.encoder if run.upstream else None,
+        "encoder": run.upstream.spec.encoder if run.upstream else None,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -364,7 +420,8 @@ def expand_runs(grid: Grid, infer: bool = True) -> list[Run]:
             if mode == RANDOM_INIT:
                 continue
             spec = grid.pretraining
-            overrides = {**spec.overrides, **spec.mode_overrides.get(mode, {}), "view_mode": mode, "seed": seed}
+            mode_setting = {spec.mode_key: mode} if spec.mode_key else {}
+            overrides = {**spec.overrides, **spec.mode_overrides.get(mode, {}), **mode_setting, "seed": seed}
             run = Run("pretrain", "pretrain", mode, seed, None, spec, overrides)
             run.config_hash = run_hash(run, infer)
             pretrain_runs[(mode, seed)] = run

@@ -6,7 +6,8 @@ Layout of the output folder::
     OUT/runs/<label>-<hash10>/          one folder per run, the bundle's ``bundle_root``
         overrides.json                  the overrides given after the bundle's config files
         <stage>.log                     what the bundle printed, per stage (train / evaluate / inference)
-        models/, logs/evaluation/...    what the bundle wrote (checkpoints, the evaluation report)
+        models/, logs/evaluation/...    what the bundle wrote (checkpoints, the evaluation report: summary.json, or
+                                        a classifier's metrics.json, see ``read_evaluation_summary``)
         result.json                     written last: status, seconds, config hash, the evaluation summary and, for
                                         a pretraining run, its representation probe history (logs/probe.json)
     OUT/runs.csv                        every run with its status
@@ -44,6 +45,9 @@ from mri_ssl.trust.scan import scan_bundle, scan_overrides
 
 STATUS_OK, STATUS_FAILED, STATUS_SKIPPED = "ok", "failed", "skipped"
 RESULT_FILE = "result.json"
+EVALUATION_DIR = Path("logs") / "evaluation"
+SUMMARY_FILE = "summary.json"  # mri_ssl.metrics.report's summary: segmentation, denoising
+CLASSIFICATION_FILE = "metrics.json"  # mri_ssl.engines.ClassificationReport's scores: sequence classification
 PROBE_FILE = "probe.json"  # written by a pretraining run's RepresentationProbe in its logs/ folder
 LOG_TAIL_CHARS = 3000
 EPOCH_PATTERN = re.compile(r"Epoch\[(\d+)\] Complete")
@@ -185,7 +189,7 @@ def execute_run(run: Run, folder: Path, infer: bool = True,
     out_dir = folder.parents[1]
     overrides = expand_placeholders(dict(run.overrides), {"out_dir": out_dir})
     if run.upstream is not None:
-        overrides["encoder_path"] = str(run_folder(out_dir, run.upstream) / "models" / run.spec.encoder)
+        overrides["encoder_path"] = str(run_folder(out_dir, run.upstream) / "models" / run.upstream.spec.encoder)
     overrides_path = save_json(overrides, folder / "overrides.json")
     started = time.perf_counter()
     result = RunResult(run, STATUS_OK, folder)
@@ -208,12 +212,13 @@ def execute_run(run: Run, folder: Path, infer: bool = True,
     result.seconds = time.perf_counter() - started
     result.cpu_seconds = total_cpu_seconds(stage_costs)
     if result.status == STATUS_OK and run.spec.evaluate:
-        summary_path = folder / "logs" / "evaluation" / "summary.json"
         try:
-            result.summary = json.loads(summary_path.read_text())
+            result.summary = read_evaluation_summary(folder / EVALUATION_DIR)
         except (OSError, ValueError) as error:
             result.status = STATUS_FAILED
-            result.error = result.reason = f"the evaluation wrote no readable {summary_path} ({error})"
+            evaluation = folder / EVALUATION_DIR
+            result.error = result.reason = (f"the evaluation wrote no readable {evaluation / SUMMARY_FILE} or "
+                                            f"{CLASSIFICATION_FILE} ({error})")
     probe_path = folder / "logs" / PROBE_FILE
     if probe_path.is_file():
         try:
@@ -225,6 +230,24 @@ def execute_run(run: Run, folder: Path, infer: bool = True,
                "error": result.error,
                "overrides": overrides, "summary": result.summary, "probe": result.probe}, folder / RESULT_FILE)
     return result
+
+
+def read_evaluation_summary(evaluation_dir: Path) -> dict:
+    """A run's evaluation as the tables read it (``mri_ssl.metrics.report``'s layout: ``overall`` and
+    ``by_site_sequence``, each metric a ``{"mean": ...}``): ``summary.json`` as written, else a classifier's
+    ``metrics.json`` (``ClassificationReport``) with its scores over the whole split (``mean_auc``, ``accuracy``,
+    ``auc_<class>``) as ``overall`` metrics. Raises ``OSError`` / ``ValueError`` when neither is readable."""
+    summary_path = evaluation_dir / SUMMARY_FILE
+    if summary_path.is_file() or not (evaluation_dir / CLASSIFICATION_FILE).is_file():
+        return json.loads(summary_path.read_text())
+    metrics = json.loads((evaluation_dir / CLASSIFICATION_FILE).read_text())
+    if not isinstance(metrics, dict) or "mean_auc" not in metrics or not isinstance(metrics.get("auc"), dict):
+        raise ValueError(f"{evaluation_dir / CLASSIFICATION_FILE} holds no classification scores (mean_auc, auc)")
+    scores = {"mean_auc": metrics["mean_auc"], "accuracy": metrics.get("accuracy"),
+              **{f"auc_{name}": value for name, value in metrics["auc"].items()}}
+    images = metrics.get("images")
+    return {"n_cases": images, "overall": {name: {"mean": value, "n": images} for name, value in scores.items()
+                                           if value is not None}}
 
 
 def total_cpu_seconds(stage_costs: dict) -> float | None:

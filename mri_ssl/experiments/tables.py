@@ -29,11 +29,17 @@ MODE_TITLES = {"random": "Random init", "base": "Base", "seqaug": "SeqAug", "seq
                "simaug": "Sim. aug. (random init)", "seqinv_finetuned": "SeqInv, fine-tuned"}
 IN_DOMAIN, OUT_OF_DOMAIN = "in domain", "out of domain"
 GROUPING = "by_site_sequence"
+OVERALL_GROUP = "(all)/(all)"  # a summary without groups (e.g. a classifier's scores over the whole test split)
+
+
+def column_title(grid: Grid, mode: str) -> str:
+    """The table title of a column (mode or variant): the grid's own, else the built-in one, else its name."""
+    return grid.titles.get(mode) or MODE_TITLES.get(mode, mode)
 
 
 def group_values(summary: Mapping, metric: str) -> dict[str, float]:
     """``{"SITE/SEQUENCE": mean}`` of one metric from an evaluation summary (``mri_ssl.metrics.report``)."""
-    groups = summary.get(GROUPING) or {"(all)/(all)": summary.get("overall", {})}
+    groups = summary.get(GROUPING) or {OVERALL_GROUP: summary.get("overall", {})}
     values = {}
     for name, stats in groups.items():
         mean = (stats.get(metric) or {}).get("mean")
@@ -43,6 +49,8 @@ def group_values(summary: Mapping, metric: str) -> dict[str, float]:
 
 
 def row_title(group: str) -> str:
+    if group == OVERALL_GROUP:
+        return "all test cases"
     site, _, sequence = group.partition("/")
     return f"{site} [{sequence}]" if sequence else site
 
@@ -100,7 +108,7 @@ def _format_cell(record: Mapping, places: int) -> str:
 
 
 def _places(metric: str) -> int:
-    return 3 if metric.startswith("dice") else 2
+    return 3 if metric.startswith(("dice", "mean_auc", "auc_", "accuracy")) else 2
 
 
 def _ranks(records: Sequence[Mapping]) -> dict[int, int]:
@@ -121,7 +129,7 @@ def markdown_table(records: Sequence[Mapping], grid: Grid, spec: StageSpec, metr
     direction = "higher" if spec.metrics[metric] == "higher" else "lower"
     lines = [f"### {spec.name}: {metric} ({direction} is better; mean ± std over seeds {list(grid.seeds)})", ""]
     columns = grid.columns_for(spec.name)
-    header = [""] + [f"{fraction:.0%} labels<br>{MODE_TITLES.get(mode, mode)}"
+    header = [""] + [f"{fraction:.0%} labels<br>{column_title(grid, mode)}"
                      for fraction in grid.label_fractions for mode in columns]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     index = {(r["group"], r["fraction"], r["mode"]): r for r in mine}
@@ -129,7 +137,8 @@ def markdown_table(records: Sequence[Mapping], grid: Grid, spec: StageSpec, metr
         groups = sorted({r["group"] for r in mine if r["domain"] == domain})
         if not groups:
             continue
-        lines.append("| **" + domain.capitalize() + "** |" + " |" * (len(header) - 1))
+        if spec.in_domain:  # without a rule every group is "in domain": no heading to say so
+            lines.append("| **" + domain.capitalize() + "** |" + " |" * (len(header) - 1))
         for group in groups:
             cells = []
             for fraction in grid.label_fractions:
@@ -159,8 +168,8 @@ def format_plain_tables(records: Sequence[Mapping], grid: Grid) -> str:
             header = f"{spec.name}: {metric} ({spec.metrics[metric]} is better), {fraction:.0%} of labels, " \
                      f"seeds {list(grid.seeds)}"
             columns = grid.columns_for(spec.name)
-            widths = [max(20, len(MODE_TITLES.get(m, m)) + 2) for m in columns]
-            titles = "".join(f"{MODE_TITLES.get(m, m):>{w}}" for m, w in zip(columns, widths))
+            widths = [max(20, len(column_title(grid, m)) + 2) for m in columns]
+            titles = "".join(f"{column_title(grid, m):>{w}}" for m, w in zip(columns, widths))
             lines = [header, f"{'':<{width}}" + titles]
             for group in groups:
                 title = row_title(group) + (" (in domain)" if domain_of(group, spec.in_domain) == IN_DOMAIN else "")
@@ -209,7 +218,7 @@ def probe_markdown(results: Sequence[RunResult], grid: Grid) -> str:
         probes = histories[mode]
         for stage, pick in PROBE_STAGES:
             cells = [_mean_std_text([pick(probe)[key] for probe in probes]) for key, _ in PROBE_COLUMNS]
-            lines.append(f"| {MODE_TITLES.get(mode, mode)} | {stage} | {len(probes)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {column_title(grid, mode)} | {stage} | {len(probes)} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Top-1 / top-5: the other view of a crop (another sequence) is the nearest (among the 5 nearest) of "
                  "the N candidates; 'end' is the last probe of the run, 'random init' a freshly initialised encoder "
