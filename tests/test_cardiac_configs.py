@@ -80,6 +80,8 @@ def test_pretrained_switch_gives_a_random_init_encoder_without_an_encoder_file()
     false the classifier starts from random init, whatever `encoder_path` says."""
     assert parser("train.json").get_parsed_content("network_def#encoder") == "/bundle/models/simsiam/encoder_final.pt"
     assert parser("train.json", pretrained=False).get_parsed_content("network_def#encoder") == ""
+    # From the command line the switch arrives as text: "false" must switch it off too.
+    assert parser("train.json", pretrained="false").get_parsed_content("network_def#encoder") == ""
     assert parser("train.json", pretrained=True, encoder_path="/runs/p/models/simsiam/encoder_best.pt") \
         .get_parsed_content("network_def#encoder") == "/runs/p/models/simsiam/encoder_best.pt"
     assert parser("train.json", "evaluate.json").get_parsed_content("network_def#encoder") == ""  # loads best.pt
