@@ -185,7 +185,7 @@ def test_the_probe_table_and_learning_curves_read_the_runs_histories(tmp_path):
 
     results = [fake_pretraining_result("base", 0, 0.3), fake_pretraining_result("seqinv", 0, 0.8),
                fake_pretraining_result("seqinv", 1, 0.9)]
-    grid = SimpleNamespace(name="curves", modes=("random", "base", "seqinv"))
+    grid = SimpleNamespace(name="curves", modes=("random", "base", "seqinv"), titles={})  # a Grid's fields used here
     table = probe_markdown(results, grid)
     assert "| SeqInv | end | 2 | 0.850 ± 0.071 |" in table
     assert "| Base | step 0 | 1 | 0.400 |" in table and "| Base | random init | 1 | 0.500 |" in table
