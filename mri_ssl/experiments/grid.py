@@ -240,7 +240,7 @@ def _config_files(bundle_dir: Path, names, where: str, key: str) -> tuple[Path, 
 
 
 def _stage(entry: Mapping, where: str, bundles: Path, grid_dir: Path, downstream: bool,
-           reserved_keys: tuple[str, ...] = RESERVED_KEYS) -> StageSpec:
+           reserved_keys: tuple[str, ...] = RESERVED_KEYS, mode_key: str | None = DEFAULT_MODE_KEY) -> StageSpec:
     if not isinstance(entry, dict):
         raise InputError(where, f"must be a mapping, got {entry!r}")
     bundle = _require(entry, "bundle", where, str)
@@ -270,7 +270,7 @@ def _stage(entry: Mapping, where: str, bundles: Path, grid_dir: Path, downstream
         metrics=dict(metrics), in_domain=dict(in_domain),
         mode_overrides={mode: _overrides(mode_overrides, mode, where, grid_dir, reserved_keys)
                         for mode in mode_overrides},
-        encoder=str(entry.get("encoder", "encoder_best.pt")), mode_key=_mode_key(entry, where))
+        encoder=str(entry.get("encoder", "encoder_best.pt")), mode_key=mode_key)
 
 
 def _mode_key(entry, where: str) -> str | None:
@@ -336,7 +336,7 @@ def load_grid(path: str | os.PathLike, bundles_dir: str | os.PathLike | None = N
     pretrained_modes = [mode for mode in modes if mode != RANDOM_INIT]
     if pretrained_modes:
         pretraining = _stage(_require(content, "pretraining", where, dict), f"{where} pretraining", bundles,
-                             grid_dir, downstream=False, reserved_keys=reserved_keys)
+                             grid_dir, downstream=False, reserved_keys=reserved_keys, mode_key=mode_key)
         pretraining = _with_common(pretraining, common)
         settings = [json.dumps(pretraining.mode_overrides.get(mode, {}), sort_keys=True) for mode in pretrained_modes]
         if mode_key is None and len(set(settings)) != len(settings):

@@ -77,7 +77,7 @@ class ViTEncoder2D(nn.Module):
         """Random initialisation as MONAI's ``ViT`` draws it: every layer's own reset, then the patch embedding's
         truncated-normal position embeddings and linear layers (``PatchEmbeddingBlock._init_weights``)."""
         for module in self.vit.modules():
-            if module is not self and hasattr(module, "reset_parameters"):
+            if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
         embedding = self.vit.patch_embedding
         if isinstance(getattr(embedding, "position_embeddings", None), nn.Parameter):
