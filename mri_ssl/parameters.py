@@ -69,7 +69,7 @@ RULES: dict[str, Rule] = {
     **{name: NON_NEGATIVE_COUNT for name in (
         "num_workers", "pretrain_warmup_epochs", "demo_validation_subjects", "demo_test_subjects", "seed",
         "demo_seed")},
-    **{name: OPTIONAL_COUNT for name in ("epoch_length", "probe_max_fit_images")},
+    **{name: OPTIONAL_COUNT for name in ("epoch_length", "probe_max_fit_images", "crop_centres_per_class")},
     **{name: POSITIVE for name in (
         "learning_rate", "base_learning_rate", "temperature", "grad_clip_norm", "noise_sigma",
         "demo_resolution_mm")},

@@ -63,9 +63,42 @@ def test_training_labels_keep_their_class_values():
 @pytest.mark.parametrize("ratios", [[0, 0, 1, 0], [0, 0, 0, 1]])
 def test_crop_class_ratios_choose_the_crop_centres(ratios):
     """``crop_class_ratios`` is handed to the sampler: all weight on one class puts every crop centre in it."""
-    sampler = training_config(crop_class_ratios=ratios).get_parsed_content("train#augmentation_transforms#1")
+    sampler = training_config(crop_class_ratios=ratios).get_parsed_content("train#augmentation_transforms#0")
     sampler.set_random_state(seed=0)
     wanted = ratios.index(1)
     for _ in range(20):
         crop = sampler(synthetic_case())[0]
         assert int(crop["label"][0, 8, 8, 8]) == wanted  # the centre voxel of an even-sized crop
+
+
+def test_crop_centres_are_listed_once_in_the_cached_stage_and_choose_the_same_crops():
+    """The cached preprocessing lists each class's voxels once (``ClassesToIndicesd``), so a training crop does not
+    rescan the whole label map; without subsampling the crops are those the sampler would draw from the label map."""
+    parser = training_config(crop_centres_per_class=None)
+    cached_stage = parser.get_parsed_content("train#preprocessing").transforms[-2:]  # the pad and the listing
+    key = "label" + parser.get_parsed_content("crop_indices_postfix")
+    case = synthetic_case()
+    listed = dict(case)
+    for transform in cached_stage:
+        listed = transform(listed)
+    assert [len(indices) for indices in listed[key]] == [int((case["label"] == c).sum()) for c in range(4)]
+    sampler = parser.get_parsed_content("train#augmentation_transforms#0")
+    from_list, from_label = [], []
+    for source, out in ((listed, from_list), (case, from_label)):
+        sampler.set_random_state(seed=3)
+        for _ in range(10):
+            crop = sampler(dict(source))[0]
+            assert key not in crop  # the list is consumed, never collated into a batch
+            out.append(crop["label"])
+    for a, b in zip(from_list, from_label):
+        assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))
+
+
+def test_crop_centres_per_class_caps_the_cached_list():
+    parser = training_config(crop_centres_per_class=1000)
+    listing = parser.get_parsed_content("train#preprocessing").transforms[-1]
+    listed = listing(synthetic_case())["label" + parser.get_parsed_content("crop_indices_postfix")]
+    assert [len(indices) for indices in listed] == [1000, 1000, 1000, 64]  # CSF: its 4^3 cube, all of it
+    label = synthetic_case()["label"].flatten()
+    for c, indices in enumerate(listed):
+        assert bool((label[torch.as_tensor(indices)] == c).all())
