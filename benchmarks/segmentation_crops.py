@@ -109,8 +109,9 @@ def main(argv=None) -> int:
     print(f"ratio listed per crop / listed once: {per_crop / once:.1f}x (median of {args.repeats} interleaved rounds)")
     print(f"one training step without its data (forward, backward, optimizer; median of {len(step_times)}): "
           f"{network_ms:.1f} ms; the batch's crops take {batch_size * once:.1f} ms listed once against "
-          f"{batch_size * per_crop:.1f} ms listed per crop, i.e. {batch_size * once / (network_ms + batch_size * once):.0%}"
-          f" against {batch_size * per_crop / (network_ms + batch_size * per_crop):.0%} of a step with one process")
+          f"{batch_size * per_crop:.1f} ms listed per crop, i.e. "
+          f"{batch_size * once / (network_ms + batch_size * once):.0%} against "
+          f"{batch_size * per_crop / (network_ms + batch_size * per_crop):.0%} of a step with one process")
     return 0
 
 
