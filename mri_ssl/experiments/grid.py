@@ -19,6 +19,7 @@ type by hand. The YAML format (``experiments/demo.yaml`` is a commented example)
       configs: [train.json, cpu_demo.json]   # files in the bundle's configs/ folder, in order
       encoder: encoder_best.pt          # the exported encoder the downstream runs load (from the run's models/)
       mode_key: view_mode               # the config id that receives the mode's name (default view_mode; or null)
+      probe: probe.json                 # the representation probe's history, relative to the run's logs/ (default)
       overrides: {...}
       mode_overrides: {base: {...}}     # optional, per mode
     downstream:                         # may be empty: a grid of pretraining runs only (their probe curves)
@@ -97,6 +98,7 @@ class StageSpec:
     mode_overrides: dict = field(default_factory=dict)
     encoder: str = "encoder_best.pt"      # pretraining: the exported encoder file, relative to the run's models/
     mode_key: str | None = DEFAULT_MODE_KEY  # pretraining: the config id set to the mode's name (None: none)
+    probe: str = "probe.json"  # pretraining: the representation probe's history file, relative to the run's logs/
 
 
 @dataclass(frozen=True)
@@ -270,7 +272,8 @@ def _stage(entry: Mapping, where: str, bundles: Path, grid_dir: Path, downstream
         metrics=dict(metrics), in_domain=dict(in_domain),
         mode_overrides={mode: _overrides(mode_overrides, mode, where, grid_dir, reserved_keys)
                         for mode in mode_overrides},
-        encoder=str(entry.get("encoder", "encoder_best.pt")), mode_key=mode_key)
+        encoder=str(entry.get("encoder", "encoder_best.pt")), mode_key=mode_key,
+        probe=str(entry.get("probe", "probe.json")))
 
 
 def _mode_key(entry, where: str) -> str | None:

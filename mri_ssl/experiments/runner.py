@@ -48,7 +48,6 @@ RESULT_FILE = "result.json"
 EVALUATION_DIR = Path("logs") / "evaluation"
 SUMMARY_FILE = "summary.json"  # mri_ssl.metrics.report's summary: segmentation, denoising
 CLASSIFICATION_FILE = "metrics.json"  # mri_ssl.engines.ClassificationReport's scores: sequence classification
-PROBE_FILE = "probe.json"  # written by a pretraining run's RepresentationProbe in its logs/ folder
 LOG_TAIL_CHARS = 3000
 EPOCH_PATTERN = re.compile(r"Epoch\[(\d+)\] Complete")
 TOTAL_EPOCHS_PATTERN = re.compile(r"until (\d+) epochs")  # ignite's first "Engine run ... until N epochs" line
@@ -219,7 +218,7 @@ def execute_run(run: Run, folder: Path, infer: bool = True,
             evaluation = folder / EVALUATION_DIR
             result.error = result.reason = (f"the evaluation wrote no readable {evaluation / SUMMARY_FILE} or "
                                             f"{CLASSIFICATION_FILE} ({error})")
-    probe_path = folder / "logs" / PROBE_FILE
+    probe_path = folder / "logs" / run.spec.probe
     if probe_path.is_file():
         try:
             result.probe = json.loads(probe_path.read_text())

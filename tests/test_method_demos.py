@@ -1,0 +1,178 @@
+"""`mri-ssl demo METHOD`: the CLI shape (the 3-D demo stays the default), each method demo's grid, tables and
+figures, with the bundle stages faked (fast) and once through the real bundle on a tiny grid (slow)."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from mri_ssl.cli import build_parser, main
+from mri_ssl.experiments import load_grid
+from mri_ssl.experiments.method_figures import read_confusion_matrix
+from mri_ssl.method_demos import METHOD_DEMOS, load_method_grid
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["T1", "T2", "Cine", "LGE", "Other"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_without_a_method_is_the_3d_demo_with_unchanged_defaults():
+    args = build_parser().parse_args(["demo"])
+    assert args.method == "brain"
+    assert (args.out, args.resolution_mm, args.random_protocols, args.seed, args.seeds) == ("demo_out", 1.0, 3, 0, [0])
+    assert not args.fused and not args.simulation_only and args.grid is None
+    cardiac = build_parser().parse_args(["demo", "cardiac", "--seeds", "0", "1", "2", "--out", "x"])
+    assert (cardiac.method, cardiac.seeds, cardiac.out) == ("cardiac", [0, 1, 2], "x")
+    assert build_parser().parse_args(["demo", "--out", "y", "cardiac"]).method == "cardiac"
+
+
+def test_demo_rejects_an_unknown_method_and_help_names_every_method(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(["demo", "knee"])
+    assert stopped.value.code == 2 and "invalid choice: 'knee'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for method in ["brain", *METHOD_DEMOS]:
+        assert method in text
+    assert "mri-ssl demo cardiac" in text
+
+
+def test_a_method_demo_refuses_the_3d_simulation_options(tmp_path, capsys):
+    assert main(["demo", "cardiac", "--out", str(tmp_path / "o"), "--resolution-mm", "2"]) == 2
+    error = capsys.readouterr().err
+    assert "--resolution-mm" in error and "mri-ssl demo cardiac" in error
+    assert not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_every_method_grid_loads_and_pretrains_with_its_probe():
+    for method, demo in METHOD_DEMOS.items():
+        grid = load_grid(REPO / "experiments" / demo.grid_file)
+        assert grid.seeds == (0, 1, 2) and "random" in grid.modes and grid.pretraining is not None
+        assert load_method_grid(method, seeds=[1]).seeds == (1,)
+    cardiac = load_method_grid("cardiac")
+    assert cardiac.pretraining.probe == "simsiam/probe.json"
+    assert cardiac.pretraining.encoder == "simsiam/encoder_best.pt"
+
+
+def _fake_probe(seed: int, epochs: int = 3) -> dict:
+    start = 0.79 + 0.01 * seed
+    history = [{"iteration": 7 * epoch, "epoch": epoch, "auc": start + 0.05 * epoch, "accuracy": 0.5 + 0.1 * epoch,
+                "majority_rate": 0.43, "spread": 0.05, "spread_healthy": 0.0625, "score": start + 0.05 * epoch,
+                "n_fit": 509, "n": 70, **({"train_loss": -0.3 * epoch} if epoch else {})} for epoch in range(epochs + 1)]
+    return {"random_init": {**history[0], "auc": 0.78}, "history": history}
+
+
+def _fake_confusion(mode: str, seed: int, images: int = 140) -> np.ndarray:
+    rng = np.random.default_rng(seed + 10 * len(mode))
+    counts = rng.multinomial(images, np.ones(25) / 25).reshape(5, 5)
+    return counts
+
+
+@pytest.fixture
+def fake_bundle_stages(monkeypatch):
+    """The bundle stages replaced by a function writing what the cardiac bundle writes: the pretraining run's
+    `logs/simsiam/probe.json`, the evaluation's `logs/evaluation/metrics.json` (a failing evaluation for the modes in
+    `fail`)."""
+    from mri_ssl.experiments import runner
+
+    fail = set()
+
+    def fake_stage(command, log_path, on_epoch, timeout_s, environment=None):
+        folder = log_path.parent
+        overrides = json.loads((folder / "overrides.json").read_text())
+        seed = overrides["seed"]
+        if "pretrained" not in overrides:  # a pretraining run
+            (folder / "logs" / "simsiam").mkdir(parents=True)
+            (folder / "logs" / "simsiam" / "probe.json").write_text(json.dumps(_fake_probe(seed)))
+        elif log_path.name == "evaluate.log":
+            mode = folder.name.split("-")[1]
+            if mode in fail:
+                log_path.write_text("RuntimeError: the evaluation broke\n")
+                return 1, 1.0
+            counts = _fake_confusion(mode, seed)
+            metrics = {"images": int(counts.sum()), "auc": {c: 0.9 for c in CLASSES}, "class_names": CLASSES,
+                       "mean_auc": 0.9 - 0.01 * seed, "accuracy": float(np.trace(counts) / counts.sum()),
+                       "confusion_matrix": counts.tolist()}
+            (folder / "logs" / "evaluation").mkdir(parents=True)
+            (folder / "logs" / "evaluation" / "metrics.json").write_text(json.dumps(metrics))
+        log_path.write_text("ok\n")
+        return 0, 1.0
+
+    monkeypatch.setattr(runner, "_run_stage", fake_stage)
+    return fail
+
+
+def _table_rows(text: str) -> list[list[str]]:
+    """The data rows of the Markdown tables in ``text``: their cells, without the row title."""
+    return [[cell.strip() for cell in line.split("|")[2:-1]] for line in text.splitlines()
+            if line.startswith("| ") and not line.startswith("|  |") and not line.startswith("| mode |")]
+
+
+def test_cardiac_demo_writes_tables_curves_and_confusion_matrices(tmp_path, capsys, fake_bundle_stages):
+    out = tmp_path / "cardiac_out"
+    assert main(["demo", "cardiac", "--out", str(out), "--quiet", "--seeds", "0", "1", "--jobs", "1"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    experiment = summary["experiment"]
+    grid = load_method_grid("cardiac", seeds=[0, 1])
+    assert experiment["runs"] == experiment["finished"] == 2 + len(grid.columns) * len(grid.label_fractions) * 2
+    assert sorted(experiment["figures"]) == ["figures/learning_curves.png", "figures/sequence_confusion.png"]
+    for figure in experiment["figures"]:
+        png = (out / figure).read_bytes()
+        assert png[:8] == PNG and len(png) > 10_000, figure
+    # The printed tables: the downstream score at each label fraction (mean ± std over the two seeds), then the probe.
+    assert "sequence: mean_auc (higher is better), 100% of labels, seeds [0, 1]" in printed
+    assert "sequence: mean_auc (higher is better), 10% of labels" in printed
+    assert "Linear probe, SimSiam ViT" in printed and "Supervised from scratch" in printed
+    assert re.search(r"all test cases +0\.895 ± 0\.007", printed)
+    probe = [line for line in printed.splitlines() if line.startswith("| SimSiam + fine-tuning |")]
+    assert [line.split("|")[2].strip() for line in probe] == ["step 0", "end", "random init"]
+    assert probe[0].split("|")[4].strip() == "0.795 ± 0.007"  # step-0 AUC of the two seeds, 0.79 and 0.80
+    assert probe[1].split("|")[4].strip() == "0.945 ± 0.007" and probe[2].split("|")[4].strip() == "0.780 ± 0.000"
+    assert "peak memory" in printed and "montage" not in printed
+    rows = _table_rows((out / "results.md").read_text()) + _table_rows(printed)
+    assert rows and all(cell and "nan" not in cell for row in rows for cell in row)
+
+
+def test_a_failed_evaluation_is_named_in_its_cell_never_an_empty_one(tmp_path, capsys, fake_bundle_stages):
+    fake_bundle_stages.add("simsiam_linear")
+    out = tmp_path / "cardiac_out"
+    assert main(["demo", "cardiac", "--out", str(out), "--quiet", "--jobs", "1"]) == 1
+    printed = capsys.readouterr().out
+    assert "INCOMPLETE RESULTS" in printed and "sequence-simsiam_linear-frac1-seed0" in printed.splitlines()[-4]
+    markdown = (out / "results.md").read_text()
+    rows = _table_rows(markdown)
+    assert all(cell for row in rows for cell in row) and any("failed" in row for row in rows)
+    assert (out / "figures" / "sequence_confusion.png").stat().st_size > 10_000  # the other columns still drawn
+
+
+@pytest.mark.slow
+def test_cardiac_demo_through_the_bundle_on_a_tiny_grid(tmp_path, capsys):
+    tiny = {"demo_subjects": 6, "demo_slices": 1, "demo_cine_frames": 2, "hidden_size": 32, "mlp_dim": 64,
+            "num_layers": 1, "num_heads": 2, "projection_dim": 32, "predictor_hidden": 8, "batch_size": 4,
+            "pretrain_batch_size": 4, "pretrain_epochs": 2, "epoch_length": 2}
+    content = yaml.safe_load((REPO / "experiments" / "demo_cardiac.yaml").read_text())
+    content.update(bundles=str(REPO / "bundles"), label_fractions=[1.0])
+    content["overrides"].update(tiny)
+    content["downstream"][0]["overrides"].update(num_epochs=2)
+    grid_path = tmp_path / "demo_cardiac_tiny.yaml"
+    grid_path.write_text(yaml.safe_dump(content))
+    out = tmp_path / "out"
+    assert main(["demo", "cardiac", "--out", str(out), "--quiet", "--grid", str(grid_path), "--jobs", "2"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["experiment"]["finished"] == 1 + 4 and 0 < summary["peak_memory_gb"] < 6
+    assert "| SimSiam + fine-tuning | step 0 | 1 |" in printed
+    for figure in ("learning_curves.png", "sequence_confusion.png"):
+        assert (out / "figures" / figure).read_bytes()[:8] == PNG
+    # Every classifier's confusion matrix counts each test image once.
+    test_images = [e for e in json.loads((out / "data" / "cardiac" / "datalist.json").read_text())["test"]]
+    for folder in (out / "runs").glob("sequence-*"):
+        counts, names, _ = read_confusion_matrix(folder)
+        assert names == CLASSES and counts.sum() == len(test_images)
+    rows = _table_rows((out / "results.md").read_text())
+    assert rows and all(cell and "nan" not in cell for row in rows for cell in row)
