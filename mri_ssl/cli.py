@@ -279,12 +279,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "(experiments/demo_cardiac.yaml through bundles/cardiac_sequence_classification), fine-tuning and "
                     "linear probe against a random-init ViT at 10 % and 100 % of the labels, the representation "
                     "probe at step 0 and the end, learning curves and test-split confusion matrices. "
+                    "`mri-ssl demo cmr`: the CMR video-text CLIP model on the embedded phantom studies "
+                    "(experiments/demo_cmr.yaml through bundles/cmr_video_text): retrieval (R@K, RSUM) and a linear "
+                    "probe of the trained model against the same network untrained, the training history and "
+                    "retrieval examples (a report and its top-5 studies). "
                     "The --resolution-mm, --random-protocols, --seed, --fused and --simulation-only options are the "
                     "3-D demo's only.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     demo.add_argument("method", nargs="?", default=DEFAULT_METHOD, choices=METHODS,
                       help=f"which method: {DEFAULT_METHOD} (the 3-D sequence-invariant demo, the default), "
-                           "cardiac (SimSiam ViT, cardiac MR sequence classification)")
+                           "cardiac (SimSiam ViT, cardiac MR sequence classification), cmr (video-text CLIP, "
+                           "report-to-study retrieval)")
     demo.add_argument("--out", default="demo_out", help="output folder")
     demo.add_argument("--resolution-mm", type=float, default=1.0, help="stage 1 phantom voxel size in mm")
     demo.add_argument("--random-protocols", type=int, default=3, help="stage 1 random protocols per sequence")

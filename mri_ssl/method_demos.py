@@ -1,4 +1,5 @@
-"""`mri-ssl demo METHOD`: one 2-D method end to end on its embedded data, through its bundle, in minutes on a CPU.
+"""`mri-ssl demo METHOD` (cardiac, cmr): one 2-D method end to end on its embedded data, through its bundle, in
+minutes on a CPU.
 
 Each method's demo is a grid YAML under ``experiments/`` (``demo_<method>.yaml``) run by the experiment runner, as
 the 3-D demo (``mri_ssl.demo``) runs ``experiments/demo.yaml``: the bundle's own configs (``cpu_demo.json``), the
@@ -19,9 +20,10 @@ from typing import Callable, Sequence
 from mri_ssl.errors import InputError
 from mri_ssl.experiments import load_grid
 from mri_ssl.experiments.figures import plot_learning_curves
-from mri_ssl.experiments.grid import Grid
+from mri_ssl.experiments.grid import Grid, expand_placeholders
 from mri_ssl.experiments.memory import ProcessTreeMemory
-from mri_ssl.experiments.method_figures import plot_confusion_matrices
+from mri_ssl.experiments.method_figures import (plot_confusion_matrices, plot_retrieval_examples,
+                                                plot_training_histories)
 from mri_ssl.experiments.runner import require_trusted
 from mri_ssl.io.atomic import save_json
 
@@ -40,6 +42,21 @@ def cardiac_figures(grid: Grid, results, records, out_dir: Path) -> list[str]:
     return _relative(figures, out_dir)
 
 
+def cmr_figures(grid: Grid, results, records, out_dir: Path) -> list[str]:
+    """Per downstream task: the training history (losses against epochs) and retrieval examples (a report and its
+    top-5 test studies) from the phantom the runs wrote (the task's ``demo_data_dir``)."""
+    figures = []
+    for spec in grid.downstream:
+        figures.append(plot_training_histories(results, grid, spec.name,
+                                               out_dir / "figures" / f"{spec.name}_training.png"))
+        data_dir = spec.overrides.get("demo_data_dir")
+        manifest = Path(expand_placeholders(data_dir, {"out_dir": out_dir})) if data_dir else None
+        if manifest is not None and manifest.is_dir():
+            figures.append(plot_retrieval_examples(results, grid, spec.name, manifest,
+                                                   out_dir / "figures" / f"{spec.name}_examples.png"))
+    return _relative(figures, out_dir)
+
+
 @dataclass(frozen=True)
 class MethodDemo:
     """A method's demo: its grid file (in ``experiments/``), what it shows, and how its figures are drawn."""
@@ -54,6 +71,10 @@ METHOD_DEMOS = {
         "demo_cardiac.yaml",
         "cardiac sequence classification (bundle cardiac_sequence_classification): SimSiam ViT vs random init",
         cardiac_figures),
+    "cmr": MethodDemo(
+        "demo_cmr.yaml",
+        "CMR video-text retrieval (bundle cmr_video_text): CLIP-trained model vs the same network untrained",
+        cmr_figures),
 }
 DEFAULT_METHOD = "brain"  # `mri-ssl demo` alone: the 3-D sequence-invariant demo (mri_ssl.demo)
 METHODS = (DEFAULT_METHOD,) + tuple(METHOD_DEMOS)

@@ -62,7 +62,8 @@ def _fake_probe(seed: int, epochs: int = 3) -> dict:
     start = 0.79 + 0.01 * seed
     history = [{"iteration": 7 * epoch, "epoch": epoch, "auc": start + 0.05 * epoch, "accuracy": 0.5 + 0.1 * epoch,
                 "majority_rate": 0.43, "spread": 0.05, "spread_healthy": 0.0625, "score": start + 0.05 * epoch,
-                "n_fit": 509, "n": 70, **({"train_loss": -0.3 * epoch} if epoch else {})} for epoch in range(epochs + 1)]
+                "n_fit": 509, "n": 70, **({"train_loss": -0.3 * epoch} if epoch else {})}
+               for epoch in range(epochs + 1)]
     return {"random_init": {**history[0], "auc": 0.78}, "history": history}
 
 
@@ -174,5 +175,138 @@ def test_cardiac_demo_through_the_bundle_on_a_tiny_grid(tmp_path, capsys):
     for folder in (out / "runs").glob("sequence-*"):
         counts, names, _ = read_confusion_matrix(folder)
         assert names == CLASSES and counts.sum() == len(test_images)
+    rows = _table_rows((out / "results.md").read_text())
+    assert rows and all(cell and "nan" not in cell for row in rows for cell in row)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# cmr
+
+
+def test_retrieval_examples_rank_studies_by_their_similarity_to_a_report(tmp_path):
+    from mri_ssl.experiments.method_figures import retrieval_examples
+
+    rng = np.random.default_rng(0)
+    text = rng.normal(size=(6, 4))
+    video = text + 0.1 * rng.normal(size=(6, 4))  # each study nearest its own report
+    video[3] = text[0]  # ... except that study 3 matches report 0 exactly
+    path = tmp_path / "embeddings.npz"
+    ids = [f"s{i}" for i in range(6)]
+    np.savez(path, study_ids=np.array(ids), video=video, reports=np.array([f"report {i}" for i in range(6)]),
+             text=text)
+    labels = ["normal", "dilated", "normal"]
+    manifest = {"studies": [{"study_id": s, "label": labels[i % 3]} for i, s in enumerate(ids)]}
+    examples = retrieval_examples(path, manifest, reports=3, top_k=5)
+    assert [e["study_id"] for e in examples] == ["s0", "s1"]  # the first study of each label
+    first = examples[0]
+    scores = video @ text[0]
+    assert [hit["study_id"] for hit in first["top"]] == [ids[j] for j in np.argsort(-scores)[:5]]
+    assert [hit["score"] for hit in first["top"]] == pytest.approx(sorted(scores, reverse=True)[:5])
+    assert first["rank_of_own_study"] == 1 + int(np.sum(scores > scores[0]))
+    assert examples[1]["rank_of_own_study"] == 1 and examples[1]["top"][0]["study_id"] == "s1"
+
+
+@pytest.fixture
+def fake_cmr_stages(monkeypatch):
+    """The cmr bundle's stages faked: the phantom manifest (written for real, tiny), the training history, the
+    evaluation's metrics.json and the inference's embeddings.npz."""
+    from mri_ssl.data.cardiac.cmr_studies import write_cmr_studies
+    from mri_ssl.experiments import runner
+
+    def fake_stage(command, log_path, on_epoch, timeout_s, environment=None):
+        folder = log_path.parent
+        overrides = json.loads((folder / "overrides.json").read_text())
+        seed, data = overrides["seed"], Path(overrides["demo_data_dir"])
+        if log_path.name == "train.log":
+            if not (data / "manifest.json").is_file():
+                write_cmr_studies(data, studies=10, cine_frames=2, lge_slices=2, matrix=24, progress=False)
+            history = [{"epoch": e, "train_loss": 2.4 - 0.3 * e, "val_loss": 2.5 - 0.1 * e, "logit_scale": 14.0 + e}
+                       for e in range(1, 4)]
+            (folder / "models" / "run").mkdir(parents=True)
+            (folder / "models" / "run" / "history.json").write_text(json.dumps({"history": history}))
+        elif log_path.name == "evaluate.log":
+            rows = [{"model": "zero-shot (untrained)", "RSUM": 250.0 + seed, "t2v_R@5": 40.0, "v2t_R@5": 41.0,
+                     "t2v_MdR": 6.0, "num_queries": 2},
+                    {"model": "frames8_cine_lge_seed0", "RSUM": 300.0 + 10 * seed, "t2v_R@5": 60.0, "v2t_R@5": 61.0,
+                     "t2v_MdR": 3.0, "num_queries": 2}]
+            probes = [{"model": rows[0]["model"], "macro_auc": 0.5, "accuracy": 0.3},
+                      {"model": rows[1]["model"], "macro_auc": 0.7, "accuracy": 0.6}]
+            (folder / "logs" / "evaluation").mkdir(parents=True)
+            (folder / "logs" / "evaluation" / "metrics.json").write_text(
+                json.dumps({"retrieval": rows, "linear_probe": probes}))
+        else:
+            manifest = json.loads((data / "manifest.json").read_text())
+            test = manifest["test"]
+            rng = np.random.default_rng(seed)
+            text = rng.normal(size=(len(test), 8))
+            reports = {s["study_id"]: s["report"] for s in manifest["studies"]}
+            (folder / "predictions").mkdir()
+            np.savez(folder / "predictions" / "embeddings.npz", study_ids=np.array(test), video=text,
+                     reports=np.array([reports[s] for s in test]), text=text)
+        log_path.write_text("ok\n")
+        return 0, 1.0
+
+    monkeypatch.setattr(runner, "_run_stage", fake_stage)
+
+
+def test_cmr_demo_writes_the_untrained_and_trained_table_history_and_examples(tmp_path, capsys, fake_cmr_stages):
+    out = tmp_path / "cmr_out"
+    assert main(["demo", "cmr", "--out", str(out), "--quiet", "--seeds", "0", "1", "--jobs", "1"]) == 0
+    printed = capsys.readouterr().out
+    experiment = json.loads((out / "summary.json").read_text())["experiment"]
+    assert experiment["runs"] == experiment["finished"] == 2
+    assert sorted(experiment["figures"]) == ["figures/retrieval_examples.png", "figures/retrieval_training.png"]
+    for figure in experiment["figures"]:
+        assert (out / figure).read_bytes()[:8] == PNG and (out / figure).stat().st_size > 10_000
+    assert "retrieval: RSUM (higher is better), 100% of labels, seeds [0, 1]" in printed
+    assert re.search(r"trained +305\.00 ± 7\.07", printed) and re.search(r"untrained \(step 0\) +250\.50 ± 0\.71",
+                                                                         printed)
+    assert re.search(r"trained +0\.700 ± 0\.000", printed.split("probe_macro_auc")[1])
+    examples = json.loads((out / "figures" / "retrieval_examples.json").read_text())["examples"]
+    test_ids = json.loads((out / "data" / "cmr" / "manifest.json").read_text())["test"]
+    assert examples and all(len(e["top"]) == min(5, len(test_ids)) for e in examples)
+    assert all(e["rank_of_own_study"] == 1 for e in examples)  # video == text embeddings in the fake
+    rows = _table_rows((out / "results.md").read_text())
+    assert rows and all(cell and "nan" not in cell for row in rows for cell in row)
+
+
+def test_cmr_table_names_a_missing_evaluation_file(tmp_path, capsys, monkeypatch):
+    from mri_ssl.experiments import runner
+
+    def fake_stage(command, log_path, on_epoch, timeout_s, environment=None):
+        log_path.write_text("ok\n")
+        return 0, 1.0
+
+    monkeypatch.setattr(runner, "_run_stage", fake_stage)
+    out = tmp_path / "cmr_out"
+    assert main(["demo", "cmr", "--out", str(out), "--quiet", "--jobs", "1"]) == 1
+    printed = capsys.readouterr().out
+    assert "first failure: retrieval-random-frac1-seed0: the evaluation wrote no readable" in printed
+    assert str(Path("logs") / "evaluation" / "summary.json") in printed
+    rows = _table_rows((out / "results.md").read_text())
+    assert all(cell for row in rows for cell in row)
+    assert "metrics.json" in (out / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_cmr_demo_through_the_bundle_on_a_tiny_grid(tmp_path, capsys):
+    tiny = {"demo_studies": 12, "demo_cine_frames": 4, "demo_lge_slices": 2, "image_size": 32, "cnn_features": [4, 8],
+            "text_width": 16, "text_layers": 1, "text_heads": 2, "embed_dim": 16, "num_frames": 2, "batch_size": 4,
+            "max_epochs": 2}
+    content = yaml.safe_load((REPO / "experiments" / "demo_cmr.yaml").read_text())
+    content.update(bundles=str(REPO / "bundles"))
+    content["overrides"].update(tiny)
+    grid_path = tmp_path / "demo_cmr_tiny.yaml"
+    grid_path.write_text(yaml.safe_dump(content))
+    out = tmp_path / "out"
+    assert main(["demo", "cmr", "--out", str(out), "--quiet", "--grid", str(grid_path), "--jobs", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "untrained (step 0)" in printed and "retrieval: RSUM" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(summary["experiment"]["figures"]) == ["figures/retrieval_examples.png",
+                                                        "figures/retrieval_training.png"]
+    examples = json.loads((out / "figures" / "retrieval_examples.json").read_text())["examples"]
+    test_ids = set(json.loads((out / "data" / "cmr" / "manifest.json").read_text())["test"])
+    assert examples and all({hit["study_id"] for hit in e["top"]} <= test_ids for e in examples)
     rows = _table_rows((out / "results.md").read_text())
     assert rows and all(cell and "nan" not in cell for row in rows for cell in row)

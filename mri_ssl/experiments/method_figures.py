@@ -1,7 +1,10 @@
-"""Each 2-D method's own figure in its demo (``mri-ssl demo cardiac``): drawn only from what the runs wrote.
+"""Each 2-D method's own figures in its demo (``mri-ssl demo cardiac``, ``mri-ssl demo cmr``), drawn only from what
+the runs wrote.
 
 - Cardiac sequence classification: the test-split confusion matrix of every column (the evaluation's
   ``logs/evaluation/metrics.json``, ``mri_ssl.engines.ClassificationReport``), counts in the cells.
+- CMR video-text: the per-epoch training history (``models/<run_name>/history.json``) and text-to-video retrieval
+  examples, a report and its top-5 test studies, from the inference stage's ``predictions/embeddings.npz``.
 """
 
 from __future__ import annotations
@@ -69,3 +72,167 @@ def plot_confusion_matrices(results: Sequence[RunResult], grid: Grid, task: str,
                  fontsize=10)
     fig.tight_layout()
     return _save(fig, Path(path))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CMR video-text: the training history and retrieval examples
+
+
+HISTORY_FILE = "history.json"  # mri_ssl.engines.video_text.VideoTextTrainer: {"history": [{epoch, train_loss, ...}]}
+EMBEDDINGS_FILE = Path("predictions") / "embeddings.npz"  # VideoTextInference: study_ids, video, reports, text
+NOT_CURVES = ("epoch", "iteration", "world_size")
+
+
+def read_training_history(run_folder: str | os.PathLike) -> list[dict]:
+    """The per-epoch records of a video-text run (``models/<run_name>/history.json``); [] when there is none."""
+    for path in sorted(Path(run_folder).glob(f"models/*/{HISTORY_FILE}")):
+        try:
+            history = json.loads(path.read_text()).get("history")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(history, list) and history:
+            return [record for record in history if isinstance(record, dict)]
+    return []
+
+
+def plot_training_histories(results: Sequence[RunResult], grid: Grid, task: str,
+                            path: str | os.PathLike) -> Path | None:
+    """The losses (training and validation, one panel) and every other per-epoch figure the runs logged (one panel
+    each, e.g. the CLIP logit scale) against the epoch, one faint line per seed and the mean over seeds bold.
+    None when no finished run of ``task`` wrote a history."""
+    histories = {r.run.seed: read_training_history(r.folder) for r in results
+                 if r.run.task == task and r.status == STATUS_OK}
+    histories = {seed: history for seed, history in histories.items() if history}
+    if not histories:
+        return None
+    keys = list(dict.fromkeys(key for history in histories.values() for record in history for key, value in
+                              record.items() if key not in NOT_CURVES and isinstance(value, (int, float))))
+    losses = [key for key in keys if key.endswith("loss")]
+    panels = ([("CLIP loss (train and validation)", losses)] if losses else []) + [
+        (key, [key]) for key in keys if key not in losses]
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.8), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax, (title, panel_keys) in zip(axes[0], panels):
+        for number, key in enumerate(panel_keys):
+            curves = []
+            for history in histories.values():
+                points = {int(r["epoch"]): float(r[key]) for r in history if r.get(key) is not None and "epoch" in r}
+                if points:
+                    ax.plot(list(points), list(points.values()), color=colours(number), alpha=0.3, linewidth=0.8)
+                    curves.append(points)
+            common = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+            if common:
+                ax.plot(common, [np.mean([c[e] for c in curves]) for e in common], color=colours(number),
+                        linewidth=2.0, marker="o", markersize=3, label=f"{key} (n={len(curves)})")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{grid.name}: training history of {task}, seeds {sorted(histories)}", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+def retrieval_examples(embeddings_path: str | os.PathLike, manifest: dict, reports: int = 3,
+                       top_k: int = 5) -> list[dict]:
+    """Text-to-video retrieval examples from an inference run's ``embeddings.npz`` (the test studies' video
+    embeddings and their own reports' text embeddings, in the same order): for the first study of each disease label
+    (up to ``reports`` of them), its report and the ``top_k`` studies by similarity (best first), with the rank of
+    the report's own study among all of them."""
+    with np.load(embeddings_path, allow_pickle=False) as content:
+        study_ids = [str(s) for s in content["study_ids"]]
+        video, text = content["video"].astype(np.float64), content["text"].astype(np.float64)
+        texts = [str(r) for r in content["reports"]]
+    if video.shape[0] != len(study_ids) or text.shape[0] != len(texts) or len(texts) != len(study_ids):
+        raise ValueError(f"{embeddings_path}: expected one report per study (the inference's default candidates), got "
+                         f"{len(study_ids)} studies and {len(texts)} reports")
+    labels = {study["study_id"]: study.get("label", "") for study in manifest.get("studies", [])}
+    chosen, seen = [], set()
+    for index, study_id in enumerate(study_ids):  # one example per disease label, in study order
+        if labels.get(study_id) not in seen:
+            seen.add(labels.get(study_id))
+            chosen.append(index)
+    examples = []
+    for index in chosen[:reports]:
+        scores = video @ text[index]
+        order = np.argsort(-scores, kind="stable")
+        examples.append({
+            "report": texts[index], "study_id": study_ids[index], "label": labels.get(study_ids[index], ""),
+            "rank_of_own_study": int(np.nonzero(order == index)[0][0]) + 1, "candidates": len(study_ids),
+            "top": [{"study_id": study_ids[j], "label": labels.get(study_ids[j], ""), "score": float(scores[j])}
+                    for j in order[:top_k]]})
+    return examples
+
+
+def _study_thumbnail(manifest: dict, study_id: str) -> np.ndarray | None:
+    """A study's first cine frame beside its middle LGE slice (each scaled to [0, 1]); None if unreadable."""
+    import nibabel as nib
+
+    study = next((s for s in manifest.get("studies", []) if s.get("study_id") == study_id), None)
+    if study is None:
+        return None
+    panels = []
+    for kind in ("cine", "lge"):
+        series = next((s for s in study.get("series", []) if s.get("type") == kind), None)
+        if series is None:
+            continue
+        try:
+            frames = np.asarray(nib.load(str(Path(manifest["root"]) / series["file"])).dataobj, dtype=np.float32)
+        except (OSError, ValueError):
+            continue
+        frame = frames[..., 0 if kind == "cine" else frames.shape[-1] // 2] if frames.ndim == 3 else frames
+        low, high = np.percentile(frame, [1, 99.5])
+        panels.append(np.clip((np.rot90(frame) - low) / max(high - low, 1e-6), 0, 1))
+    return np.concatenate(panels, axis=1) if panels else None
+
+
+def plot_retrieval_examples(results: Sequence[RunResult], grid: Grid, task: str, manifest_path: str | os.PathLike,
+                            path: str | os.PathLike) -> Path | None:
+    """A row per example report of the first seed's trained model: the report, then its top-5 test studies (first
+    cine frame | middle LGE slice, study id, disease label and similarity; the report's own study framed green).
+    Also writes the examples as ``<path>.json``. None when no finished run wrote embeddings."""
+    from mri_ssl.data.cardiac.cmr_studies import load_cmr_manifest
+
+    first_seed = min(grid.seeds)
+    runs = [r for r in results if r.run.task == task and r.run.seed == first_seed and r.status == STATUS_OK
+            and (r.folder / EMBEDDINGS_FILE).is_file()]
+    if not runs:
+        return None
+    manifest = load_cmr_manifest(manifest_path)
+    examples = retrieval_examples(runs[0].folder / EMBEDDINGS_FILE, manifest)
+    if not examples:
+        return None
+    import textwrap
+
+    from mri_ssl.io.atomic import save_json
+
+    path = Path(path)
+    save_json({"run": str(runs[0].folder), "examples": examples}, path.with_suffix(".json"))
+    plt = _pyplot()
+    top_k = len(examples[0]["top"])
+    fig, axes = plt.subplots(len(examples), top_k + 1, figsize=(2.6 * (top_k + 1), 2.5 * len(examples)),
+                             squeeze=False, gridspec_kw={"width_ratios": [1.6] + [1] * top_k})
+    for row, example in enumerate(examples):
+        text_ax = axes[row, 0]
+        text_ax.axis("off")
+        text_ax.text(0, 1, "\n".join(textwrap.wrap(example["report"], 38)[:9]), fontsize=6.5, va="top",
+                     family="monospace", transform=text_ax.transAxes)
+        text_ax.set_title(f"report of {example['study_id']} ({example['label']})\nits study ranks "
+                          f"{example['rank_of_own_study']} of {example['candidates']}", fontsize=7)
+        for column, hit in enumerate(example["top"], start=1):
+            ax = axes[row, column]
+            thumbnail = _study_thumbnail(manifest, hit["study_id"])
+            if thumbnail is not None:
+                ax.imshow(thumbnail, cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            own = hit["study_id"] == example["study_id"]
+            for spine in ax.spines.values():
+                spine.set_edgecolor("#2ca02c" if own else "#bdbdbd")
+                spine.set_linewidth(3 if own else 0.5)
+            ax.set_title(f"#{column} {hit['study_id']} ({hit['label']})\nsimilarity {hit['score']:.3f}", fontsize=7)
+    fig.suptitle(f"{task}: text-to-video retrieval on the test split, trained model (seed {first_seed})\neach study: "
+                 "first cine frame | middle LGE slice; green frame = the report's own study", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
