@@ -279,6 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "(experiments/demo_cardiac.yaml through bundles/cardiac_sequence_classification), fine-tuning and "
                     "linear probe against a random-init ViT at 10 % and 100 % of the labels, the representation "
                     "probe at step 0 and the end, learning curves and test-split confusion matrices. "
+                    "`mri-ssl demo fundus`: CAMContrast on the embedded fundus photographs with placed lesions "
+                    "(experiments/demo_fundus.yaml through bundles/fundus_camcontrast): the stage-1 CAM classifier "
+                    "and its pointing game, heatmap-guided contrastive pretraining, then classification and lesion "
+                    "segmentation from the CAMContrast encoder against random init, and CAM overlays with the placed "
+                    "lesions. "
                     "`mri-ssl demo cmr`: the CMR video-text CLIP model on the embedded phantom studies "
                     "(experiments/demo_cmr.yaml through bundles/cmr_video_text): retrieval (R@K, RSUM) and a linear "
                     "probe of the trained model against the same network untrained, the training history and "
@@ -288,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     demo.add_argument("method", nargs="?", default=DEFAULT_METHOD, choices=METHODS,
                       help=f"which method: {DEFAULT_METHOD} (the 3-D sequence-invariant demo, the default), "
-                           "cardiac (SimSiam ViT, cardiac MR sequence classification), cmr (video-text CLIP, "
+                           "cardiac (SimSiam ViT, cardiac MR sequence classification), fundus (CAMContrast, "
+                           "fundus photographs), cmr (video-text CLIP, "
                            "report-to-study retrieval)")
     demo.add_argument("--out", default="demo_out", help="output folder")
     demo.add_argument("--resolution-mm", type=float, default=1.0, help="stage 1 phantom voxel size in mm")

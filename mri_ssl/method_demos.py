@@ -1,4 +1,4 @@
-"""`mri-ssl demo METHOD` (cardiac, cmr): one 2-D method end to end on its embedded data, through its bundle, in
+"""`mri-ssl demo METHOD` (cardiac, fundus, cmr): one 2-D method end to end on its embedded data, through its bundle, in
 minutes on a CPU.
 
 Each method's demo is a grid YAML under ``experiments/`` (``demo_<method>.yaml``) run by the experiment runner, as
@@ -22,8 +22,8 @@ from mri_ssl.experiments import load_grid
 from mri_ssl.experiments.figures import plot_learning_curves
 from mri_ssl.experiments.grid import Grid, expand_placeholders
 from mri_ssl.experiments.memory import ProcessTreeMemory
-from mri_ssl.experiments.method_figures import (plot_confusion_matrices, plot_retrieval_examples,
-                                                plot_training_histories)
+from mri_ssl.experiments.method_figures import (plot_cam_overlays, plot_confusion_matrices,
+                                                plot_retrieval_examples, plot_training_histories)
 from mri_ssl.experiments.runner import require_trusted
 from mri_ssl.io.atomic import save_json
 
@@ -42,6 +42,28 @@ def cardiac_figures(grid: Grid, results, records, out_dir: Path) -> list[str]:
     return _relative(figures, out_dir)
 
 
+def _data_dir(grid: Grid, out_dir: Path) -> Path | None:
+    """The embedded data folder the grid's runs share (its common ``demo_data_dir``), if it exists."""
+    specs = ([grid.pretraining] if grid.pretraining else []) + list(grid.downstream)
+    for spec in specs:
+        data_dir = spec.overrides.get("demo_data_dir")
+        folder = Path(expand_placeholders(data_dir, {"out_dir": out_dir})) if data_dir else None
+        if folder is not None and folder.is_dir():
+            return folder
+    return None
+
+
+def fundus_figures(grid: Grid, results, records, out_dir: Path) -> list[str]:
+    """The probe's learning curves (when the pretraining wrote a probe history) and stage 1's CAM overlays with the
+    placed lesions."""
+    figures = [plot_learning_curves(results, grid, out_dir / "figures" / "learning_curves.png")]
+    data_dir = _data_dir(grid, out_dir)
+    if data_dir is not None and (data_dir / "datalist.json").is_file():
+        figures.append(plot_cam_overlays(results, grid, data_dir / "datalist.json",
+                                         out_dir / "figures" / "cam_overlays.png"))
+    return _relative(figures, out_dir)
+
+
 def cmr_figures(grid: Grid, results, records, out_dir: Path) -> list[str]:
     """Per downstream task: the training history (losses against epochs) and retrieval examples (a report and its
     top-5 test studies) from the phantom the runs wrote (the task's ``demo_data_dir``)."""
@@ -49,9 +71,8 @@ def cmr_figures(grid: Grid, results, records, out_dir: Path) -> list[str]:
     for spec in grid.downstream:
         figures.append(plot_training_histories(results, grid, spec.name,
                                                out_dir / "figures" / f"{spec.name}_training.png"))
-        data_dir = spec.overrides.get("demo_data_dir")
-        manifest = Path(expand_placeholders(data_dir, {"out_dir": out_dir})) if data_dir else None
-        if manifest is not None and manifest.is_dir():
+        manifest = _data_dir(replace(grid, pretraining=None, downstream=(spec,)), out_dir)
+        if manifest is not None:
             figures.append(plot_retrieval_examples(results, grid, spec.name, manifest,
                                                    out_dir / "figures" / f"{spec.name}_examples.png"))
     return _relative(figures, out_dir)
@@ -71,6 +92,10 @@ METHOD_DEMOS = {
         "demo_cardiac.yaml",
         "cardiac sequence classification (bundle cardiac_sequence_classification): SimSiam ViT vs random init",
         cardiac_figures),
+    "fundus": MethodDemo(
+        "demo_fundus.yaml",
+        "fundus CAMContrast (bundle fundus_camcontrast): CAM classifier, heatmap-guided contrastive pretraining, "
+        "transfer vs random init", fundus_figures),
     "cmr": MethodDemo(
         "demo_cmr.yaml",
         "CMR video-text retrieval (bundle cmr_video_text): CLIP-trained model vs the same network untrained",

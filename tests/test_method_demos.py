@@ -310,3 +310,90 @@ def test_cmr_demo_through_the_bundle_on_a_tiny_grid(tmp_path, capsys):
     assert examples and all({hit["study_id"] for hit in e["top"]} <= test_ids for e in examples)
     rows = _table_rows((out / "results.md").read_text())
     assert rows and all(cell and "nan" not in cell for row in rows for cell in row)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# fundus
+
+
+@pytest.fixture
+def fake_fundus_stages(monkeypatch):
+    """The fundus bundle's stages faked: the demo data (written for real, small), stage 1's CAM overlays and
+    evaluation in the pretraining run, and a flat evaluation summary per transfer run."""
+    from PIL import Image
+
+    from mri_ssl.data.photo.demo import write_fundus_demo
+    from mri_ssl.experiments import runner
+
+    def fake_stage(command, log_path, on_epoch, timeout_s, environment=None):
+        folder = log_path.parent
+        overrides = json.loads((folder / "overrides.json").read_text())
+        seed, data = overrides["seed"], Path(overrides["demo_data_dir"])
+        if not (data / "datalist.json").is_file():
+            write_fundus_demo(data, images=10, validation_images=2, test_images=6, size=64)
+        test = json.loads((data / "datalist.json").read_text())["test"]
+        if log_path.name == "stage1_overlays.log":
+            (folder / "predictions" / "stage1").mkdir(parents=True)
+            for entry in test:
+                picture = np.asarray(Image.open(data / entry["image"]).convert("RGB"))
+                name = f"{Path(entry['image']).stem}_cam.png"
+                Image.fromarray(picture).save(folder / "predictions" / "stage1" / name)
+        elif log_path.name == "stage1_evaluate.log":
+            evaluation = folder / "logs" / "stage1" / "evaluation"
+            evaluation.mkdir(parents=True)
+            (evaluation / "summary.json").write_text(json.dumps({"cases": 6, "roc_auc": 0.9, "pointing_game": 2 / 3,
+                                                                 "cam_iou": 0.1}))
+            lines = ["image,abnormal,p_abnormal,pointing_hit,cam_iou"] + [
+                f"{Path(e['image']).name},{e['abnormal']},0.5,{int(i % 4 != 3) if e['abnormal'] else ''},0.1"
+                for i, e in enumerate(test)]
+            (evaluation / "per_case.csv").write_text("\n".join(lines) + "\n")
+        elif log_path.name == "evaluate.log":
+            pretrained = overrides["pretrained"]
+            summary = {"cases": 6, "roc_auc": 0.7 + 0.1 * pretrained + 0.01 * seed, "f1": 0.5, "accuracy": 0.6,
+                       "dice_mean": 0.2 + 0.05 * pretrained, "dice_pooled": 0.3, "auc_pr": 0.25}
+            (folder / "logs" / "evaluation").mkdir(parents=True)
+            (folder / "logs" / "evaluation" / "summary.json").write_text(json.dumps(summary))
+        log_path.write_text("ok\n")
+        return 0, 1.0
+
+    monkeypatch.setattr(runner, "_run_stage", fake_stage)
+
+
+def test_fundus_demo_runs_the_whole_pipeline_and_draws_cams_with_the_placed_lesions(tmp_path, capsys,
+                                                                                    fake_fundus_stages):
+    out = tmp_path / "fundus_out"
+    assert main(["demo", "fundus", "--out", str(out), "--quiet", "--seeds", "0", "1", "--jobs", "1"]) == 0
+    printed = capsys.readouterr().out
+    experiment = json.loads((out / "summary.json").read_text())["experiment"]
+    assert experiment["runs"] == experiment["finished"] == 2 + 2 * 2 * 2
+    assert experiment["figures"] == ["figures/cam_overlays.png"]  # no probe history today: no learning curves
+    png = (out / "figures" / "cam_overlays.png").read_bytes()
+    assert png[:8] == PNG and len(png) > 10_000
+    # Every stage of the coarse-to-fine pipeline ran, in order, in the pretraining run's folder.
+    pretrain = next((out / "runs").glob("pretrain-camcontrast-seed0-*"))
+    assert sorted(p.name for p in pretrain.glob("*.log")) == sorted(
+        f"{stage}.log" for stage in ("train", "stage1_evaluate", "stage1_overlays", "heatmaps", "pretrain"))
+    assert re.search(r"classification: roc_auc .*\n.*\nall test cases +0\.705 ± 0\.007 +0\.805 ± 0\.007", printed)
+    assert re.search(r"lesions: dice_mean .*\n.*\nall test cases +0\.200 ± 0\.000 +0\.250 ± 0\.000", printed)
+    rows = _table_rows((out / "results.md").read_text())
+    assert rows and all(cell and "nan" not in cell for row in rows for cell in row)
+
+
+@pytest.mark.slow
+def test_fundus_demo_through_the_bundle_on_a_tiny_grid(tmp_path, capsys):
+    tiny = {"demo_images": 12, "demo_validation_images": 4, "demo_test_images": 4, "demo_size": 64, "image_size": 64,
+            "features": [4, 8, 8, 8, 8], "heatmap_features": [4, 8, 8], "projection_hidden": 16,
+            "decoder_features": [8, 8, 8, 8, 8, 8], "batch_size": 4, "num_epochs": 1}
+    content = yaml.safe_load((REPO / "experiments" / "demo_fundus.yaml").read_text())
+    content.update(bundles=str(REPO / "bundles"))
+    content["overrides"].update(tiny)
+    grid_path = tmp_path / "demo_fundus_tiny.yaml"
+    grid_path.write_text(yaml.safe_dump(content))
+    out = tmp_path / "out"
+    assert main(["demo", "fundus", "--out", str(out), "--quiet", "--grid", str(grid_path), "--jobs", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "classification: roc_auc" in printed and "lesions: dice_mean" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert "figures/cam_overlays.png" in summary["experiment"]["figures"]
+    rows = _table_rows((out / "results.md").read_text())
+    assert rows and all(cell and "nan" not in cell for row in rows for cell in row)

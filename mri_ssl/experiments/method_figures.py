@@ -1,14 +1,17 @@
-"""Each 2-D method's own figures in its demo (``mri-ssl demo cardiac``, ``mri-ssl demo cmr``), drawn only from what
+"""Each 2-D method's own figures in its demo (``mri-ssl demo cardiac | fundus | cmr``), drawn only from what
 the runs wrote.
 
 - Cardiac sequence classification: the test-split confusion matrix of every column (the evaluation's
   ``logs/evaluation/metrics.json``, ``mri_ssl.engines.ClassificationReport``), counts in the cells.
+- Fundus CAMContrast: stage 1's CAM overlays of abnormal test images (the bundle's inference PNGs) with the outline
+  of the lesions the demo placed and the pointing game of the stage-1 evaluation.
 - CMR video-text: the per-epoch training history (``models/<run_name>/history.json``) and text-to-video retrieval
   examples, a report and its top-5 test studies, from the inference stage's ``predictions/embeddings.npz``.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -236,3 +239,69 @@ def plot_retrieval_examples(results: Sequence[RunResult], grid: Grid, task: str,
                  "first cine frame | middle LGE slice; green frame = the report's own study", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fundus CAMContrast: stage 1's CAMs over the test images, with the lesions the demo placed
+
+
+STAGE1_OVERLAYS = Path("predictions") / "stage1"  # inference.json on stage 1: <stem>_cam.png per test image
+STAGE1_EVALUATION = Path("logs") / "stage1" / "evaluation"  # evaluate.json on stage 1: per_case.csv, summary.json
+
+
+def read_stage1_localisation(run_folder: str | os.PathLike) -> tuple[dict, dict[str, dict]]:
+    """Stage 1's CAM localisation from a fundus pretraining run: ``(summary, {image file name: per-case row})``
+    (``pointing_game``, ``cam_iou``, per case ``pointing_hit``); empty dicts when the evaluation wrote none."""
+    folder = Path(run_folder) / STAGE1_EVALUATION
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+        with open(folder / "per_case.csv") as handle:
+            rows = {row["image"]: row for row in csv.DictReader(handle)}
+    except (OSError, ValueError, KeyError):
+        return {}, {}
+    return (summary if isinstance(summary, dict) else {}), rows
+
+
+def plot_cam_overlays(results: Sequence[RunResult], grid: Grid, datalist: str | os.PathLike,
+                      path: str | os.PathLike, images: int = 6) -> Path | None:
+    """Stage 1's CAM overlays (the bundle's ``predictions/stage1/<stem>_cam.png``) of the first abnormal test images
+    of the first seed, each with the placed lesions' outline (the demo's masks) and whether the CAM's maximum falls
+    in a lesion (the pointing game of the stage-1 evaluation). None when no pretraining run wrote overlays."""
+    from PIL import Image
+
+    first_seed = min(grid.seeds)
+    runs = [r for r in results if r.run.kind == "pretrain" and r.run.seed == first_seed and r.status == STATUS_OK
+            and (r.folder / STAGE1_OVERLAYS).is_dir()]
+    if not runs:
+        return None
+    run = runs[0]
+    datalist = Path(datalist)
+    entries = [e for e in json.loads(datalist.read_text()).get("test", []) if e.get("abnormal") and e.get("mask")]
+    shown = []
+    for entry in entries:
+        overlay = run.folder / STAGE1_OVERLAYS / f"{Path(entry['image']).stem}_cam.png"
+        if overlay.is_file():
+            shown.append((entry, overlay))
+        if len(shown) == images:
+            break
+    if not shown:
+        return None
+    summary, cases = read_stage1_localisation(run.folder)
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(shown), figsize=(2.6 * len(shown), 3.0), squeeze=False)
+    for ax, (entry, overlay) in zip(axes[0], shown):
+        picture = np.asarray(Image.open(overlay).convert("RGB"))
+        mask = np.asarray(Image.open(datalist.parent / entry["mask"]).convert("L").resize(
+            picture.shape[1::-1], Image.NEAREST)) > 0
+        ax.imshow(picture)
+        ax.contour(mask, levels=[0.5], colors="cyan", linewidths=0.8)
+        hit = (cases.get(Path(entry["image"]).name) or {}).get("pointing_hit", "")
+        verdict = {"1": "CAM peak in a lesion", "0": "CAM peak outside"}.get(str(hit), "not scored")
+        ax.set_title(f"{Path(entry['image']).stem}\n{verdict}", fontsize=7)
+        ax.axis("off")
+    scores = ", ".join(f"{name.replace('_', ' ')} {summary[name]:.3f}"
+                       for name in ("pointing_game", "cam_iou", "roc_auc") if name in summary)
+    fig.suptitle(f"stage-1 CAMs (abnormal class) on abnormal test images, seed {first_seed}; cyan: the placed "
+                 f"lesions\n{scores or 'no stage-1 evaluation summary found'}", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, Path(path))

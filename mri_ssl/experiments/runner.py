@@ -233,13 +233,20 @@ def execute_run(run: Run, folder: Path, infer: bool = True,
 
 def read_evaluation_summary(evaluation_dir: Path) -> dict:
     """A run's evaluation as the tables read it (``mri_ssl.metrics.report``'s layout: ``overall`` and
-    ``by_site_sequence``, each metric a ``{"mean": ...}``): ``summary.json`` as written, else a classifier's
+    ``by_site_sequence``, each metric a ``{"mean": ...}``): ``summary.json`` as written (a flat one, scores over
+    the whole split, as ``overall`` metrics), else a classifier's
     ``metrics.json`` (``ClassificationReport``) with its scores over the whole split (``mean_auc``, ``accuracy``,
     ``auc_<class>``) as ``overall`` metrics, else a video-text ``metrics.json`` (``retrieval_summary``). Raises
     ``OSError`` / ``ValueError`` when none is readable."""
     summary_path = evaluation_dir / SUMMARY_FILE
     if summary_path.is_file() or not (evaluation_dir / CLASSIFICATION_FILE).is_file():
-        return json.loads(summary_path.read_text())
+        summary = json.loads(summary_path.read_text())
+        if isinstance(summary, dict) and not ({"overall", "by_site_sequence"} & set(summary)):
+            # a flat summary of scores over the whole split (the fundus bundle's FundusEvaluationReport)
+            return {"n_cases": summary.get("cases"), "overall": {
+                name: {"mean": float(value), "n": summary.get("cases")} for name, value in summary.items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and name != "cases"}}
+        return summary
     metrics = json.loads((evaluation_dir / CLASSIFICATION_FILE).read_text())
     if isinstance(metrics, dict) and "retrieval" in metrics:
         return retrieval_summary(metrics, evaluation_dir / CLASSIFICATION_FILE)

@@ -108,7 +108,7 @@ def _format_cell(record: Mapping, places: int) -> str:
 
 
 def _places(metric: str) -> int:
-    return 3 if metric.startswith(("dice", "mean_auc", "auc_", "accuracy", "probe_")) else 2
+    return 3 if metric.startswith(("dice", "mean_auc", "auc_", "accuracy", "probe_", "roc_auc", "f1")) else 2
 
 
 def _ranks(records: Sequence[Mapping]) -> dict[int, int]:
