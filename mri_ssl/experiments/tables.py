@@ -231,10 +231,16 @@ def _mean_std_text(values: Sequence[float], places: int = 3) -> str:
 
 
 def probe_markdown(results: Sequence[RunResult], grid: Grid) -> str:
-    """The probe table (markdown): a row per mode and stage, mean +/- std over seeds; '' when no run probed."""
+    """The probe table (markdown): a row per mode and stage, mean +/- std over seeds. When finished pretraining runs
+    wrote no probe history, a line naming the file they lack; '' when no pretraining run finished."""
     histories = probe_histories(results)
     if not histories:
-        return ""
+        finished = [r for r in results if r.run.kind == "pretrain" and r.status == STATUS_OK]
+        if not finished:
+            return ""
+        return (f"### Representation probe\n\nNo probe table: the pretraining runs wrote no readable probe history "
+                f"(`logs/{finished[0].run.spec.probe}` is missing in {len(finished)} of {len(finished)} finished "
+                f"runs, e.g. {finished[0].folder / 'logs' / finished[0].run.spec.probe}).\n")
     first = next(iter(histories.values()))[0]["history"][0]
     columns = probe_columns(first)
     heading, note = probe_heading(first)
