@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from mri_ssl.cli import build_parser, main
-from mri_ssl.experiments import load_grid
+from mri_ssl.experiments import expand_runs, load_grid
 from mri_ssl.experiments.method_figures import read_confusion_matrix
 from mri_ssl.method_demos import METHOD_DEMOS, load_method_grid
 
@@ -51,11 +51,15 @@ def test_a_method_demo_refuses_the_3d_simulation_options(tmp_path, capsys):
 def test_every_method_grid_loads_and_pretrains_with_its_probe():
     for method, demo in METHOD_DEMOS.items():
         grid = load_grid(REPO / "experiments" / demo.grid_file)
-        assert grid.seeds == (0, 1, 2) and "random" in grid.modes and grid.pretraining is not None
+        assert grid.seeds == (0, 1, 2) and "random" in grid.modes and grid.downstream
         assert load_method_grid(method, seeds=[1]).seeds == (1,)
     cardiac = load_method_grid("cardiac")
     assert cardiac.pretraining.probe == "simsiam/probe.json"
     assert cardiac.pretraining.encoder == "simsiam/encoder_best.pt"
+    fundus = load_method_grid("fundus")  # the coarse-to-fine pipeline in one pretraining run, in order
+    stages = [stage for stage, _ in expand_runs(fundus)[0].stages()]
+    assert stages == ["train", "stage1_evaluate", "stage1_overlays", "heatmaps", "pretrain"]
+    assert load_method_grid("cmr").pretraining is None  # the CLIP training is the method: untrained vs trained rows
 
 
 def _fake_probe(seed: int, epochs: int = 3) -> dict:
