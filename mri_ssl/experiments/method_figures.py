@@ -59,7 +59,7 @@ def plot_confusion_matrices(results: Sequence[RunResult], grid: Grid, task: str,
     if not panels:
         return None
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.9), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 4.3), squeeze=False)
     for ax, (mode, counts, names, metrics) in zip(axes[0], panels):
         ax.imshow(counts, cmap="Blues", vmin=0)
         for (row, col), count in np.ndenumerate(counts):
@@ -73,7 +73,7 @@ def plot_confusion_matrices(results: Sequence[RunResult], grid: Grid, task: str,
                      f"accuracy {metrics.get('accuracy', float('nan')):.3f}", fontsize=8)
     fig.suptitle(f"{task}: test split ({int(panels[0][1].sum())} images), {fraction:.0%} of labels, seed {first_seed}",
                  fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.03, 1, 0.93))  # room for the suptitle above the panels' titles, the x labels below
     return _save(fig, Path(path))
 
 
