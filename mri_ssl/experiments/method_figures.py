@@ -303,5 +303,5 @@ def plot_cam_overlays(results: Sequence[RunResult], grid: Grid, datalist: str | 
                        for name in ("pointing_game", "cam_iou", "roc_auc") if name in summary)
     fig.suptitle(f"stage-1 CAMs (abnormal class) on abnormal test images, seed {first_seed}; cyan: the placed "
                  f"lesions\n{scores or 'no stage-1 evaluation summary found'}", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.85))  # room for the two-line suptitle
     return _save(fig, Path(path))
