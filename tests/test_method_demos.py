@@ -295,7 +295,7 @@ def test_cmr_table_names_a_missing_evaluation_file(tmp_path, capsys, monkeypatch
 @pytest.mark.slow
 def test_cmr_demo_through_the_bundle_on_a_tiny_grid(tmp_path, capsys):
     tiny = {"demo_studies": 12, "demo_cine_frames": 4, "demo_lge_slices": 2, "image_size": 32, "cnn_features": [4, 8],
-            "text_width": 16, "text_layers": 1, "text_heads": 2, "embed_dim": 16, "num_frames": 2, "batch_size": 4,
+            "text_width": 16, "text_layers": 1, "text_heads": 2, "embed_dim": 16, "num_frames": 4, "batch_size": 4,
             "max_epochs": 2}
     content = yaml.safe_load((REPO / "experiments" / "demo_cmr.yaml").read_text())
     content.update(bundles=str(REPO / "bundles"))
