@@ -231,11 +231,13 @@ def draw_figures(grid: Grid, results, records, out_dir: Path) -> list[str]:
 
 
 def run_grid_stage(grid: Grid, out_dir: Path, progress: bool, jobs: int,
-                   figures: Callable[[Grid, list, list, Path], list[str]]) -> tuple[dict, dict]:
+                   figures: Callable[[Grid, list, list, Path], list[str]],
+                   notes: Callable[[list, Grid], str] | None = None) -> tuple[dict, dict]:
     """Stages 2 and 3 of a demo: run ``grid`` (runs in ``out_dir/runs/``, reused when unchanged), write
     ``results.md`` / ``results.csv`` / ``runs.csv`` / ``grid.yaml`` and the ``figures`` (a function of the grid, the
-    results, the table records and ``out_dir`` returning the figure paths relative to it). Returns the summary's
-    ``experiment`` entry and the stages' seconds."""
+    results, the table records and ``out_dir`` returning the figure paths relative to it); ``notes`` (of the results and
+    the grid) gives a method's own text printed after the tables. Returns the summary's ``experiment`` entry and
+    the stages' seconds."""
     seconds = {}
     stage_started = time.perf_counter()
     results = run_grid(grid, out_dir, progress=progress, trust_bundles=True, jobs=jobs)  # scanned by the caller
@@ -256,6 +258,7 @@ def run_grid_stage(grid: Grid, out_dir: Path, progress: bool, jobs: int,
         "results_csv": str(tables["csv"].relative_to(out_dir)), "figures": drawn,
         "table": format_plain_tables(records, grid),
         "probe_table": probe_markdown(results, grid),
+        "notes": notes(results, grid) if notes else "",  # a method's own table, e.g. fundus stage 1's CAMs
     }
     return experiment, seconds
 
@@ -312,6 +315,8 @@ def format_summary(summary: dict) -> str:
         lines += ["", experiment["table"] or "(no finished run: nothing to tabulate)"]
         if experiment.get("probe_table"):
             lines += ["", experiment["probe_table"]]
+        if experiment.get("notes"):
+            lines += ["", experiment["notes"]]
         lines.append(f"results: {experiment['results_markdown']}, {experiment['results_csv']}; figures: "
                      f"{', '.join(experiment['figures'] + ([summary['montage']] if 'montage' in summary else []))}")
     stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in summary["stage_seconds"].items())

@@ -23,7 +23,8 @@ from mri_ssl.experiments.figures import plot_learning_curves
 from mri_ssl.experiments.grid import Grid, expand_placeholders
 from mri_ssl.experiments.memory import ProcessTreeMemory
 from mri_ssl.experiments.method_figures import (plot_cam_overlays, plot_confusion_matrices,
-                                                plot_retrieval_examples, plot_training_histories)
+                                                plot_retrieval_examples, plot_training_histories,
+                                                stage1_localisation_table)
 from mri_ssl.experiments.runner import require_trusted
 from mri_ssl.io.atomic import save_json
 
@@ -85,6 +86,7 @@ class MethodDemo:
     grid_file: str
     title: str
     figures: Callable[[Grid, list, list, Path], list[str]]
+    notes: Callable[[list, Grid], str] | None = None  # the method's own table, printed after the others
 
 
 METHOD_DEMOS = {
@@ -95,7 +97,7 @@ METHOD_DEMOS = {
     "fundus": MethodDemo(
         "demo_fundus.yaml",
         "fundus CAMContrast (bundle fundus_camcontrast): CAM classifier, heatmap-guided contrastive pretraining, "
-        "transfer vs random init", fundus_figures),
+        "transfer vs random init", fundus_figures, stage1_localisation_table),
     "cmr": MethodDemo(
         "demo_cmr.yaml",
         "CMR video-text retrieval (bundle cmr_video_text): CLIP-trained model vs the same network untrained",
@@ -134,7 +136,8 @@ def run_method_demo(method: str, out_dir: str | os.PathLike, seeds: Sequence[int
     if not trust_bundles:
         require_trusted(grid)
     with ProcessTreeMemory() as memory:
-        experiment, seconds = run_grid_stage(grid, out_dir, progress, jobs, METHOD_DEMOS[method].figures)
+        experiment, seconds = run_grid_stage(grid, out_dir, progress, jobs, METHOD_DEMOS[method].figures,
+                                             METHOD_DEMOS[method].notes)
     summary = {"stage": "complete", "method": method, "title": f"mri-ssl demo {method}: {METHOD_DEMOS[method].title}",
                "stage_seconds": seconds, "experiment": experiment,
                "seconds": round(time.perf_counter() - started, 2), "peak_memory_gb": memory.peak_gb}

@@ -384,6 +384,8 @@ def test_fundus_demo_runs_the_whole_pipeline_and_draws_cams_with_the_placed_lesi
     # The bundle writes no probe history today: the probe table says which file is missing, in print and results.md.
     missing = "`logs/pretrain_camcontrast/probe.json` is missing in 2 of 2 finished runs"
     assert missing in printed and missing in (out / "results.md").read_text()
+    # Stage 1's CAM localisation, from each pretraining run's stage-1 evaluation (2/3 in the fake, both seeds).
+    assert "| 2 of 2 | 0.900 ± 0.000 | 0.667 ± 0.000 | 0.100 ± 0.000 |" in printed
 
 
 @pytest.mark.slow

@@ -262,6 +262,32 @@ def read_stage1_localisation(run_folder: str | os.PathLike) -> tuple[dict, dict[
     return (summary if isinstance(summary, dict) else {}), rows
 
 
+def stage1_localisation_table(results: Sequence[RunResult], grid: Grid) -> str:
+    """Markdown: stage 1's test-split ROC-AUC, CAM pointing game and CAM IoU against the placed lesions, mean +/- std
+    over the finished pretraining runs; a line naming the missing file when a run wrote no stage-1 evaluation."""
+    runs = [r for r in results if r.run.kind == "pretrain" and r.status == STATUS_OK]
+    if not runs:
+        return ""
+    summaries = [read_stage1_localisation(r.folder)[0] for r in runs]
+    found = [summary for summary in summaries if summary]
+    lines = ["### Stage 1: the CAM classifier on the test split (CAMs against the placed lesions)", ""]
+    if not found:
+        return "\n".join(lines + [f"No stage-1 evaluation: `{STAGE1_EVALUATION / 'summary.json'}` is missing in "
+                                  f"{len(runs)} of {len(runs)} finished runs, e.g. {runs[0].folder}."]) + "\n"
+    names = ("roc_auc", "pointing_game", "cam_iou")
+    lines += ["| seeds | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    cells = []
+    for name in names:
+        values = [float(summary[name]) for summary in found if isinstance(summary.get(name), (int, float))]
+        cells.append(f"{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.3f}"
+                     if values else "not in the summary")
+    lines.append(f"| {len(found)} of {len(runs)} | " + " | ".join(cells) + " |")
+    localised = [int(summary.get("localised_cases", 0)) for summary in found]
+    lines += ["", f"pointing game: the share of abnormal test images ({', '.join(map(str, localised))} per run) whose "
+                  "CAM peak falls inside a placed lesion; CAM IoU of CAM >= 0.5 with the lesions."]
+    return "\n".join(lines) + "\n"
+
+
 def plot_cam_overlays(results: Sequence[RunResult], grid: Grid, datalist: str | os.PathLike,
                       path: str | os.PathLike, images: int = 6) -> Path | None:
     """Stage 1's CAM overlays (the bundle's ``predictions/stage1/<stem>_cam.png``) of the first abnormal test images
