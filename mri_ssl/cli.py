@@ -27,6 +27,7 @@ from mri_ssl.experiments import expand_runs, load_grid, run_grid, write_tables
 from mri_ssl.experiments.figures import plot_learning_curves
 from mri_ssl.experiments.runner import failure_report
 from mri_ssl.io.atomic import save_json
+from mri_ssl.method_demos import DEFAULT_METHOD, METHOD_DEMOS, METHODS, run_method_demo
 from mri_ssl.trust.commands import add_trust_commands
 
 EXIT_BAD_INPUT = 2
@@ -38,9 +39,25 @@ logger = logging.getLogger("mri_ssl")
 # demo
 
 
+# Options of the 3-D demo's stage 1 (the simulation), which a 2-D method's demo does not have: flag -> default.
+BRAIN_ONLY_OPTIONS = {"resolution_mm": 1.0, "random_protocols": 3, "seed": 0, "fused": False, "simulation_only": False}
+
+
 def _command_demo(args: argparse.Namespace) -> int:
     from mri_ssl.demo import format_summary, run_demo  # lazy: ~1.4 s to import (simulator, NIfTI I/O)
 
+    if args.method != DEFAULT_METHOD:
+        given = [name for name, default in BRAIN_ONLY_OPTIONS.items() if getattr(args, name) != default]
+        if given:
+            flag = f"--{given[0].replace('_', '-')}"
+            raise InputError(flag, f"is an option of the 3-D demo's simulation stage (`mri-ssl demo` / "
+                                   f"`mri-ssl demo brain`), not of `mri-ssl demo {args.method}`")
+        summary = run_method_demo(args.method, args.out, seeds=args.seeds, progress=not args.quiet,
+                                  grid_path=args.grid, bundles_dir=args.bundles_dir,
+                                  trust_bundles=args.trust_bundle, jobs=args.jobs)
+        print(f"outputs in {Path(args.out).resolve()}")
+        print(format_summary(summary))
+        return 1 if summary["experiment"]["failed"] else 0
     summary = run_demo(args.out, resolution_mm=args.resolution_mm, random_protocols=args.random_protocols,
                        seed=args.seed, fused=args.fused, progress=not args.quiet, seeds=args.seeds,
                        grid_path=args.grid, bundles_dir=args.bundles_dir, simulation_only=args.simulation_only,
@@ -247,16 +264,38 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
 
     demo = commands.add_parser(
-        "demo", help="run the main job: simulate, pretrain Base / SeqAug / SeqInv, segment, denoise, compare",
-        description="Stage 1: build the MNI152 qMRI phantom, simulate FSE/GRE/FLAIR/MPRAGE with the typical and "
+        "demo", help="run the main job: simulate, pretrain Base / SeqAug / SeqInv, segment, denoise, compare "
+                     f"(or one 2-D method: {' | '.join(METHOD_DEMOS)})",
+        description="`mri-ssl demo` (= `mri-ssl demo brain`), the 3-D sequence-invariant method: "
+                    "Stage 1: build the MNI152 qMRI phantom, simulate FSE/GRE/FLAIR/MPRAGE with the typical and "
                     "random protocols, write NIfTI files and montage.png, and report how well the simulated MPRAGE "
                     "matches the real MNI152 T1. Stage 2: run the grid experiments/demo.yaml through the bundles "
                     "(slim encoders pretrained in the Base, SeqAug and SeqInv modes; frozen-encoder tissue "
                     "segmentation and denoising trained on simulated T1w, with a random-init baseline; evaluated on "
                     "unseen contrasts and the real MNI152 T1). Stage 3: results.md / results.csv, figures/*.png and "
                     "a printed table. About 12 minutes and 3.7 GB on 2 CPU cores with one seed; finished runs are "
-                    "reused.",
+                    "reused. "
+                    "`mri-ssl demo cardiac`: SimSiam pretraining of a ViT on the embedded cardiac phantom "
+                    "(experiments/demo_cardiac.yaml through bundles/cardiac_sequence_classification), fine-tuning and "
+                    "linear probe against a random-init ViT at 10 % and 100 % of the labels, the representation "
+                    "probe at step 0 and the end, learning curves and test-split confusion matrices. "
+                    "`mri-ssl demo fundus`: CAMContrast on the embedded fundus photographs with placed lesions "
+                    "(experiments/demo_fundus.yaml through bundles/fundus_camcontrast): the stage-1 CAM classifier "
+                    "and its pointing game, heatmap-guided contrastive pretraining, then classification and lesion "
+                    "segmentation from the CAMContrast encoder against random init, and CAM overlays with the placed "
+                    "lesions. "
+                    "`mri-ssl demo cmr`: the CMR video-text CLIP model on the embedded phantom studies "
+                    "(experiments/demo_cmr.yaml through bundles/cmr_video_text): retrieval (R@K, RSUM) and a linear "
+                    "probe of the trained model against the same network untrained, the training history and "
+                    "retrieval examples (a report and its top-5 studies). "
+                    "The --resolution-mm, --random-protocols, --seed, --fused and --simulation-only options are the "
+                    "3-D demo's only.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    demo.add_argument("method", nargs="?", default=DEFAULT_METHOD, choices=METHODS,
+                      help=f"which method: {DEFAULT_METHOD} (the 3-D sequence-invariant demo, the default), "
+                           "cardiac (SimSiam ViT, cardiac MR sequence classification), fundus (CAMContrast, "
+                           "fundus photographs), cmr (video-text CLIP, "
+                           "report-to-study retrieval)")
     demo.add_argument("--out", default="demo_out", help="output folder")
     demo.add_argument("--resolution-mm", type=float, default=1.0, help="stage 1 phantom voxel size in mm")
     demo.add_argument("--random-protocols", type=int, default=3, help="stage 1 random protocols per sequence")
@@ -266,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seeds", type=int, nargs="+", default=[0],
                       help="training seeds of stage 2 (three seeds take three times as long)")
     demo.add_argument("--simulation-only", action="store_true", help="stop after stage 1 (about a minute)")
-    demo.add_argument("--grid", default=None, help="a grid YAML instead of experiments/demo.yaml")
+    demo.add_argument("--grid", default=None, help="a grid YAML instead of experiments/demo.yaml (demo_<method>.yaml)")
     demo.add_argument("--bundles-dir", default=None, help="the folder holding the bundles, instead of the grid's")
     demo.add_argument("--trust-bundle", action="store_true",
                       help="run the bundles even if the static scan refused something in them or the grid")

@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -230,6 +230,39 @@ def draw_figures(grid: Grid, results, records, out_dir: Path) -> list[str]:
     return figures
 
 
+def run_grid_stage(grid: Grid, out_dir: Path, progress: bool, jobs: int,
+                   figures: Callable[[Grid, list, list, Path], list[str]],
+                   notes: Callable[[list, Grid], str] | None = None) -> tuple[dict, dict]:
+    """Stages 2 and 3 of a demo: run ``grid`` (runs in ``out_dir/runs/``, reused when unchanged), write
+    ``results.md`` / ``results.csv`` / ``runs.csv`` / ``grid.yaml`` and the ``figures`` (a function of the grid, the
+    results, the table records and ``out_dir`` returning the figure paths relative to it); ``notes`` (of the results and
+    the grid) gives a method's own text printed after the tables. Returns the summary's ``experiment`` entry and
+    the stages' seconds."""
+    seconds = {}
+    stage_started = time.perf_counter()
+    results = run_grid(grid, out_dir, progress=progress, trust_bundles=True, jobs=jobs)  # scanned by the caller
+    seconds["bundle_runs"] = round(time.perf_counter() - stage_started, 2)
+    stage_started = time.perf_counter()
+    tables = write_tables(grid, results, out_dir)
+    records = collect(grid, results)
+    drawn = figures(grid, results, records, out_dir)
+    seconds["tables_and_figures"] = round(time.perf_counter() - stage_started, 2)
+    experiment = {
+        "grid": "grid.yaml", "seeds": list(grid.seeds), "modes": list(grid.modes), "jobs": jobs,
+        "cpu_seconds_of_new_runs": round(sum(r.cpu_seconds or 0.0 for r in results if not r.cached), 1),
+        "reused_runs": sum(r.cached for r in results),
+        "runs": len(results), "finished": sum(r.status == STATUS_OK for r in results),
+        "failed": [r.run.label for r in results if r.status != STATUS_OK],
+        "failure_report": failure_report(results, out_dir / "runs.csv"),
+        "results_markdown": str(tables["markdown"].relative_to(out_dir)),
+        "results_csv": str(tables["csv"].relative_to(out_dir)), "figures": drawn,
+        "table": format_plain_tables(records, grid),
+        "probe_table": probe_markdown(results, grid),
+        "notes": notes(results, grid) if notes else "",  # a method's own table, e.g. fundus stage 1's CAMs
+    }
+    return experiment, seconds
+
+
 def run_demo(
     out_dir: str | os.PathLike = "demo_out",
     resolution_mm: float = 1.0,
@@ -261,27 +294,9 @@ def run_demo(
         summary = run_simulation_stage(out_dir, resolution_mm, random_protocols, seed, fused, progress)
         summary["stage_seconds"] = {"simulation": summary.pop("seconds")}
         if grid is not None:
-            stage_started = time.perf_counter()
-            results = run_grid(grid, out_dir, progress=progress, trust_bundles=True, jobs=jobs)  # scanned above
-            summary["stage_seconds"]["bundle_runs"] = round(time.perf_counter() - stage_started, 2)
-            stage_started = time.perf_counter()
-            tables = write_tables(grid, results, out_dir)
-            records = collect(grid, results)
-            figures = draw_figures(grid, results, records, out_dir)
-            summary["stage_seconds"]["tables_and_figures"] = round(time.perf_counter() - stage_started, 2)
+            summary["experiment"], seconds = run_grid_stage(grid, out_dir, progress, jobs, draw_figures)
+            summary["stage_seconds"].update(seconds)
             summary["stage"] = "complete"
-            summary["experiment"] = {
-                "grid": "grid.yaml", "seeds": list(grid.seeds), "modes": list(grid.modes), "jobs": jobs,
-                "cpu_seconds_of_new_runs": round(sum(r.cpu_seconds or 0.0 for r in results if not r.cached), 1),
-                "reused_runs": sum(r.cached for r in results),
-                "runs": len(results), "finished": sum(r.status == STATUS_OK for r in results),
-                "failed": [r.run.label for r in results if r.status != STATUS_OK],
-                "failure_report": failure_report(results, out_dir / "runs.csv"),
-                "results_markdown": str(tables["markdown"].relative_to(out_dir)),
-                "results_csv": str(tables["csv"].relative_to(out_dir)), "figures": figures,
-                "table": format_plain_tables(records, grid),
-                "probe_table": probe_markdown(results, grid),
-            }
     summary["seconds"] = round(time.perf_counter() - started, 2)
     summary["peak_memory_gb"] = memory.peak_gb
     save_json(summary, out_dir / "summary.json")
@@ -289,8 +304,9 @@ def run_demo(
 
 
 def format_summary(summary: dict) -> str:
-    """What the demo prints at the end: stage 1's table, then the results table and where everything is."""
-    lines = [format_simulation_summary(summary)]
+    """What the demo prints at the end: stage 1's table (the 3-D demo's), then the results and probe tables and where
+    everything is."""
+    lines = [format_simulation_summary(summary)] if "simulated" in summary else [summary.get("title", "")]
     experiment = summary.get("experiment")
     if experiment:
         if experiment["failed"]:
@@ -299,8 +315,10 @@ def format_summary(summary: dict) -> str:
         lines += ["", experiment["table"] or "(no finished run: nothing to tabulate)"]
         if experiment.get("probe_table"):
             lines += ["", experiment["probe_table"]]
+        if experiment.get("notes"):
+            lines += ["", experiment["notes"]]
         lines.append(f"results: {experiment['results_markdown']}, {experiment['results_csv']}; figures: "
-                     f"{', '.join(experiment['figures'] + [summary['montage']])}")
+                     f"{', '.join(experiment['figures'] + ([summary['montage']] if 'montage' in summary else []))}")
     stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in summary["stage_seconds"].items())
     lines.append(f"total {summary['seconds']:.0f} s ({stages}); peak memory {summary['peak_memory_gb']} GB")
     if experiment:

@@ -170,11 +170,17 @@ def plot_segmentation_overlays(results: Sequence[RunResult], grid: Grid, task: s
     return _save(fig, Path(path))
 
 
-LEARNING_CURVE_PANELS = (
+LEARNING_CURVE_PANELS = (  # the 3-D probe: cross-sequence retrieval of held-out crops
     ("features_top1", "cross-sequence top-1, pooled features", "top1_chance"),
     ("projection_top1", "cross-sequence top-1, projections", "top1_chance"),
     ("ntxent", "held-out NT-Xent (probe set)", "ntxent_chance"),
     ("train_loss", "training loss (NT-Xent + reconstruction)", None),
+)
+CLASSIFICATION_CURVE_PANELS = (  # the 2-D probe: a linear probe on frozen features, scored on the validation split
+    ("auc", "linear-probe macro ROC-AUC (validation split)", None),
+    ("accuracy", "linear-probe accuracy (dotted: majority class)", "majority_rate"),
+    ("spread", "projection spread (dotted: healthy 1/sqrt(d))", "spread_healthy"),
+    ("train_loss", "training loss", None),
 )
 
 
@@ -187,8 +193,11 @@ def plot_learning_curves(results: Sequence[RunResult], grid: Grid, path: str | o
     if not histories:
         return None
     plt = _pyplot()
+    first = next(iter(histories.values()))[0]["history"][0]
+    retrieval = "features_top1" in first
+    panels = LEARNING_CURVE_PANELS if retrieval else CLASSIFICATION_CURVE_PANELS
     fig, axes = plt.subplots(2, 2, figsize=(11.0, 7.0), squeeze=False)
-    for ax, (key, title, chance_key) in zip(axes.flat, LEARNING_CURVE_PANELS):
+    for ax, (key, title, chance_key) in zip(axes.flat, panels):
         chance, random_init = [], []
         for mode in [m for m in grid.modes if m in histories]:
             colour = MODE_COLOURS.get(mode)
@@ -216,8 +225,7 @@ def plot_learning_curves(results: Sequence[RunResult], grid: Grid, path: str | o
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8, loc="best")
-    first = next(iter(histories.values()))[0]["history"][0]
-    fig.suptitle(f"{grid.name}: representation probe on {first['n']} held-out crops, each under two sequences",
-                 fontsize=11)
+    held_out = "held-out crops, each under two sequences" if retrieval else "validation images (linear probe)"
+    fig.suptitle(f"{grid.name}: representation probe on {first['n']} {held_out}", fontsize=11)
     fig.tight_layout()
     return _save(fig, Path(path))

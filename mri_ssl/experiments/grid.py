@@ -19,6 +19,9 @@ type by hand. The YAML format (``experiments/demo.yaml`` is a commented example)
       configs: [train.json, cpu_demo.json]   # files in the bundle's configs/ folder, in order
       encoder: encoder_best.pt          # the exported encoder the downstream runs load (from the run's models/)
       mode_key: view_mode               # the config id that receives the mode's name (default view_mode; or null)
+      probe: probe.json                 # the representation probe's history, relative to the run's logs/ (default)
+      then:                             # optional: more bundle invocations after training, in the same folder
+        - {name: heatmaps, configs: [stage1.json, generate_heatmaps.json, cpu_demo.json]}
       overrides: {...}
       mode_overrides: {base: {...}}     # optional, per mode
     downstream:                         # may be empty: a grid of pretraining runs only (their probe curves)
@@ -97,6 +100,8 @@ class StageSpec:
     mode_overrides: dict = field(default_factory=dict)
     encoder: str = "encoder_best.pt"      # pretraining: the exported encoder file, relative to the run's models/
     mode_key: str | None = DEFAULT_MODE_KEY  # pretraining: the config id set to the mode's name (None: none)
+    probe: str = "probe.json"  # pretraining: the representation probe's history file, relative to the run's logs/
+    then: tuple[tuple[str, tuple[Path, ...]], ...] = ()  # more bundle invocations after training: (name, configs)
 
 
 @dataclass(frozen=True)
@@ -159,7 +164,7 @@ class Run:
 
     def stages(self, infer: bool = True) -> list[tuple[str, tuple[Path, ...]]]:
         """``(stage name, config files)`` in the order they run."""
-        stages = [("train", self.spec.configs)]
+        stages = [("train", self.spec.configs), *self.spec.then]
         if self.spec.evaluate:
             stages.append(("evaluate", _with_extra(self.spec.configs, self.spec.evaluate)))
         if infer and self.spec.inference:
@@ -270,7 +275,36 @@ def _stage(entry: Mapping, where: str, bundles: Path, grid_dir: Path, downstream
         metrics=dict(metrics), in_domain=dict(in_domain),
         mode_overrides={mode: _overrides(mode_overrides, mode, where, grid_dir, reserved_keys)
                         for mode in mode_overrides},
-        encoder=str(entry.get("encoder", "encoder_best.pt")), mode_key=mode_key)
+        encoder=str(entry.get("encoder", "encoder_best.pt")), mode_key=mode_key,
+        probe=str(entry.get("probe", "probe.json")), then=_then_stages(entry.get("then"), bundle_dir, where))
+
+
+STAGE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # a stage names its log file
+
+
+def _then_stages(content, bundle_dir: Path, where: str) -> tuple[tuple[str, tuple[Path, ...]], ...]:
+    """A stage's ``then``: more bundle invocations run in the same folder after training, in order, each a mapping
+    of ``name`` (its log is ``<name>.log``) and its own full list of ``configs`` (e.g. a second training that reads
+    what the first wrote)."""
+    if content is None:
+        return ()
+    if not isinstance(content, list):
+        raise InputError(where, f"'then' must be a list of {{name, configs}}, got {content!r}")
+    stages = []
+    for index, entry in enumerate(content):
+        place = f"{where} then[{index}]"
+        if not isinstance(entry, dict):
+            raise InputError(place, f"must be a mapping with 'name' and 'configs', got {entry!r}")
+        name = _require(entry, "name", place, str)
+        taken = ["train", "evaluate", "inference"] + [stage for stage, _ in stages]
+        if not STAGE_NAME.match(name) or name in taken:
+            raise InputError(place, f"'name' must be a new lower-case name (letters, digits, '_'; not one of "
+                                    f"{taken}), got {name!r}")
+        configs = _config_files(bundle_dir, _require(entry, "configs", place, list), place, "configs")
+        if not configs:
+            raise InputError(place, "'configs' is empty")
+        stages.append((name, configs))
+    return tuple(stages)
 
 
 def _mode_key(entry, where: str) -> str | None:

@@ -48,7 +48,6 @@ RESULT_FILE = "result.json"
 EVALUATION_DIR = Path("logs") / "evaluation"
 SUMMARY_FILE = "summary.json"  # mri_ssl.metrics.report's summary: segmentation, denoising
 CLASSIFICATION_FILE = "metrics.json"  # mri_ssl.engines.ClassificationReport's scores: sequence classification
-PROBE_FILE = "probe.json"  # written by a pretraining run's RepresentationProbe in its logs/ folder
 LOG_TAIL_CHARS = 3000
 EPOCH_PATTERN = re.compile(r"Epoch\[(\d+)\] Complete")
 TOTAL_EPOCHS_PATTERN = re.compile(r"until (\d+) epochs")  # ignite's first "Engine run ... until N epochs" line
@@ -219,7 +218,7 @@ def execute_run(run: Run, folder: Path, infer: bool = True,
             evaluation = folder / EVALUATION_DIR
             result.error = result.reason = (f"the evaluation wrote no readable {evaluation / SUMMARY_FILE} or "
                                             f"{CLASSIFICATION_FILE} ({error})")
-    probe_path = folder / "logs" / PROBE_FILE
+    probe_path = folder / "logs" / run.spec.probe
     if probe_path.is_file():
         try:
             result.probe = json.loads(probe_path.read_text())
@@ -234,13 +233,23 @@ def execute_run(run: Run, folder: Path, infer: bool = True,
 
 def read_evaluation_summary(evaluation_dir: Path) -> dict:
     """A run's evaluation as the tables read it (``mri_ssl.metrics.report``'s layout: ``overall`` and
-    ``by_site_sequence``, each metric a ``{"mean": ...}``): ``summary.json`` as written, else a classifier's
+    ``by_site_sequence``, each metric a ``{"mean": ...}``): ``summary.json`` as written (a flat one, scores over
+    the whole split, as ``overall`` metrics), else a classifier's
     ``metrics.json`` (``ClassificationReport``) with its scores over the whole split (``mean_auc``, ``accuracy``,
-    ``auc_<class>``) as ``overall`` metrics. Raises ``OSError`` / ``ValueError`` when neither is readable."""
+    ``auc_<class>``) as ``overall`` metrics, else a video-text ``metrics.json`` (``retrieval_summary``). Raises
+    ``OSError`` / ``ValueError`` when none is readable."""
     summary_path = evaluation_dir / SUMMARY_FILE
     if summary_path.is_file() or not (evaluation_dir / CLASSIFICATION_FILE).is_file():
-        return json.loads(summary_path.read_text())
+        summary = json.loads(summary_path.read_text())
+        if isinstance(summary, dict) and not ({"overall", "by_site_sequence"} & set(summary)):
+            # a flat summary of scores over the whole split (the fundus bundle's FundusEvaluationReport)
+            return {"n_cases": summary.get("cases"), "overall": {
+                name: {"mean": float(value), "n": summary.get("cases")} for name, value in summary.items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and name != "cases"}}
+        return summary
     metrics = json.loads((evaluation_dir / CLASSIFICATION_FILE).read_text())
+    if isinstance(metrics, dict) and "retrieval" in metrics:
+        return retrieval_summary(metrics, evaluation_dir / CLASSIFICATION_FILE)
     if not isinstance(metrics, dict) or "mean_auc" not in metrics or not isinstance(metrics.get("auc"), dict):
         raise ValueError(f"{evaluation_dir / CLASSIFICATION_FILE} holds no classification scores (mean_auc, auc)")
     scores = {"mean_auc": metrics["mean_auc"], "accuracy": metrics.get("accuracy"),
@@ -248,6 +257,31 @@ def read_evaluation_summary(evaluation_dir: Path) -> dict:
     images = metrics.get("images")
     return {"n_cases": images, "overall": {name: {"mean": value, "n": images} for name, value in scores.items()
                                            if value is not None}}
+
+
+UNTRAINED, TRAINED = "untrained (step 0)", "trained"
+
+
+def retrieval_summary(metrics: dict, path: str | os.PathLike) -> dict:
+    """A video-text evaluation's ``metrics.json`` (``mri_ssl.engines.video_text.VideoTextEvaluator``: a ``retrieval``
+    row and a ``linear_probe`` row per model) in the tables' layout: one group per model, ``untrained (step 0)`` (the
+    same network before training, the zero-shot reference) and ``trained``, with the retrieval metrics (R@K, MdR,
+    RSUM) and the linear probe's ``probe_macro_auc`` / ``probe_accuracy``. Raises ``ValueError`` naming ``path`` when it
+    holds no retrieval rows."""
+    rows = metrics.get("retrieval")
+    if not isinstance(rows, list) or not rows or not all(isinstance(row, dict) for row in rows):
+        raise ValueError(f"{path} holds no retrieval rows (a list of per-model metrics)")
+    probes = {row.get("model"): row for row in metrics.get("linear_probe") or [] if isinstance(row, dict)}
+    groups = {}
+    for row in rows:
+        group = UNTRAINED if "untrained" in str(row.get("model", "")) else TRAINED
+        n = row.get("num_queries")
+        values = {key: value for key, value in row.items() if key not in ("model", "num_queries")}
+        probe = probes.get(row.get("model")) or {}
+        values.update({f"probe_{key}": probe[key] for key in ("macro_auc", "accuracy") if key in probe})
+        groups[group] = {key: {"mean": float(value), "n": n} for key, value in values.items()
+                         if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    return {"n_cases": rows[-1].get("num_queries"), "by_site_sequence": groups}
 
 
 def total_cpu_seconds(stage_costs: dict) -> float | None:

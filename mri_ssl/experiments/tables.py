@@ -108,7 +108,7 @@ def _format_cell(record: Mapping, places: int) -> str:
 
 
 def _places(metric: str) -> int:
-    return 3 if metric.startswith(("dice", "mean_auc", "auc_", "accuracy")) else 2
+    return 3 if metric.startswith(("dice", "mean_auc", "auc_", "accuracy", "probe_", "roc_auc", "f1")) else 2
 
 
 def _ranks(records: Sequence[Mapping]) -> dict[int, int]:
@@ -153,39 +153,66 @@ def markdown_table(records: Sequence[Mapping], grid: Grid, spec: StageSpec, metr
 
 
 def format_plain_tables(records: Sequence[Mapping], grid: Grid) -> str:
-    """The results as fixed-width text for a terminal: per task and metric, a row per group, a column per method
-    (the largest label fraction), mean +/- std over seeds."""
-    fraction = max(grid.label_fractions)
+    """The results as fixed-width text for a terminal: per task, metric and label fraction (largest first), a row per
+    group, a column per method, mean +/- std over seeds."""
     blocks = []
-    for spec in grid.downstream:
-        for metric in spec.metrics:
-            mine = {(r["group"], r["mode"]): r for r in records
-                    if r["task"] == spec.name and r["metric"] == metric and r["fraction"] == fraction}
-            if not mine:
-                continue
-            groups = sorted({group for group, _ in mine}, key=lambda g: (domain_of(g, spec.in_domain) != IN_DOMAIN, g))
-            width = max(len(row_title(g)) + 2 for g in groups) + len(" (in domain)")
-            header = f"{spec.name}: {metric} ({spec.metrics[metric]} is better), {fraction:.0%} of labels, " \
-                     f"seeds {list(grid.seeds)}"
-            columns = grid.columns_for(spec.name)
-            widths = [max(20, len(column_title(grid, m)) + 2) for m in columns]
-            titles = "".join(f"{column_title(grid, m):>{w}}" for m, w in zip(columns, widths))
-            lines = [header, f"{'':<{width}}" + titles]
-            for group in groups:
-                title = row_title(group) + (" (in domain)" if domain_of(group, spec.in_domain) == IN_DOMAIN else "")
-                cells = [_format_cell(mine[(group, mode)], _places(metric)) if (group, mode) in mine else "n/a"
-                         for mode in columns]
-                lines.append(f"{title:<{width}}" + "".join(f"{cell:>{w}}" for cell, w in zip(cells, widths)))
-            blocks.append("\n".join(lines))
+    for spec, metric, fraction in [(spec, metric, fraction) for spec in grid.downstream for metric in spec.metrics
+                                   for fraction in sorted(grid.label_fractions, reverse=True)]:
+        mine = {(r["group"], r["mode"]): r for r in records
+                if r["task"] == spec.name and r["metric"] == metric and r["fraction"] == fraction}
+        if not mine:
+            continue
+        groups = sorted({group for group, _ in mine}, key=lambda g: (domain_of(g, spec.in_domain) != IN_DOMAIN, g))
+        width = max(len(row_title(g)) + 2 for g in groups) + len(" (in domain)")
+        header = f"{spec.name}: {metric} ({spec.metrics[metric]} is better), {fraction:.0%} of labels, " \
+                 f"seeds {list(grid.seeds)}"
+        columns = grid.columns_for(spec.name)
+        widths = [max(20, len(column_title(grid, m)) + 2) for m in columns]
+        titles = "".join(f"{column_title(grid, m):>{w}}" for m, w in zip(columns, widths))
+        lines = [header, f"{'':<{width}}" + titles]
+        for group in groups:
+            marked = spec.in_domain and domain_of(group, spec.in_domain) == IN_DOMAIN  # no rule: no domains to tell
+            title = row_title(group) + (" (in domain)" if marked else "")
+            cells = [_format_cell(mine[(group, mode)], _places(metric)) if (group, mode) in mine else "n/a"
+                     for mode in columns]
+            lines.append(f"{title:<{width}}" + "".join(f"{cell:>{w}}" for cell, w in zip(cells, widths)))
+        blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
 
-# The representation probe of the pretraining runs (``mri_ssl.metrics.representation_probe``): per mode, the untrained
-# encoder (step 0), the end of training and a random-init encoder of the same shape, on the held-out probe set.
-PROBE_COLUMNS = (("features_top1", "top-1 features"), ("projection_top1", "top-1 projections"),
-                 ("features_top5", "top-5 features"), ("ntxent", "held-out NT-Xent"), ("spread", "spread"))
+# The representation probe of the pretraining runs: per mode, the untrained encoder (step 0), the end of training and
+# a random-init encoder of the same shape, on held-out data. Two kinds, told apart by their keys: the 3-D bundle's
+# cross-sequence retrieval (``mri_ssl.metrics.representation_probe``, ``features_top1``...) and the 2-D bundles'
+# linear probe on frozen features (``mri_ssl.metrics.classification_probe``, ``auc``...).
+RETRIEVAL_PROBE_COLUMNS = (("features_top1", "top-1 features"), ("projection_top1", "top-1 projections"),
+                           ("features_top5", "top-5 features"), ("ntxent", "held-out NT-Xent"), ("spread", "spread"))
+CLASSIFICATION_PROBE_COLUMNS = (("auc", "linear-probe macro AUC"), ("accuracy", "linear-probe accuracy"),
+                                ("spread", "projection spread"))
+PROBE_COLUMNS = RETRIEVAL_PROBE_COLUMNS  # the 3-D probe's, kept under its earlier name
 PROBE_STAGES = (("step 0", lambda probe: probe["history"][0]), ("end", lambda probe: probe["history"][-1]),
                 ("random init", lambda probe: probe["random_init"]))
+
+
+def probe_columns(first: Mapping) -> tuple[tuple[str, str], ...]:
+    """The table columns of a probe, from its first history entry: retrieval (3-D) or linear probe (2-D)."""
+    return RETRIEVAL_PROBE_COLUMNS if "features_top1" in first else CLASSIFICATION_PROBE_COLUMNS
+
+
+def probe_heading(first: Mapping) -> tuple[str, str]:
+    """The probe table's heading and its closing note, worded for the probe's kind."""
+    if "features_top1" in first:
+        return (f"### Representation probe (held-out crops, N = {first['n']}: chance top-1 {first['top1_chance']:.3f}, "
+                f"NT-Xent chance ln(2N-1) = {first['ntxent_chance']:.3f}, healthy spread "
+                f"{first['spread_healthy']:.3f})",
+                "Top-1 / top-5: the other view of a crop (another sequence) is the nearest (among the 5 nearest) of "
+                "the N candidates; 'end' is the last probe of the run, 'random init' a freshly initialised encoder "
+                "of the same shape. The standard error of one top-1 is about sqrt(p (1 - p) / 2N).")
+    return (f"### Representation probe (label-free pretraining; a logistic regression on the frozen features, fitted "
+            f"on {first.get('n_fit', '?')} training images and scored on {first.get('n', '?')} validation images: "
+            f"chance AUC 0.5, majority-class accuracy {first.get('majority_rate', float('nan')):.3f}, healthy spread "
+            f"{first.get('spread_healthy', float('nan')):.3f})",
+            "'step 0' is the encoder before pretraining, 'end' the last probe of the run, 'random init' a freshly "
+            "initialised encoder of the same shape; the probe never sees the test split.")
 
 
 def probe_histories(results: Sequence[RunResult]) -> dict[str, list[dict]]:
@@ -204,25 +231,27 @@ def _mean_std_text(values: Sequence[float], places: int = 3) -> str:
 
 
 def probe_markdown(results: Sequence[RunResult], grid: Grid) -> str:
-    """The probe table (markdown): a row per mode and stage, mean +/- std over seeds; '' when no run probed."""
+    """The probe table (markdown): a row per mode and stage, mean +/- std over seeds. When finished pretraining runs
+    wrote no probe history, a line naming the file they lack; '' when no pretraining run finished."""
     histories = probe_histories(results)
     if not histories:
-        return ""
+        finished = [r for r in results if r.run.kind == "pretrain" and r.status == STATUS_OK]
+        if not finished:
+            return ""
+        return (f"### Representation probe\n\nNo probe table: the pretraining runs wrote no readable probe history "
+                f"(`logs/{finished[0].run.spec.probe}` is missing in {len(finished)} of {len(finished)} finished "
+                f"runs, e.g. {finished[0].folder / 'logs' / finished[0].run.spec.probe}).\n")
     first = next(iter(histories.values()))[0]["history"][0]
-    lines = [f"### Representation probe (held-out crops, N = {first['n']}: chance top-1 {first['top1_chance']:.3f}, "
-             f"NT-Xent chance ln(2N-1) = {first['ntxent_chance']:.3f}, healthy spread "
-             f"{first['spread_healthy']:.3f})", "",
-             "| mode | encoder | seeds | " + " | ".join(title for _, title in PROBE_COLUMNS) + " |",
-             "|---|---|---|" + "---|" * len(PROBE_COLUMNS)]
+    columns = probe_columns(first)
+    heading, note = probe_heading(first)
+    lines = [heading, "", "| mode | encoder | seeds | " + " | ".join(title for _, title in columns) + " |",
+             "|---|---|---|" + "---|" * len(columns)]
     for mode in [m for m in grid.modes if m in histories]:
         probes = histories[mode]
         for stage, pick in PROBE_STAGES:
-            cells = [_mean_std_text([pick(probe)[key] for probe in probes]) for key, _ in PROBE_COLUMNS]
+            cells = [_mean_std_text([pick(probe)[key] for probe in probes]) for key, _ in columns]
             lines.append(f"| {column_title(grid, mode)} | {stage} | {len(probes)} | " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append("Top-1 / top-5: the other view of a crop (another sequence) is the nearest (among the 5 nearest) of "
-                 "the N candidates; 'end' is the last probe of the run, 'random init' a freshly initialised encoder "
-                 "of the same shape. The standard error of one top-1 is about sqrt(p (1 - p) / 2N).")
+    lines += ["", note]
     return "\n".join(lines) + "\n"
 
 
