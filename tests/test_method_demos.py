@@ -134,7 +134,7 @@ def test_cardiac_demo_writes_tables_curves_and_confusion_matrices(tmp_path, caps
     assert "sequence: mean_auc (higher is better), 10% of labels" in printed
     assert "Linear probe, SimSiam ViT" in printed and "Supervised from scratch" in printed
     assert re.search(r"all test cases +0\.895 ± 0\.007", printed)
-    probe = [line for line in printed.splitlines() if line.startswith("| SimSiam + fine-tuning |")]
+    probe = [line for line in printed.splitlines() if line.startswith("| SimSiam |")]
     assert [line.split("|")[2].strip() for line in probe] == ["step 0", "end", "random init"]
     assert probe[0].split("|")[4].strip() == "0.795 ± 0.007"  # step-0 AUC of the two seeds, 0.79 and 0.80
     assert probe[1].split("|")[4].strip() == "0.945 ± 0.007" and probe[2].split("|")[4].strip() == "0.780 ± 0.000"
@@ -171,7 +171,7 @@ def test_cardiac_demo_through_the_bundle_on_a_tiny_grid(tmp_path, capsys):
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert summary["experiment"]["finished"] == 1 + 4 and 0 < summary["peak_memory_gb"] < 6
-    assert "| SimSiam + fine-tuning | step 0 | 1 |" in printed
+    assert "| SimSiam | step 0 | 1 |" in printed
     for figure in ("learning_curves.png", "sequence_confusion.png"):
         assert (out / "figures" / figure).read_bytes()[:8] == PNG
     # Every classifier's confusion matrix counts each test image once.

@@ -17,7 +17,7 @@ import numpy as np
 
 from mri_ssl.experiments.grid import Grid
 from mri_ssl.experiments.runner import STATUS_OK, RunResult
-from mri_ssl.experiments.tables import column_title, probe_histories, row_title
+from mri_ssl.experiments.tables import column_title, pretraining_title, probe_histories, row_title
 from mri_ssl.io.atomic import atomic_output
 
 MODE_COLOURS = {"random": "#9e9e9e", "base": "#1f77b4", "seqaug": "#ff7f0e", "seqinv": "#2ca02c",
@@ -215,7 +215,7 @@ def plot_learning_curves(results: Sequence[RunResult], grid: Grid, path: str | o
             common = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
             if common:
                 ax.plot(common, [np.mean([c[s] for c in curves]) for s in common], color=colour, linewidth=2.0,
-                        marker="o", markersize=3, label=f"{column_title(grid, mode)} (n={len(curves)})")
+                        marker="o", markersize=3, label=f"{pretraining_title(mode)} (n={len(curves)})")
         if random_init:
             ax.axhline(float(np.mean(random_init)), color="#616161", linestyle="--", linewidth=1.2,
                        label="random init")

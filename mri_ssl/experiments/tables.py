@@ -26,7 +26,8 @@ from mri_ssl.experiments.runner import STATUS_OK, RunResult
 from mri_ssl.io.atomic import atomic_write_text
 
 MODE_TITLES = {"random": "Random init", "base": "Base", "seqaug": "SeqAug", "seqinv": "SeqInv",
-               "simaug": "Sim. aug. (random init)", "seqinv_finetuned": "SeqInv, fine-tuned"}
+               "simaug": "Sim. aug. (random init)", "seqinv_finetuned": "SeqInv, fine-tuned", "simsiam": "SimSiam",
+               "camcontrast": "CAMContrast"}
 IN_DOMAIN, OUT_OF_DOMAIN = "in domain", "out of domain"
 GROUPING = "by_site_sequence"
 OVERALL_GROUP = "(all)/(all)"  # a summary without groups (e.g. a classifier's scores over the whole test split)
@@ -35,6 +36,12 @@ OVERALL_GROUP = "(all)/(all)"  # a summary without groups (e.g. a classifier's s
 def column_title(grid: Grid, mode: str) -> str:
     """The table title of a column (mode or variant): the grid's own, else the built-in one, else its name."""
     return grid.titles.get(mode) or MODE_TITLES.get(mode, mode)
+
+
+def pretraining_title(mode: str) -> str:
+    """The name of a pretraining run's mode in the probe table and curves: the built-in one, never the grid's column
+    title (which names a downstream arm, e.g. "SimSiam + fine-tuning", not the pretraining run itself)."""
+    return MODE_TITLES.get(mode, mode)
 
 
 def group_values(summary: Mapping, metric: str) -> dict[str, float]:
@@ -250,7 +257,7 @@ def probe_markdown(results: Sequence[RunResult], grid: Grid) -> str:
         probes = histories[mode]
         for stage, pick in PROBE_STAGES:
             cells = [_mean_std_text([pick(probe)[key] for probe in probes]) for key, _ in columns]
-            lines.append(f"| {column_title(grid, mode)} | {stage} | {len(probes)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {pretraining_title(mode)} | {stage} | {len(probes)} | " + " | ".join(cells) + " |")
     lines += ["", note]
     return "\n".join(lines) + "\n"
 
