@@ -155,20 +155,32 @@ def test_a_failed_evaluation_is_named_in_its_cell_never_an_empty_one(tmp_path, c
     assert (out / "figures" / "sequence_confusion.png").stat().st_size > 10_000  # the other columns still drawn
 
 
+def run_tiny_demo(method: str, tmp_path, capsys, tiny: dict, jobs: int, edit=None) -> tuple:
+    """``mri-ssl demo METHOD`` through the real bundles on the method's grid with the ``tiny`` overrides (and any
+    ``edit`` of the grid dict); asserts exit 0, returns the output folder and the printed text."""
+    content = yaml.safe_load((REPO / "experiments" / f"demo_{method}.yaml").read_text())
+    content.update(bundles=str(REPO / "bundles"))
+    content["overrides"].update(tiny)
+    if edit is not None:
+        edit(content)
+    grid_path = tmp_path / f"demo_{method}_tiny.yaml"
+    grid_path.write_text(yaml.safe_dump(content))
+    out = tmp_path / "out"
+    assert main(["demo", method, "--out", str(out), "--quiet", "--grid", str(grid_path), "--jobs", str(jobs)]) == 0
+    return out, capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_cardiac_demo_through_the_bundle_on_a_tiny_grid(tmp_path, capsys):
     tiny = {"demo_subjects": 6, "demo_slices": 1, "demo_cine_frames": 2, "hidden_size": 32, "mlp_dim": 64,
             "num_layers": 1, "num_heads": 2, "projection_dim": 32, "predictor_hidden": 8, "batch_size": 4,
             "pretrain_batch_size": 4, "pretrain_epochs": 2, "epoch_length": 2}
-    content = yaml.safe_load((REPO / "experiments" / "demo_cardiac.yaml").read_text())
-    content.update(bundles=str(REPO / "bundles"), label_fractions=[1.0])
-    content["overrides"].update(tiny)
-    content["downstream"][0]["overrides"].update(num_epochs=2)
-    grid_path = tmp_path / "demo_cardiac_tiny.yaml"
-    grid_path.write_text(yaml.safe_dump(content))
-    out = tmp_path / "out"
-    assert main(["demo", "cardiac", "--out", str(out), "--quiet", "--grid", str(grid_path), "--jobs", "2"]) == 0
-    printed = capsys.readouterr().out
+
+    def shorter(grid):
+        grid.update(label_fractions=[1.0])
+        grid["downstream"][0]["overrides"].update(num_epochs=2)
+
+    out, printed = run_tiny_demo("cardiac", tmp_path, capsys, tiny, jobs=2, edit=shorter)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["experiment"]["finished"] == 1 + 4 and 0 < summary["peak_memory_gb"] < 6
     assert "| SimSiam | step 0 | 1 |" in printed
@@ -297,14 +309,7 @@ def test_cmr_demo_through_the_bundle_on_a_tiny_grid(tmp_path, capsys):
     tiny = {"demo_studies": 12, "demo_cine_frames": 4, "demo_lge_slices": 2, "image_size": 32, "cnn_features": [4, 8],
             "text_width": 16, "text_layers": 1, "text_heads": 2, "embed_dim": 16, "num_frames": 4, "batch_size": 4,
             "max_epochs": 2}
-    content = yaml.safe_load((REPO / "experiments" / "demo_cmr.yaml").read_text())
-    content.update(bundles=str(REPO / "bundles"))
-    content["overrides"].update(tiny)
-    grid_path = tmp_path / "demo_cmr_tiny.yaml"
-    grid_path.write_text(yaml.safe_dump(content))
-    out = tmp_path / "out"
-    assert main(["demo", "cmr", "--out", str(out), "--quiet", "--grid", str(grid_path), "--jobs", "1"]) == 0
-    printed = capsys.readouterr().out
+    out, printed = run_tiny_demo("cmr", tmp_path, capsys, tiny, jobs=1)
     assert "untrained (step 0)" in printed and "retrieval: RSUM" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert sorted(summary["experiment"]["figures"]) == ["figures/retrieval_examples.png",
@@ -393,14 +398,7 @@ def test_fundus_demo_through_the_bundle_on_a_tiny_grid(tmp_path, capsys):
     tiny = {"demo_images": 12, "demo_validation_images": 4, "demo_test_images": 4, "demo_size": 64, "image_size": 64,
             "features": [4, 8, 8, 8, 8], "heatmap_features": [4, 8, 8], "projection_hidden": 16,
             "decoder_features": [8, 8, 8, 8, 8, 8], "batch_size": 4, "num_epochs": 1}
-    content = yaml.safe_load((REPO / "experiments" / "demo_fundus.yaml").read_text())
-    content.update(bundles=str(REPO / "bundles"))
-    content["overrides"].update(tiny)
-    grid_path = tmp_path / "demo_fundus_tiny.yaml"
-    grid_path.write_text(yaml.safe_dump(content))
-    out = tmp_path / "out"
-    assert main(["demo", "fundus", "--out", str(out), "--quiet", "--grid", str(grid_path), "--jobs", "2"]) == 0
-    printed = capsys.readouterr().out
+    out, printed = run_tiny_demo("fundus", tmp_path, capsys, tiny, jobs=2)
     assert "classification: roc_auc" in printed and "lesions: dice_mean" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert "figures/cam_overlays.png" in summary["experiment"]["figures"]
