@@ -147,6 +147,10 @@ def test_bundle_train_and_evaluate(tmp_path):
     for row in metrics["retrieval"]:
         assert 0 <= row["t2v_R@1"] <= 100 and row["RSUM"] <= 600 and row["num_queries"] >= 1
     assert (out / "retrieval.md").read_text().startswith("| model |")
+    # the training run's validation probe: step 0 and every epoch, and the evaluated checkpoint is its best.pt
+    probe = metrics["validation_probe"]
+    assert probe["start"]["epoch"] == 0 and probe["end"]["epoch"] == 3 and metrics["checkpoint"].endswith("best.pt")
+    assert probe["untrained_reference"]["clip_loss_chance"] == pytest.approx(np.log(probe["start"]["n"]))
     assert (out / "linear_probe.csv").is_file() and (out / "embedding_pca.png").stat().st_size > 0
 
     # The standalone inference.json with this run's own weights and vocabulary (both in the trainer checkpoint).
