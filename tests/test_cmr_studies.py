@@ -95,3 +95,31 @@ def test_bad_inputs(tmp_path):
     (tmp_path / "study0000" / "cine_sax.nii.gz").unlink()
     with pytest.raises(InputError, match="missing"):
         load_cmr_manifest(tmp_path)
+
+
+def test_same_seed_same_studies_and_reports_and_splits_share_no_seed(tmp_path):
+    small = dict(seed=3, cine_frames=2, lge_slices=1, matrix=16, progress=False)
+    first = json.loads(write_cmr_studies(tmp_path / "a", studies=12, **small).read_text())
+    again = json.loads(write_cmr_studies(tmp_path / "b", studies=12, **small).read_text())
+    assert first == again  # reports, labels, parameters, seeds and splits
+    for study in first["studies"][:2]:
+        for series in study["series"]:
+            np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "a" / series["file"]).dataobj),
+                                          np.asarray(nib.load(tmp_path / "b" / series["file"]).dataobj))
+    seed_of = {s["study_id"]: tuple(s["seed"]) for s in first["studies"]}
+    assert len(set(seed_of.values())) == len(seed_of)  # one generator per study
+    seeds = {split: {seed_of[i] for i in first[split]} for split in ("training", "validation", "test")}
+    assert not seeds["training"] & seeds["validation"] and not seeds["training"] & seeds["test"]
+    assert not seeds["validation"] & seeds["test"]
+    # more studies keep the first ones as they were; another seed gives other studies
+    more = json.loads(write_cmr_studies(tmp_path / "c", studies=16, **small).read_text())
+    assert [s["report"] for s in more["studies"][:12]] == [s["report"] for s in first["studies"]]
+    other = json.loads(write_cmr_studies(tmp_path / "d", studies=12, **{**small, "seed": 4}).read_text())
+    assert [s["report"] for s in other["studies"]] != [s["report"] for s in first["studies"]]
+
+
+def test_hundreds_of_studies_split_300_100_100():
+    from mri_ssl.data.splits import split_counts
+    from mri_ssl.data.cardiac.cmr_studies import SPLIT_FRACTIONS
+
+    assert split_counts(500, SPLIT_FRACTIONS) == {"training": 300, "validation": 100, "test": 100}

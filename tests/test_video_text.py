@@ -147,6 +147,10 @@ def test_bundle_train_and_evaluate(tmp_path):
     for row in metrics["retrieval"]:
         assert 0 <= row["t2v_R@1"] <= 100 and row["RSUM"] <= 600 and row["num_queries"] >= 1
     assert (out / "retrieval.md").read_text().startswith("| model |")
+    # the training run's validation probe: step 0 and every epoch, and the evaluated checkpoint is its best.pt
+    probe = metrics["validation_probe"]
+    assert probe["start"]["epoch"] == 0 and probe["end"]["epoch"] == 3 and metrics["checkpoint"].endswith("best.pt")
+    assert probe["untrained_reference"]["clip_loss_chance"] == pytest.approx(np.log(probe["start"]["n"]))
     assert (out / "linear_probe.csv").is_file() and (out / "embedding_pca.png").stat().st_size > 0
 
     # The standalone inference.json with this run's own weights and vocabulary (both in the trainer checkpoint).
@@ -267,3 +271,25 @@ def test_divided_attention_setting_survives_the_checkpoint(tmp_path):
     video = torch.rand(2, 4, 1, 16, 16)
     assert loaded.video_encoder.attention == "divided"
     torch.testing.assert_close(loaded.embed_video(video), model.embed_video(video))
+
+
+def test_text_augmentation_keeps_every_sentence_and_frame_augmentation_is_seeded(tiny_manifest):
+    from mri_ssl.data.cardiac.video_dataset import shuffle_sentences
+
+    report = "Dilated left ventricle; EF 39%. Thin walls (6 mm). No late gadolinium enhancement. RV size is normal."
+    shuffled = {shuffle_sentences(report, np.random.RandomState(seed)) for seed in range(20)}
+    assert len(shuffled) > 3
+    words = sorted(report.replace(".", "").split())
+    assert all(sorted(s.replace(".", "").split()) == words for s in shuffled)  # the same words, reordered
+    tok = WordTokenizer.build([s["report"] for s in tiny_manifest["studies"]])
+    plain = CMRVideoTextDataset(tiny_manifest, "training", tok, num_frames=4, image_size=16, seed=5)
+    augmented = [CMRVideoTextDataset(tiny_manifest, "training", tok, num_frames=4, image_size=16, seed=5,
+                                     frame_augment=True, text_augment=True) for _ in range(2)]
+    first, again = augmented[0][0], augmented[1][0]
+    torch.testing.assert_close(first["video"], again["video"])  # the same seed, the same draw
+    assert torch.equal(first["ids"], again["ids"]) and first["video"].shape == plain[0]["video"].shape
+    draws = [augmented[0][0]["video"] for _ in range(4)]
+    assert any(not torch.allclose(draws[0], d) for d in draws[1:])  # later draws differ
+    evaluation = CMRVideoTextDataset(tiny_manifest, "validation", tok, num_frames=4, mode="eval", image_size=16,
+                                     frame_augment=True, text_augment=True)
+    assert evaluation.augment is None and not evaluation.text_augment  # never on held-out data

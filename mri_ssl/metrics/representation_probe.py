@@ -220,6 +220,11 @@ class ProbeHandler(ABC):
     def describe(self, scores: Mapping[str, float], random_init: Mapping[str, float]) -> str:
         """One log line: the scores beside the random-init network's."""
 
+    def random_init_network(self, network: torch.nn.Module) -> torch.nn.Module:
+        """The never-trained network of the same shape measured once beside ``network`` (default: a copy
+        re-initialised by ``random_init_copy``; a subclass may give its own, built the way the network was)."""
+        return random_init_copy(network, self.random_init_seed)
+
     def attach(self, engine) -> None:
         from ignite.engine import Events
 
@@ -238,8 +243,7 @@ class ProbeHandler(ABC):
     def __call__(self, engine, publish: bool = True) -> None:
         network, device = engine.network, engine.state.device
         if self.random_init is None:
-            self.random_init = self.measure(random_init_copy(getattr(network, "module", network),
-                                                             self.random_init_seed), device)
+            self.random_init = self.measure(self.random_init_network(getattr(network, "module", network)), device)
         scores = self.measure(network, device)
         iteration, epoch = int(engine.state.iteration), int(engine.state.epoch)
         # Beside the probe, the losses the curves need: the training loss since the last probe and the validation

@@ -1,7 +1,9 @@
 """Summarise evaluate.json outputs (logs/<run>/metrics.json) over seeds: mean and sample std per setting.
 
 Usage: ``python scripts/collect_results.py LOGS_DIR`` prints Markdown tables (retrieval, then linear probe) with one
-row per setting (run name without ``_seed<k>``) and a ``zero-shot (untrained)`` row per setting.
+row per setting (run name without ``_seed<k>``) and a ``zero-shot (untrained)`` row per setting, then the training
+runs' validation retrieval probe (``logs/<run>/probe.json``, written by training even without evaluate.json): the
+never-trained reference, step 0, the best epoch (what ``best.pt`` holds) and the last epoch.
 """
 
 from __future__ import annotations
@@ -37,8 +39,43 @@ def collect(logs: Path, table: str, columns) -> str:
     return "\n".join(lines)
 
 
+PROBE_COLUMNS = ("epochs", "reference RSUM", "step-0 RSUM", "best epoch", "best RSUM", "best / reference",
+                 "best CLIP loss", "last RSUM", "last CLIP loss", "last train loss", "chance CLIP loss")
+
+
+def probe_row(path: Path) -> dict[str, float]:
+    """One run's probe figures (``probe.json``): the reference, step 0, the best and the last epoch."""
+    written = json.loads(path.read_text())
+    history, reference = written["history"], written["random_init"]
+    best = max([h for h in history if h["epoch"] > 0] or history, key=lambda h: h["score"])
+    last = history[-1]
+    return {"epochs": last["epoch"], "reference RSUM": reference["RSUM"], "step-0 RSUM": history[0]["RSUM"],
+            "best epoch": best["epoch"], "best RSUM": best["RSUM"],
+            "best / reference": best["RSUM"] / reference["RSUM"],
+            "best CLIP loss": best["clip_loss"], "last RSUM": last["RSUM"], "last CLIP loss": last["clip_loss"],
+            "last train loss": last.get("train_loss", float("nan")), "chance CLIP loss": history[0]["clip_loss_chance"]}
+
+
+def collect_probe(logs: Path) -> str:
+    groups = defaultdict(list)
+    for path in sorted(logs.glob("*/probe.json")):
+        groups[re.sub(r"_seed\d+$", "", path.parent.name)].append(probe_row(path))
+    lines = ["| setting | seeds | " + " | ".join(PROBE_COLUMNS) + " |", "|---|---|" + "---|" * len(PROBE_COLUMNS)]
+    for name, rows in sorted(groups.items()):
+        cells = []
+        for column in PROBE_COLUMNS:
+            values = np.array([r[column] for r in rows], dtype=float)
+            std = values.std(ddof=1) if len(values) > 1 else 0.0
+            digits = 3 if "loss" in column else 2 if "/" in column else 1
+            cells.append(f"{values.mean():.{digits}f} ± {std:.{digits}f}")
+        lines.append(f"| {name} | {len(rows)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else "logs")
     print(collect(folder, "retrieval", RETRIEVAL))
     print()
     print(collect(folder, "linear_probe", PROBE))
+    print()
+    print(collect_probe(folder))

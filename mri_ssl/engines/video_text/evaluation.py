@@ -3,12 +3,14 @@
 ``run()`` embeds a split (frames in evaluation mode), ranks reports for every study and studies for every report
 (``mri_ssl.metrics.retrieval``), linear-probes frozen video features (training split -> test split) for the disease
 labels, and writes ``retrieval.csv/.md``, ``linear_probe.csv/.md``, ``metrics.json`` and an ``embedding_pca.png``
-coloured by disease. The same evaluation of the untrained, identically seeded model is the "zero-shot (untrained)"
-reference row.
+coloured by disease. ``metrics.json`` also carries the training run's validation probe (``RetrievalProbe``'s
+``probe.json``): its untrained reference, the start, the best epoch (the one ``best.pt`` holds) and the end.
+The same evaluation of the untrained, identically seeded model is the "zero-shot (untrained)" reference row.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -26,8 +28,9 @@ class VideoTextEvaluator:
     """Retrieval and linear-probe tables for trained and untrained (zero-shot reference) models."""
 
     def __init__(self, checkpoint, train_dataset, test_dataset, output_dir, device, run_name: str = "trained",
-                 include_untrained: bool = True, seed: int = 0):
+                 include_untrained: bool = True, seed: int = 0, probe_history=None):
         self.checkpoint, self.train_dataset, self.test_dataset = checkpoint, train_dataset, test_dataset
+        self.probe_history = Path(probe_history) if probe_history else None
         self.output_dir, self.device = Path(output_dir), torch.device(device)
         self.run_name, self.include_untrained, self.seed = run_name, include_untrained, int(seed)
 
@@ -51,7 +54,19 @@ class VideoTextEvaluator:
         write_table(retrieval_rows, self.output_dir / "retrieval")
         if probe_rows:
             write_table(probe_rows, self.output_dir / "linear_probe")
-        save_json({"checkpoint": str(self.checkpoint), "retrieval": retrieval_rows, "linear_probe": probe_rows},
-                  self.output_dir / "metrics.json")
+        save_json({"checkpoint": str(self.checkpoint), "retrieval": retrieval_rows, "linear_probe": probe_rows,
+                   "validation_probe": self._validation_probe()}, self.output_dir / "metrics.json")
         plot_embedding(test["video"], test["label"], self.output_dir / "embedding_pca.png")
         return {"retrieval": retrieval_rows, "linear_probe": probe_rows}
+
+    def _validation_probe(self) -> dict | None:
+        """The training run's probe on the validation split: untrained reference, start, best and last records."""
+        if self.probe_history is None or not self.probe_history.is_file():
+            return None
+        probe = json.loads(self.probe_history.read_text())
+        history = probe.get("history") or []
+        if not history:
+            return None
+        trained = [h for h in history if h.get("epoch", 0) > 0] or history
+        return {"untrained_reference": probe.get("random_init"), "start": history[0],
+                "best": max(trained, key=lambda h: h["score"]), "end": history[-1]}
