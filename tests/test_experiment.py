@@ -492,3 +492,24 @@ def test_an_evaluation_without_a_summary_or_classifier_scores_fails_the_run(tmp_
         read_evaluation_summary(tmp_path)
     (tmp_path / "summary.json").write_text(json.dumps({"overall": {"dice_mean": {"mean": 0.5}}}))
     assert read_evaluation_summary(tmp_path)["overall"]["dice_mean"]["mean"] == 0.5
+
+
+def test_before_stages_run_first_in_the_run_folder_and_enter_the_hash(tmp_path):
+    path = write_grid(tmp_path)
+    plain = {r.label: r for r in expand_runs(load_grid(path))}
+    content = yaml.safe_load(path.read_text())
+    content["pretraining"]["before"] = [["train.json"], ["train.json", "cpu_demo.json"]]
+    path.write_text(yaml.safe_dump(content))
+    runs = {r.label: r for r in expand_runs(load_grid(path))}
+    pretrain = runs["pretrain-seqinv-seed0"]
+    configs = BUNDLES / "mri_ssl_pretrain" / "configs"
+    assert pretrain.stages() == [("before_1", (configs / "train.json",)),
+                                 ("before_2", (configs / "train.json", configs / "cpu_demo.json")),
+                                 ("train", (configs / "train.json", configs / "cpu_demo.json"))]
+    assert pretrain.config_hash != plain["pretrain-seqinv-seed0"].config_hash
+    assert [stage for stage, _ in runs["tissue-random-frac1-seed0"].stages()] == ["train", "evaluate"]
+    for bad in ([["nope.json"]], [[]], "train.json"):
+        content["pretraining"]["before"] = bad
+        path.write_text(yaml.safe_dump(content))
+        with pytest.raises(InputError, match="before"):
+            load_grid(path)

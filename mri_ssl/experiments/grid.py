@@ -21,6 +21,7 @@ type by hand. The YAML format (``experiments/demo.yaml`` is a commented example)
       mode_key: view_mode               # the config id that receives the mode's name (default view_mode; or null)
       overrides: {...}
       mode_overrides: {base: {...}}     # optional, per mode
+      before: [[stage1.json, cpu_demo.json]]   # optional: bundle runs made first, in the same run folder
     downstream:                         # may be empty: a grid of pretraining runs only (their probe curves)
       - name: tissue                    # a dataset and task: one table
         bundle: mri_segmentation
@@ -43,6 +44,10 @@ the name, or to ``null`` when the bundle has a single way of pretraining (then t
       configs: [pretrain.json, cpu_demo.json]
       encoder: simsiam/encoder_best.pt
       mode_key: null
+
+``before`` (any stage entry) lists bundle runs that must come first, each a list of config files, run in order in
+the same run folder with the same overrides (stages ``before_1``, ``before_2``, ...): e.g. the fundus bundle's
+stage-1 CAM classifier and its heatmaps before CAMContrast pretraining (``experiments/fundus_label_efficiency.yaml``).
 
 A variant is a downstream-only column: the encoder of one of ``modes`` (``random`` or a pretrained one, from the
 same seed's pretraining run) under a downstream run with the variant's ``overrides`` added, for every downstream
@@ -97,6 +102,7 @@ class StageSpec:
     mode_overrides: dict = field(default_factory=dict)
     encoder: str = "encoder_best.pt"      # pretraining: the exported encoder file, relative to the run's models/
     mode_key: str | None = DEFAULT_MODE_KEY  # pretraining: the config id set to the mode's name (None: none)
+    before: tuple[tuple[Path, ...], ...] = ()  # bundle runs made first in the same folder (``before_1``, ...)
 
 
 @dataclass(frozen=True)
@@ -159,7 +165,8 @@ class Run:
 
     def stages(self, infer: bool = True) -> list[tuple[str, tuple[Path, ...]]]:
         """``(stage name, config files)`` in the order they run."""
-        stages = [("train", self.spec.configs)]
+        stages = [(f"before_{index}", files) for index, files in enumerate(self.spec.before, 1)]
+        stages.append(("train", self.spec.configs))
         if self.spec.evaluate:
             stages.append(("evaluate", _with_extra(self.spec.configs, self.spec.evaluate)))
         if infer and self.spec.inference:
@@ -262,6 +269,9 @@ def _stage(entry: Mapping, where: str, bundles: Path, grid_dir: Path, downstream
     mode_overrides = entry.get("mode_overrides") or {}
     if not isinstance(mode_overrides, dict):
         raise InputError(where, f"'mode_overrides' must map modes to overrides, got {mode_overrides!r}")
+    before = entry.get("before") or []
+    if not isinstance(before, list) or not all(isinstance(files, list) and files for files in before):
+        raise InputError(where, f"'before' must be a list of non-empty lists of config files, got {before!r}")
     return StageSpec(
         name=str(entry.get("name", "pretrain")), bundle_dir=bundle_dir, configs=configs,
         overrides=_overrides(entry, "overrides", where, grid_dir, reserved_keys),
@@ -270,7 +280,8 @@ def _stage(entry: Mapping, where: str, bundles: Path, grid_dir: Path, downstream
         metrics=dict(metrics), in_domain=dict(in_domain),
         mode_overrides={mode: _overrides(mode_overrides, mode, where, grid_dir, reserved_keys)
                         for mode in mode_overrides},
-        encoder=str(entry.get("encoder", "encoder_best.pt")), mode_key=mode_key)
+        encoder=str(entry.get("encoder", "encoder_best.pt")), mode_key=mode_key,
+        before=tuple(_config_files(bundle_dir, files, where, "before") for files in before))
 
 
 def _mode_key(entry, where: str) -> str | None:
