@@ -513,3 +513,23 @@ def test_before_stages_run_first_in_the_run_folder_and_enter_the_hash(tmp_path):
         path.write_text(yaml.safe_dump(content))
         with pytest.raises(InputError, match="before"):
             load_grid(path)
+
+
+def test_the_fundus_grid_pretrains_the_whole_camcontrast_chain_in_one_run_folder():
+    grid = load_grid(REPO / "experiments" / "fundus_label_efficiency.yaml")
+    assert grid.modes == ("random", "camcontrast") and grid.label_fractions == (0.01, 0.1, 1.0)
+    runs = expand_runs(grid)
+    pretrain = [r for r in runs if r.kind == "pretrain"]
+    assert len(pretrain) == 3
+    assert [(stage, [p.name for p in files]) for stage, files in pretrain[0].stages()] == [
+        ("before_1", ["stage1.json", "cpu_demo.json"]),
+        ("before_2", ["stage1.json", "generate_heatmaps.json", "cpu_demo.json"]),
+        ("train", ["pretrain.json", "cpu_demo.json"])]
+    downstream = [r for r in runs if r.kind == "downstream"]
+    assert len(downstream) == 2 * 2 * 3 * 3
+    for run in downstream:
+        assert (run.upstream is None) == (run.mode == "random")
+        assert (run.overrides.get("encoder_name") == "random") == (run.mode == "random")
+    from mri_ssl.experiments.runner import untrusted_findings
+
+    assert untrusted_findings(grid) == []
