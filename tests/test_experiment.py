@@ -533,3 +533,13 @@ def test_the_fundus_grid_pretrains_the_whole_camcontrast_chain_in_one_run_folder
     from mri_ssl.experiments.runner import untrusted_findings
 
     assert untrusted_findings(grid) == []
+
+
+def test_a_flat_evaluation_summary_gives_the_overall_row():
+    from mri_ssl.experiments.tables import OVERALL_GROUP, group_values
+
+    summary = {"cases": 4, "dice_mean": 0.25, "roc_auc": float("nan"), "flag": True}
+    assert group_values(summary, "dice_mean") == {OVERALL_GROUP: 0.25}
+    assert group_values(summary, "roc_auc") == {} and group_values(summary, "flag") == {}
+    assert group_values(summary, "missing") == {}
+    assert group_values({"overall": {"dice_mean": {"mean": 0.5}}}, "dice_mean") == {OVERALL_GROUP: 0.5}

@@ -38,7 +38,13 @@ def column_title(grid: Grid, mode: str) -> str:
 
 
 def group_values(summary: Mapping, metric: str) -> dict[str, float]:
-    """``{"SITE/SEQUENCE": mean}`` of one metric from an evaluation summary (``mri_ssl.metrics.report``)."""
+    """``{"SITE/SEQUENCE": mean}`` of one metric from an evaluation summary (``mri_ssl.metrics.report``), or
+    ``{OVERALL_GROUP: value}`` from a flat summary of numbers over the whole test split (e.g. the fundus bundle's
+    ``{"dice_mean": ..., "roc_auc": ...}``)."""
+    if GROUPING not in summary and "overall" not in summary:
+        value = summary.get(metric)
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return {OVERALL_GROUP: float(value)} if is_number else {}
     groups = summary.get(GROUPING) or {OVERALL_GROUP: summary.get("overall", {})}
     values = {}
     for name, stats in groups.items():
