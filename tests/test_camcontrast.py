@@ -13,6 +13,7 @@ from mri_ssl.errors import InputError
 from mri_ssl.losses.cam_attention import CAMClassificationLoss, guided_attention_loss
 from mri_ssl.losses.ntxent import NTXentLoss
 from mri_ssl.losses.supcon import SupConLoss
+from mri_ssl.metrics.representation_probe import projection_spread
 from mri_ssl.metrics.fundus import average_precision, cam_iou, pointing_game_hit
 from mri_ssl.networks.cam import CAMClassifier, CAMContrastModel, class_activation_maps
 from mri_ssl.engines.schedules import WarmupCosine, weight_decay_groups
@@ -288,3 +289,68 @@ def test_stage1_trainer_stops_on_a_nan_loss_before_the_weights_change():
     with pytest.raises(NonFiniteLossError, match="epoch 1, iteration 1"):
         trainer.run()
     assert all(torch.equal(a, b) for a, b in zip(before, network.parameters()))
+
+
+def sparse_heatmap_crops(n: int = 16, size: int = 4, seed: int = 0) -> torch.Tensor:
+    """Heatmap crops as generate_heatmaps writes them: half all-zero (normal images, negative suppression), half
+    sparse maps in [0, 1] (a few active CAM cells), (n, 1, size, size)."""
+    generator = torch.Generator().manual_seed(seed)
+    maps = torch.rand(n, 1, size, size, generator=generator)
+    maps = maps * (torch.rand(n, 1, size, size, generator=generator) > 0.6)
+    maps[: n // 2] = 0.0
+    return maps
+
+
+def test_collapse_alarm_counts_epochs_whose_heatmap_tower_maps_every_crop_to_one_vector():
+    from mri_ssl.engines import CAMContrastTrainer
+
+    torch.manual_seed(3)
+    model = CAMContrastModel(encoder_config={"features": [4, 8], "dropout": 0.0}, heatmap_features=(4, 4, 4),
+                             projection_hidden=8, heatmap_batch_norm=True, projection_batch_norm=True)
+
+    def run(heatmap):
+        batches = [{"image": torch.rand(8, 3, 16, 16), "heatmap": heatmap} for _ in range(2)]
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        trainer = CAMContrastTrainer("cpu", 2, batches, model, optimizer, NTXentLoss(0.1))
+        trainer.run()
+        return trainer
+
+    # Every heatmap identical: one heatmap projection for the whole batch, spread 0, an alarm at each epoch.
+    collapsed = run(torch.zeros(8, 1, 4, 4))
+    assert collapsed.state.metrics["heatmap_projection_std"] == pytest.approx(0.0, abs=1e-6)
+    assert collapsed.collapse_alarms == 2
+    healthy = run(sparse_heatmap_crops(8, seed=1))
+    assert healthy.state.metrics["heatmap_projection_std"] > 0.5 / math.sqrt(128)
+    assert healthy.state.metrics["image_projection_std"] > 0.5 / math.sqrt(128)
+    assert healthy.collapse_alarms == 0
+
+
+def shipped_pretraining_network(seed: int, **overrides):
+    """The untrained stage-2 network of the shipped pretrain.json + cpu_demo.json (+ overrides)."""
+    from monai.bundle import ConfigParser
+
+    from bundle_runner import bundle_dir
+
+    configs = bundle_dir("fundus_camcontrast") / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / "pretrain.json"), str(configs / "cpu_demo.json")])
+    parser.update({"device": "$torch.device('cpu')", **overrides})
+    torch.manual_seed(seed)
+    return parser.get_parsed_content("network_def", lazy=False)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_shipped_heatmap_tower_does_not_collapse_at_initialisation(seed):
+    # The collapse of issue 20: the paper's tower (no normalisation) maps every heatmap crop of a batch to nearly one
+    # projection at initialisation (spread ~0.001), and NT-Xent at tau 0.05 then pulls every image onto it. The
+    # shipped configs must start with the heatmap projections spread out (healthy: 1/sqrt(128) = 0.088).
+    alarm = 0.5 / math.sqrt(128)
+    heatmaps, images = sparse_heatmap_crops(16, seed=seed), torch.rand(16, 3, 64, 64)
+    network = shipped_pretraining_network(seed).train()
+    with torch.no_grad():
+        output = network(images, heatmaps)
+    assert projection_spread(output["heatmap_projection"]) > alarm
+    assert projection_spread(output["projection"]) > alarm
+    paper = shipped_pretraining_network(seed, paper_recipe=True).train()
+    with torch.no_grad():
+        assert projection_spread(paper(images, heatmaps)["heatmap_projection"]) < alarm  # what the test guards

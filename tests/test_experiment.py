@@ -492,3 +492,24 @@ def test_an_evaluation_without_a_summary_or_classifier_scores_fails_the_run(tmp_
         read_evaluation_summary(tmp_path)
     (tmp_path / "summary.json").write_text(json.dumps({"overall": {"dice_mean": {"mean": 0.5}}}))
     assert read_evaluation_summary(tmp_path)["overall"]["dice_mean"]["mean"] == 0.5
+
+
+def test_the_fundus_grid_pretrains_the_whole_camcontrast_chain_in_one_run_folder():
+    grid = load_grid(REPO / "experiments" / "fundus_label_efficiency.yaml")
+    assert grid.modes == ("random", "camcontrast") and grid.label_fractions == (0.01, 0.1, 1.0)
+    runs = expand_runs(grid)
+    pretrain = [r for r in runs if r.kind == "pretrain"]
+    assert len(pretrain) == 3
+    assert [(stage, [p.name for p in files]) for stage, files in pretrain[0].stages()] == [
+        ("train", ["stage1.json", "cpu_demo.json"]),
+        ("heatmaps", ["stage1.json", "generate_heatmaps.json", "cpu_demo.json"]),
+        ("pretrain", ["pretrain.json", "cpu_demo.json"])]
+    downstream = [r for r in runs if r.kind == "downstream"]
+    assert len(downstream) == 2 * 2 * 3 * 3
+    for run in downstream:
+        assert (run.upstream is None) == (run.mode == "random")
+        assert (run.overrides.get("encoder_name") == "random") == (run.mode == "random")
+    from mri_ssl.experiments.runner import untrusted_findings
+
+    assert untrusted_findings(grid) == []
+

@@ -119,6 +119,13 @@ def test_pretraining_exports_the_image_encoder_used_downstream(chain):
     assert encoder.spatial_dims == 2 and encoder.in_channels == 3 and list(encoder.features) == TINY["features"]
     final = load_checkpoint(chain / "models" / "pretrain_camcontrast" / "final.pt")
     assert any(key.startswith("heatmap_encoder.") for key in final["network"])
+    # The label-free probe ran at step 0 (beside a random-init network) and after every epoch, and chose best.pt.
+    probe = json.loads((chain / "logs" / "pretrain_camcontrast" / "probe.json").read_text())
+    assert [h["epoch"] for h in probe["history"]] == list(range(TINY["num_epochs"] + 1))
+    assert probe["history"][0]["iteration"] == 0 and 0.0 <= probe["random_init"]["auc"] <= 1.0
+    assert all(h["n"] == TINY["demo_validation_images"] for h in probe["history"])
+    best = load_checkpoint(chain / "models" / "pretrain_camcontrast" / "best.pt")
+    assert best["best_metric"] == max(h["score"] for h in probe["history"][1:])
     # Linear evaluation keeps the pretrained encoder bit for bit.
     classifier = load_checkpoint(next((chain / "models").glob("finetune_cls_camcontrast_linear*")) / "final.pt")
     for key, value in encoder.state_dict().items():

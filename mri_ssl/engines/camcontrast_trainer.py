@@ -8,16 +8,29 @@
 * ``supcon``: the same two views with the coarse labels, supervised contrastive loss (``SupConLoss``).
 
 The supervised cross-entropy baseline (SupCE) is stage 1's classifier trained without the attention term.
+
+Collapse alarm (camcontrast): the projection spread (``projection_spread``: std over the batch of the L2-normalised
+projections, near ``1/sqrt(dim)`` when spread out, 0 when every input maps to one vector) of each tower on its own,
+averaged over the epoch's batches, is put in ``engine.state.metrics`` (``image_projection_std``,
+``heatmap_projection_std``) and logged; when either falls below ``collapse_alarm_fraction / sqrt(dim)`` a warning
+says so and ``collapse_alarms`` counts it. The two towers are measured apart because one collapsed tower hides in
+the spread of the concatenated projections when the other is healthy.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Iterable, Sequence
 
+import logging
+import math
+
 import torch
 
 from mri_ssl.engines.contrastive_trainer import ContrastiveTrainer
 from mri_ssl.errors import InputError
+from mri_ssl.metrics.representation_probe import projection_spread
+
+logger = logging.getLogger(__name__)
 
 METHODS = ("camcontrast", "simclr", "supcon")
 
@@ -31,6 +44,7 @@ class CAMContrastTrainer(ContrastiveTrainer):
         network: a ``CAMContrastModel`` (or DDP-wrapped one).
         contrastive_loss: ``NTXentLoss`` for camcontrast / simclr, ``SupConLoss`` for supcon.
         label_key: the coarse label's key (supcon).
+        collapse_alarm_fraction: warn when a tower's projection spread falls below this fraction of ``1/sqrt(dim)``.
         Others as ``ContrastiveTrainer`` (no view pair, no reconstruction).
     """
 
@@ -38,7 +52,7 @@ class CAMContrastTrainer(ContrastiveTrainer):
                  network: torch.nn.Module, optimizer: torch.optim.Optimizer, contrastive_loss: Callable,
                  method: str = "camcontrast", label_key: str = "abnormal", grad_clip_norm: float | None = None,
                  amp: bool = False, epoch_length: int | None = None, train_handlers: Sequence | None = None,
-                 seed: int | None = 0):
+                 seed: int | None = 0, collapse_alarm_fraction: float = 0.5):
         if method not in METHODS:
             raise InputError("method", f"unknown pretraining method {method!r}; expected one of {', '.join(METHODS)} "
                                        f"(SupCE is stage1.json with attention_weight 0)")
@@ -48,6 +62,35 @@ class CAMContrastTrainer(ContrastiveTrainer):
                          epoch_length=epoch_length, train_handlers=train_handlers, seed=seed)
         self.method = method
         self.label_key = label_key
+        self.collapse_alarm_fraction = float(collapse_alarm_fraction)
+        self.collapse_alarms = 0
+        self.tower_spreads: dict[str, list[float]] = {}
+
+    def _start_epoch(self, engine) -> None:
+        super()._start_epoch(engine)
+        self.tower_spreads = {}
+
+    def _record_tower_spreads(self, **projections: torch.Tensor) -> None:
+        for name, projection in projections.items():
+            self.tower_spreads.setdefault(name, []).append(projection_spread(projection))
+            values = self.tower_spreads[name]
+            self.state.metrics[f"{name}_projection_std"] = sum(values) / len(values)
+
+    def _log_epoch(self, engine) -> None:
+        super()._log_epoch(engine)
+        if not self.tower_spreads:
+            return
+        dim = getattr(getattr(self.network, "module", self.network).projector[-1], "out_features", 1)
+        threshold = self.collapse_alarm_fraction / math.sqrt(dim)
+        means = {name: sum(values) / len(values) for name, values in self.tower_spreads.items()}
+        logger.info("epoch %d: projection spread per tower %s", engine.state.epoch,
+                    ", ".join(f"{name} {value:.4f}" for name, value in means.items()))
+        collapsed = [name for name, value in means.items() if value < threshold]
+        if collapsed:
+            self.collapse_alarms += 1
+            logger.warning("epoch %d: COLLAPSE ALARM: projection spread of the %s tower below %.4f (%.2f x the healthy "
+                           "1/sqrt(%d)); the towers map their inputs to nearly one vector", engine.state.epoch,
+                           " and ".join(collapsed), threshold, self.collapse_alarm_fraction, dim)
 
     def prepare_inputs(self, batchdata: dict, device: torch.device) -> dict[str, torch.Tensor]:
         second = "heatmap" if self.method == "camcontrast" else "view2"
@@ -72,6 +115,7 @@ class CAMContrastTrainer(ContrastiveTrainer):
                 output = self.network(images, second)
                 z1, z2 = output["projection"], output["heatmap_projection"]
                 projection = torch.cat([z1, z2])
+                self._record_tower_spreads(image=z1, heatmap=z2)
             else:
                 projection = self.network(torch.cat([images, second]))["projection"]
                 z1, z2 = projection[:batch_size], projection[batch_size:]

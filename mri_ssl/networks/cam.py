@@ -110,9 +110,15 @@ class JointGradingClassifier(CAMClassifier):
 
 
 class HeatmapEncoder(nn.Module):
-    """Three 3x3 convolutions, each followed by ReLU, then global average pooling: (B, 1, h, w) -> (B, features[-1])."""
+    """Three 3x3 convolutions, each followed by ReLU, then global average pooling: (B, 1, h, w) -> (B, features[-1]).
 
-    def __init__(self, in_channels: int = 1, features: Sequence[int] = (64, 128, 256)):
+    ``batch_norm=True`` puts a ``BatchNorm2d`` between each convolution and its ReLU (the convolutions then have no
+    bias). The paper's tower has none: at PyTorch's default initialisation its biases outweigh the small [0, 1]
+    heatmap signal and every heatmap crop maps to nearly one projection (the collapse measured in the bundle's
+    README); normalising each channel over the batch keeps how the heatmaps differ instead.
+    """
+
+    def __init__(self, in_channels: int = 1, features: Sequence[int] = (64, 128, 256), batch_norm: bool = False):
         super().__init__()
         features = tuple(int(f) for f in features)
         if len(features) != 3 or min(features) < 1:
@@ -120,7 +126,11 @@ class HeatmapEncoder(nn.Module):
         channels = (int(in_channels),) + features
         layers = []
         for i in range(3):
-            layers += [nn.Conv2d(channels[i], channels[i + 1], kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            if batch_norm:
+                layers += [nn.Conv2d(channels[i], channels[i + 1], kernel_size=3, padding=1, bias=False),
+                           nn.BatchNorm2d(channels[i + 1]), nn.ReLU(inplace=True)]
+            else:
+                layers += [nn.Conv2d(channels[i], channels[i + 1], kernel_size=3, padding=1), nn.ReLU(inplace=True)]
         self.convs = nn.Sequential(*layers)
         self.out_features = features[-1]
 
@@ -134,19 +144,25 @@ class CAMContrastModel(nn.Module):
     ``forward(images, heatmaps=None)`` returns ``{"features", "projection"}`` for the images and, when heatmaps are
     given, ``"heatmap_projection"``. One forward call holds both towers so DistributedDataParallel sees them together.
     The image ``encoder`` is what transfer learning takes (exported as ``encoder_*.pt``).
+
+    ``heatmap_batch_norm`` (``HeatmapEncoder``) and ``projection_batch_norm`` (both projectors, ``ProjectionHead``)
+    default to False, the paper's towers.
     """
 
     def __init__(self, encoder_config: Mapping | None = None, heatmap_features: Sequence[int] = (64, 128, 256),
-                 projection_hidden: int = 512, projection_dim: int = 128, heatmap: bool = True):
+                 projection_hidden: int = 512, projection_dim: int = 128, heatmap: bool = True,
+                 heatmap_batch_norm: bool = False, projection_batch_norm: bool = False):
         super().__init__()
         config = {**FUNDUS_ENCODER_CONFIG, "features": PAPER_FEATURES, **dict(encoder_config or {})}
         self.encoder = CNNEncoder3D(**config)
-        self.projector = ProjectionHead(self.encoder.out_features, projection_hidden, projection_dim)
+        projection_batch_norm = bool(projection_batch_norm)
+        self.projector = ProjectionHead(self.encoder.out_features, projection_hidden, projection_dim,
+                                        batch_norm=projection_batch_norm)
         self.heatmap_encoder = self.heatmap_projector = None
         if heatmap:
-            self.heatmap_encoder = HeatmapEncoder(1, heatmap_features)
+            self.heatmap_encoder = HeatmapEncoder(1, heatmap_features, batch_norm=bool(heatmap_batch_norm))
             self.heatmap_projector = ProjectionHead(self.heatmap_encoder.out_features, projection_hidden,
-                                                    projection_dim)
+                                                    projection_dim, batch_norm=projection_batch_norm)
 
     def forward(self, images: torch.Tensor, heatmaps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         features = self.encoder(images)
