@@ -512,4 +512,3 @@ def test_the_fundus_grid_pretrains_the_whole_camcontrast_chain_in_one_run_folder
     from mri_ssl.experiments.runner import untrusted_findings
 
     assert untrusted_findings(grid) == []
-
