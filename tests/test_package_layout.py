@@ -71,7 +71,7 @@ LAYERS = (
     ("mri_ssl.engines",),
     ("mri_ssl.trust",),
     ("mri_ssl.experiments",),
-    ("mri_ssl.demo", "mri_ssl.cli", "mri_ssl.__main__"),
+    ("mri_ssl.demo", "mri_ssl.method_demos", "mri_ssl.cli", "mri_ssl.__main__"),
 )
 
 

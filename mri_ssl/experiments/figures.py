@@ -27,8 +27,9 @@ METRIC_TITLES = {"dice_mean": "Dice (mean over tissues)", "hd95_mm_mean": "HD95 
                  "psnr_gain_db": "PSNR gain over the noisy input (dB)"}
 
 
-def _pyplot():
-    import matplotlib
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display needed)."""
+    import matplotlib  # lazy: ~0.5 s to import, and only the commands that draw need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -36,17 +37,18 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` atomically (a temporary name, then a rename) and close it."""
     with atomic_output(path) as temporary:
         fig.savefig(temporary, dpi=110, format="png")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
 def plot_metric_bars(records: Sequence[Mapping], grid: Grid, path: str | os.PathLike) -> Path | None:
     """One panel per task and metric at the largest label fraction: a bar per method for each evaluated group
     (site [sequence]), in-domain groups first, with the standard deviation over seeds as an error bar."""
-    plt = _pyplot()
+    plt = pyplot()
     fraction = max(grid.label_fractions)
     panels = [(spec.name, metric) for spec in grid.downstream for metric in spec.metrics
               if any(r["task"] == spec.name and r["metric"] == metric and r["n_seeds"] for r in records)]
@@ -81,7 +83,7 @@ def plot_metric_bars(records: Sequence[Mapping], grid: Grid, path: str | os.Path
             legend.setdefault(label, handle)
     fig.legend(list(legend.values()), list(legend), ncol=len(legend), fontsize=8, loc="upper center", frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def _per_case_dice(folder: Path) -> dict[str, float]:
@@ -107,7 +109,7 @@ def plot_segmentation_overlays(results: Sequence[RunResult], grid: Grid, task: s
     """
     import nibabel as nib
 
-    plt = _pyplot()
+    plt = pyplot()
     datalist = Path(datalist)
     content = json.loads(datalist.read_text())
     entries = content.get(split, [])
@@ -167,7 +169,7 @@ def plot_segmentation_overlays(results: Sequence[RunResult], grid: Grid, task: s
     fig.suptitle(f"{task}: test subject {subject}, axial slice {z}; trained on the in-domain contrast only "
                  f"(seed {first_seed})\n{legend}", fontsize=9)
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 LEARNING_CURVE_PANELS = (  # the 3-D probe: cross-sequence retrieval of held-out crops
@@ -192,7 +194,7 @@ def plot_learning_curves(results: Sequence[RunResult], grid: Grid, path: str | o
     histories = probe_histories(results)
     if not histories:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     first = next(iter(histories.values()))[0]["history"][0]
     retrieval = "features_top1" in first
     panels = LEARNING_CURVE_PANELS if retrieval else CLASSIFICATION_CURVE_PANELS
@@ -228,4 +230,4 @@ def plot_learning_curves(results: Sequence[RunResult], grid: Grid, path: str | o
     held_out = "held-out crops, each under two sequences" if retrieval else "validation images (linear probe)"
     fig.suptitle(f"{grid.name}: representation probe on {first['n']} {held_out}", fontsize=11)
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))

@@ -14,15 +14,17 @@ from __future__ import annotations
 import csv
 import json
 import os
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from mri_ssl.experiments.figures import _pyplot, _save
+from mri_ssl.experiments.figures import pyplot, save_figure
 from mri_ssl.experiments.grid import Grid
 from mri_ssl.experiments.runner import EVALUATION_DIR, STATUS_OK, RunResult
 from mri_ssl.experiments.tables import column_title
+from mri_ssl.io.atomic import save_json
 
 CLASSIFICATION_METRICS = "metrics.json"
 
@@ -58,7 +60,7 @@ def plot_confusion_matrices(results: Sequence[RunResult], grid: Grid, task: str,
                 continue  # a run without a matrix gets no panel; results.md says why it has no number
     if not panels:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 4.3), squeeze=False)
     for ax, (mode, counts, names, metrics) in zip(axes[0], panels):
         ax.imshow(counts, cmap="Blues", vmin=0)
@@ -74,7 +76,7 @@ def plot_confusion_matrices(results: Sequence[RunResult], grid: Grid, task: str,
     fig.suptitle(f"{task}: test split ({int(panels[0][1].sum())} images), {fraction:.0%} of labels, seed {first_seed}",
                  fontsize=10)
     fig.tight_layout(rect=(0, 0.03, 1, 0.93))  # room for the suptitle above the panels' titles, the x labels below
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -113,7 +115,7 @@ def plot_training_histories(results: Sequence[RunResult], grid: Grid, task: str,
     losses = [key for key in keys if key.endswith("loss")]
     panels = ([("CLIP loss (train and validation)", losses)] if losses else []) + [
         (key, [key]) for key in keys if key not in losses]
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.8), squeeze=False)
     colours = plt.get_cmap("tab10")
     for ax, (title, panel_keys) in zip(axes[0], panels):
@@ -134,7 +136,7 @@ def plot_training_histories(results: Sequence[RunResult], grid: Grid, task: str,
         ax.legend(fontsize=8)
     fig.suptitle(f"{grid.name}: training history of {task}, seeds {sorted(histories)}", fontsize=11)
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def retrieval_examples(embeddings_path: str | os.PathLike, manifest: dict, reports: int = 3,
@@ -195,7 +197,7 @@ def plot_retrieval_examples(results: Sequence[RunResult], grid: Grid, task: str,
     """A row per example report of the first seed's trained model: the report, then its top-5 test studies (first
     cine frame | middle LGE slice, study id, disease label and similarity; the report's own study framed green).
     Also writes the examples as ``<path>.json``. None when no finished run wrote embeddings."""
-    from mri_ssl.data.cardiac.cmr_studies import load_cmr_manifest
+    from mri_ssl.data.cardiac.cmr_studies import load_cmr_manifest  # lazy: ~1.2 s (the phantom); only `demo cmr`
 
     first_seed = min(grid.seeds)
     runs = [r for r in results if r.run.task == task and r.run.seed == first_seed and r.status == STATUS_OK
@@ -206,13 +208,9 @@ def plot_retrieval_examples(results: Sequence[RunResult], grid: Grid, task: str,
     examples = retrieval_examples(runs[0].folder / EMBEDDINGS_FILE, manifest)
     if not examples:
         return None
-    import textwrap
-
-    from mri_ssl.io.atomic import save_json
-
     path = Path(path)
     save_json({"run": str(runs[0].folder), "examples": examples}, path.with_suffix(".json"))
-    plt = _pyplot()
+    plt = pyplot()
     top_k = len(examples[0]["top"])
     fig, axes = plt.subplots(len(examples), top_k + 1, figsize=(2.6 * (top_k + 1), 2.5 * len(examples)),
                              squeeze=False, gridspec_kw={"width_ratios": [1.6] + [1] * top_k})
@@ -238,7 +236,7 @@ def plot_retrieval_examples(results: Sequence[RunResult], grid: Grid, task: str,
     fig.suptitle(f"{task}: text-to-video retrieval on the test split, trained model (seed {first_seed})\neach study: "
                  "first cine frame | middle LGE slice; green frame = the report's own study", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -313,7 +311,7 @@ def plot_cam_overlays(results: Sequence[RunResult], grid: Grid, datalist: str | 
     if not shown:
         return None
     summary, cases = read_stage1_localisation(run.folder)
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(shown), figsize=(2.6 * len(shown), 3.0), squeeze=False)
     for ax, (entry, overlay) in zip(axes[0], shown):
         picture = np.asarray(Image.open(overlay).convert("RGB"))
@@ -330,4 +328,4 @@ def plot_cam_overlays(results: Sequence[RunResult], grid: Grid, datalist: str | 
     fig.suptitle(f"stage-1 CAMs (abnormal class) on abnormal test images, seed {first_seed}; cyan: the placed "
                  f"lesions\n{scores or 'no stage-1 evaluation summary found'}", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.85))  # room for the two-line suptitle
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
