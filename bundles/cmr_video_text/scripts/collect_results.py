@@ -27,14 +27,20 @@ def collect(logs: Path, table: str, columns) -> str:
         for row in json.loads(path.read_text())[table]:
             name = setting if row["model"] != "zero-shot (untrained)" else f"{setting} zero-shot (untrained)"
             groups[name].append(row)
+    return mean_std_table(groups, columns, lambda column: 2 if column == "accuracy" or "macro" in column else 1)
+
+
+def mean_std_table(groups: dict[str, list[dict]], columns, digits_of) -> str:
+    """A Markdown table: a row per setting, each column's mean ± sample std over the setting's runs (seeds), with
+    ``digits_of(column)`` decimals."""
     lines = ["| setting | seeds | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
     for name, rows in sorted(groups.items()):
         cells = []
         for column in columns:
             values = np.array([r[column] for r in rows], dtype=float)
             std = values.std(ddof=1) if len(values) > 1 else 0.0
-            cells.append(f"{values.mean():.1f} ± {std:.1f}" if column != "accuracy" and "macro" not in column
-                         else f"{values.mean():.2f} ± {std:.2f}")
+            digits = digits_of(column)
+            cells.append(f"{values.mean():.{digits}f} ± {std:.{digits}f}")
         lines.append(f"| {name} | {len(rows)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -60,16 +66,7 @@ def collect_probe(logs: Path) -> str:
     groups = defaultdict(list)
     for path in sorted(logs.glob("*/probe.json")):
         groups[re.sub(r"_seed\d+$", "", path.parent.name)].append(probe_row(path))
-    lines = ["| setting | seeds | " + " | ".join(PROBE_COLUMNS) + " |", "|---|---|" + "---|" * len(PROBE_COLUMNS)]
-    for name, rows in sorted(groups.items()):
-        cells = []
-        for column in PROBE_COLUMNS:
-            values = np.array([r[column] for r in rows], dtype=float)
-            std = values.std(ddof=1) if len(values) > 1 else 0.0
-            digits = 3 if "loss" in column else 2 if "/" in column else 1
-            cells.append(f"{values.mean():.{digits}f} ± {std:.{digits}f}")
-        lines.append(f"| {name} | {len(rows)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return mean_std_table(groups, PROBE_COLUMNS, lambda column: 3 if "loss" in column else 2 if "/" in column else 1)
 
 
 if __name__ == "__main__":
