@@ -17,7 +17,8 @@ import numpy as np
 
 from mri_ssl.experiments.grid import Grid
 from mri_ssl.experiments.runner import STATUS_OK, RunResult
-from mri_ssl.experiments.tables import column_title, pretraining_title, probe_histories, row_title
+from mri_ssl.experiments.tables import (column_title, is_retrieval_probe, pretraining_title, probe_histories,
+                                        row_title)
 from mri_ssl.io.atomic import atomic_output
 
 MODE_COLOURS = {"random": "#9e9e9e", "base": "#1f77b4", "seqaug": "#ff7f0e", "seqinv": "#2ca02c",
@@ -43,6 +44,15 @@ def save_figure(fig, path: Path) -> Path:
         fig.savefig(temporary, dpi=110, format="png")
     pyplot().close(fig)
     return path
+
+
+def plot_seed_mean(ax, curves: Sequence[Mapping[int, float]], colour, label: str) -> None:
+    """The mean over seeds of ``curves`` (each ``{step: value}`` of one seed) as a bold line with markers, at the steps
+    every seed has; labelled with the number of seeds. Nothing when there are no common steps."""
+    common = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    if common:
+        ax.plot(common, [np.mean([c[step] for c in curves]) for step in common], color=colour, linewidth=2.0,
+                marker="o", markersize=3, label=f"{label} (n={len(curves)})")
 
 
 def plot_metric_bars(records: Sequence[Mapping], grid: Grid, path: str | os.PathLike) -> Path | None:
@@ -196,7 +206,7 @@ def plot_learning_curves(results: Sequence[RunResult], grid: Grid, path: str | o
         return None
     plt = pyplot()
     first = next(iter(histories.values()))[0]["history"][0]
-    retrieval = "features_top1" in first
+    retrieval = is_retrieval_probe(first)
     panels = LEARNING_CURVE_PANELS if retrieval else CLASSIFICATION_CURVE_PANELS
     fig, axes = plt.subplots(2, 2, figsize=(11.0, 7.0), squeeze=False)
     for ax, (key, title, chance_key) in zip(axes.flat, panels):
@@ -214,10 +224,7 @@ def plot_learning_curves(results: Sequence[RunResult], grid: Grid, path: str | o
                     chance.append(probe["history"][0][chance_key])
                 if key in (probe.get("random_init") or {}):
                     random_init.append(probe["random_init"][key])
-            common = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
-            if common:
-                ax.plot(common, [np.mean([c[s] for c in curves]) for s in common], color=colour, linewidth=2.0,
-                        marker="o", markersize=3, label=f"{pretraining_title(mode)} (n={len(curves)})")
+            plot_seed_mean(ax, curves, colour, pretraining_title(mode))
         if random_init:
             ax.axhline(float(np.mean(random_init)), color="#616161", linestyle="--", linewidth=1.2,
                        label="random init")

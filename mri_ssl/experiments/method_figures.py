@@ -20,13 +20,11 @@ from typing import Sequence
 
 import numpy as np
 
-from mri_ssl.experiments.figures import pyplot, save_figure
+from mri_ssl.experiments.figures import plot_seed_mean, pyplot, save_figure
 from mri_ssl.experiments.grid import Grid
-from mri_ssl.experiments.runner import EVALUATION_DIR, STATUS_OK, RunResult
+from mri_ssl.experiments.runner import CLASSIFICATION_FILE, EVALUATION_DIR, STATUS_OK, RunResult
 from mri_ssl.experiments.tables import column_title
 from mri_ssl.io.atomic import save_json
-
-CLASSIFICATION_METRICS = "metrics.json"
 
 
 def read_confusion_matrix(run_folder: str | os.PathLike) -> tuple[np.ndarray, list[str], dict]:
@@ -34,7 +32,7 @@ def read_confusion_matrix(run_folder: str | os.PathLike) -> tuple[np.ndarray, li
 
     Raises ``OSError`` / ``ValueError`` naming the file when it is missing or holds no square matrix of its classes.
     """
-    path = Path(run_folder) / EVALUATION_DIR / CLASSIFICATION_METRICS
+    path = Path(run_folder) / EVALUATION_DIR / CLASSIFICATION_FILE
     metrics = json.loads(path.read_text())
     counts = np.asarray(metrics.get("confusion_matrix"), dtype=np.int64)
     names = list(metrics.get("class_names") or [])
@@ -126,10 +124,7 @@ def plot_training_histories(results: Sequence[RunResult], grid: Grid, task: str,
                 if points:
                     ax.plot(list(points), list(points.values()), color=colours(number), alpha=0.3, linewidth=0.8)
                     curves.append(points)
-            common = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
-            if common:
-                ax.plot(common, [np.mean([c[e] for c in curves]) for e in common], color=colours(number),
-                        linewidth=2.0, marker="o", markersize=3, label=f"{key} (n={len(curves)})")
+            plot_seed_mean(ax, curves, colours(number), key)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

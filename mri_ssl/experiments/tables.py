@@ -195,19 +195,23 @@ RETRIEVAL_PROBE_COLUMNS = (("features_top1", "top-1 features"), ("projection_top
                            ("features_top5", "top-5 features"), ("ntxent", "held-out NT-Xent"), ("spread", "spread"))
 CLASSIFICATION_PROBE_COLUMNS = (("auc", "linear-probe macro AUC"), ("accuracy", "linear-probe accuracy"),
                                 ("spread", "projection spread"))
-PROBE_COLUMNS = RETRIEVAL_PROBE_COLUMNS  # the 3-D probe's, kept under its earlier name
 PROBE_STAGES = (("step 0", lambda probe: probe["history"][0]), ("end", lambda probe: probe["history"][-1]),
                 ("random init", lambda probe: probe["random_init"]))
 
 
+def is_retrieval_probe(first: Mapping) -> bool:
+    """Whether a probe history entry is the 3-D cross-sequence retrieval probe's (else a 2-D linear probe's)."""
+    return "features_top1" in first
+
+
 def probe_columns(first: Mapping) -> tuple[tuple[str, str], ...]:
     """The table columns of a probe, from its first history entry: retrieval (3-D) or linear probe (2-D)."""
-    return RETRIEVAL_PROBE_COLUMNS if "features_top1" in first else CLASSIFICATION_PROBE_COLUMNS
+    return RETRIEVAL_PROBE_COLUMNS if is_retrieval_probe(first) else CLASSIFICATION_PROBE_COLUMNS
 
 
 def probe_heading(first: Mapping) -> tuple[str, str]:
     """The probe table's heading and its closing note, worded for the probe's kind."""
-    if "features_top1" in first:
+    if is_retrieval_probe(first):
         return (f"### Representation probe (held-out crops, N = {first['n']}: chance top-1 {first['top1_chance']:.3f}, "
                 f"NT-Xent chance ln(2N-1) = {first['ntxent_chance']:.3f}, healthy spread "
                 f"{first['spread_healthy']:.3f})",
