@@ -183,6 +183,18 @@ def _reset(module: torch.nn.Module) -> None:
         _reset(child)
 
 
+def probe_milestones(written: Mapping) -> dict | None:
+    """The records of a ``ProbeHandler`` history file (``probe.json``'s content) a summary reports: the random-init
+    ``untrained_reference``, the ``start`` (step 0), the ``best`` trained record (highest ``score`` after step 0,
+    the one ``best.pt`` holds when it is chosen on the probe) and the ``end``; None when the history is empty."""
+    history = written.get("history") or []
+    if not history:
+        return None
+    trained = [record for record in history if record.get("epoch", 0) > 0] or history
+    return {"untrained_reference": written.get("random_init"), "start": history[0],
+            "best": max(trained, key=lambda record: record["score"]), "end": history[-1]}
+
+
 class ProbeHandler(ABC):
     """A probe run in a trainer: at the start (the untrained encoder, and once a randomly re-initialised copy of the
     same shape), then every ``interval`` epochs; subclasses say what they measure (``measure``) and how it reads
@@ -346,5 +358,5 @@ class RepresentationProbe(ProbeHandler):
                 f"spread {s['spread']:.3f} (healthy {s['spread_healthy']:.3f})")
 
 
-__all__ = ["ProbeHandler", "RepresentationProbe", "embed_images", "embed_views", "probe_scores", "projection_spread",
-           "random_init_copy", "retrieval_top_k", "sample_crops"]
+__all__ = ["ProbeHandler", "RepresentationProbe", "embed_images", "embed_views", "probe_milestones", "probe_scores",
+           "projection_spread", "random_init_copy", "retrieval_top_k", "sample_crops"]

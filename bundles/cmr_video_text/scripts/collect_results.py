@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mri_ssl.metrics.representation_probe import probe_milestones
+
 RETRIEVAL = ("t2v_R@1", "t2v_R@5", "t2v_R@10", "t2v_MdR", "v2t_R@1", "v2t_R@5", "v2t_R@10", "v2t_MdR", "RSUM")
 PROBE = ("accuracy", "macro_auc", "macro_f1")
 
@@ -51,15 +53,15 @@ PROBE_COLUMNS = ("epochs", "reference RSUM", "step-0 RSUM", "best epoch", "best 
 
 def probe_row(path: Path) -> dict[str, float]:
     """One run's probe figures (``probe.json``): the reference, step 0, the best and the last epoch."""
-    written = json.loads(path.read_text())
-    history, reference = written["history"], written["random_init"]
-    best = max([h for h in history if h["epoch"] > 0] or history, key=lambda h: h["score"])
-    last = history[-1]
-    return {"epochs": last["epoch"], "reference RSUM": reference["RSUM"], "step-0 RSUM": history[0]["RSUM"],
+    milestones = probe_milestones(json.loads(path.read_text()))
+    if milestones is None:
+        raise ValueError(f"{path} holds no probe history")
+    reference, start, best, last = (milestones[k] for k in ("untrained_reference", "start", "best", "end"))
+    return {"epochs": last["epoch"], "reference RSUM": reference["RSUM"], "step-0 RSUM": start["RSUM"],
             "best epoch": best["epoch"], "best RSUM": best["RSUM"],
             "best / reference": best["RSUM"] / reference["RSUM"],
             "best CLIP loss": best["clip_loss"], "last RSUM": last["RSUM"], "last CLIP loss": last["clip_loss"],
-            "last train loss": last.get("train_loss", float("nan")), "chance CLIP loss": history[0]["clip_loss_chance"]}
+            "last train loss": last.get("train_loss", float("nan")), "chance CLIP loss": start["clip_loss_chance"]}
 
 
 def collect_probe(logs: Path) -> str:

@@ -21,6 +21,7 @@ from mri_ssl.engines.video_text.report import plot_embedding, write_table
 from mri_ssl.io.atomic import save_json
 from mri_ssl.io.weights import load_checkpoint
 from mri_ssl.metrics.linear_probe import linear_probe
+from mri_ssl.metrics.representation_probe import probe_milestones
 from mri_ssl.metrics.retrieval import retrieval_metrics
 
 
@@ -63,10 +64,4 @@ class VideoTextEvaluator:
         """The training run's probe on the validation split: untrained reference, start, best and last records."""
         if self.probe_history is None or not self.probe_history.is_file():
             return None
-        probe = json.loads(self.probe_history.read_text())
-        history = probe.get("history") or []
-        if not history:
-            return None
-        trained = [h for h in history if h.get("epoch", 0) > 0] or history
-        return {"untrained_reference": probe.get("random_init"), "start": history[0],
-                "best": max(trained, key=lambda h: h["score"]), "end": history[-1]}
+        return probe_milestones(json.loads(self.probe_history.read_text()))
