@@ -126,11 +126,9 @@ class HeatmapEncoder(nn.Module):
         channels = (int(in_channels),) + features
         layers = []
         for i in range(3):
-            if batch_norm:
-                layers += [nn.Conv2d(channels[i], channels[i + 1], kernel_size=3, padding=1, bias=False),
-                           nn.BatchNorm2d(channels[i + 1]), nn.ReLU(inplace=True)]
-            else:
-                layers += [nn.Conv2d(channels[i], channels[i + 1], kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            layers.append(nn.Conv2d(channels[i], channels[i + 1], kernel_size=3, padding=1, bias=not batch_norm))
+            layers += [nn.BatchNorm2d(channels[i + 1])] if batch_norm else []
+            layers.append(nn.ReLU(inplace=True))
         self.convs = nn.Sequential(*layers)
         self.out_features = features[-1]
 

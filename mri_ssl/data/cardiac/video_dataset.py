@@ -16,9 +16,8 @@ facts stay). Both draw from the dataset's ``rng``, which the trainer reseeds eve
 from __future__ import annotations
 
 import os
-from pathlib import Path
-
 import re
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
