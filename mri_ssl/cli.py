@@ -39,7 +39,8 @@ logger = logging.getLogger("mri_ssl")
 # demo
 
 
-# Options of the 3-D demo's stage 1 (the simulation), which a 2-D method's demo does not have: flag -> default.
+# Options of the 3-D demo's stage 1 (the simulation), which a 2-D method's demo does not have: flag -> default (the
+# parser's defaults are these; a value other than the default means the user gave the option).
 BRAIN_ONLY_OPTIONS = {"resolution_mm": 1.0, "random_protocols": 3, "seed": 0, "fused": False, "simulation_only": False}
 
 
@@ -297,9 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "fundus photographs), cmr (video-text CLIP, "
                            "report-to-study retrieval)")
     demo.add_argument("--out", default="demo_out", help="output folder")
-    demo.add_argument("--resolution-mm", type=float, default=1.0, help="stage 1 phantom voxel size in mm")
-    demo.add_argument("--random-protocols", type=int, default=3, help="stage 1 random protocols per sequence")
-    demo.add_argument("--seed", type=int, default=0, help="seed of stage 1's random protocols")
+    demo.add_argument("--resolution-mm", type=float, default=BRAIN_ONLY_OPTIONS["resolution_mm"],
+                      help="stage 1 phantom voxel size in mm")
+    demo.add_argument("--random-protocols", type=int, default=BRAIN_ONLY_OPTIONS["random_protocols"],
+                      help="stage 1 random protocols per sequence")
+    demo.add_argument("--seed", type=int, default=BRAIN_ONLY_OPTIONS["seed"], help="seed of stage 1's random protocols")
     demo.add_argument("--fused", action="store_true", help="use the compiled simulator kernels")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.add_argument("--seeds", type=int, nargs="+", default=[0],
