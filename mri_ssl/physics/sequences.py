@@ -100,14 +100,19 @@ def fse_kernel(pd, r1, r2, tr, te, b1, exp2=torch.exp2):
     return b1 * pd * (1.0 - decay(r1, tr, exp2)) * decay(r2, te, exp2)
 
 
-def gre_kernel(pd, r1, r2s, mt, tr, te, flip_angle, b1, exp2=torch.exp2):
+def gre_protocol_constants(tr, te, flip_angle, b1):
+    """The per-protocol numbers of the GRE signal: the arguments of ``gre_voxel_kernel`` after the maps."""
+    return tr, te, torch.sin(flip_angle), torch.cos(flip_angle), b1
+
+
+def gre_voxel_kernel(pd, r1, r2s, mt, tr, te, sin_a, cos_a, b1, exp2=torch.exp2):
     e1 = decay(r1, tr, exp2)
     saturation = 1.0 - mt
-    return (
-        b1 * pd * torch.sin(flip_angle) * saturation * (1.0 - e1)
-        / (1.0 - torch.cos(flip_angle) * saturation * e1)
-        * decay(r2s, te, exp2)
-    )
+    return b1 * pd * sin_a * saturation * (1.0 - e1) / (1.0 - cos_a * saturation * e1) * decay(r2s, te, exp2)
+
+
+def gre_kernel(pd, r1, r2s, mt, tr, te, flip_angle, b1, exp2=torch.exp2):
+    return gre_voxel_kernel(pd, r1, r2s, mt, *gre_protocol_constants(tr, te, flip_angle, b1), exp2=exp2)
 
 
 def flair_kernel(pd, r1, r2, tr, te, ti, b1, exp2=torch.exp2):
@@ -170,8 +175,10 @@ KERNELS = {"fse": fse_kernel, "gre": gre_kernel, "flair": flair_kernel, "mprage"
 
 # Kernels split into a per-protocol part (run eagerly, a few numbers) and a per-voxel part (what the fused path
 # compiles): inside a compiled loop, trigonometry and powers of protocol scalars are recomputed for every voxel
-# block (measured: MPRAGE fused 12-24 % faster split). GRE's sin/cos gained nothing, so it is not split.
-SPLIT_KERNELS = {"mprage": (mprage_protocol_constants, mprage_voxel_kernel)}
+# block (measured: MPRAGE fused 12-24 % faster split; GRE 8.6 -> 6.6 ms on 192x224x192 with 2 threads, i.e. from
+# 1.6x to about 1.25x its memory floor: the loop computed a vector sin and cos of the flip angle per voxel block).
+SPLIT_KERNELS = {"gre": (gre_protocol_constants, gre_voxel_kernel),
+                 "mprage": (mprage_protocol_constants, mprage_voxel_kernel)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
