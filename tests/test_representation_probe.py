@@ -163,6 +163,33 @@ def test_the_probe_is_attached_before_checkpoint_selection_runs():
     assert len(probe.history) == 2 and calls == [None, probe.history[-1]["score"]]
 
 
+def test_a_resumed_run_continues_the_probe_history_at_its_resumed_step(tmp_path):
+    data = [{"pd": v[0:1], "r1": v[1:2], "r2s": v[2:3], "mt": v[3:4]} for v in (maps_volume(3),)]
+
+    def run(max_epochs, resume_at=None):
+        engine = Engine(lambda engine, batch: None)
+        engine.network = SupportEncoder()
+        engine.state.device = torch.device("cpu")
+        probe = RepresentationProbe(data, ("pd", "r1", "r2s", "mt"), probe_view_pair(), crop_size=12,
+                                    crops_per_subject=4, history_path=tmp_path / "probe.json")
+        probe.attach(engine)
+        if resume_at is not None:  # as Checkpointer.resume does: counters restored by a later STARTED handler
+            def restore(engine):
+                engine.state.epoch, engine.state.iteration = resume_at
+
+            engine.add_event_handler(Events.STARTED, restore)
+        engine.run([0, 0], max_epochs=max_epochs)
+        return json.loads((tmp_path / "probe.json").read_text())["history"]
+
+    first = run(max_epochs=3)
+    assert [(h["iteration"], h["epoch"]) for h in first] == [(0, 0), (2, 1), (4, 2), (6, 3)]
+    # Resumed after epoch 2 (as from latest.pt after a crash in epoch 3): the records before it are kept, the
+    # resumed weights are probed at iteration 4, labelled with the 2 epochs done, and the run goes on from there.
+    resumed = run(max_epochs=4, resume_at=(2, 4))
+    assert [(h["iteration"], h["epoch"]) for h in resumed] == [(0, 0), (2, 1), (4, 2), (6, 3), (8, 4)]
+    assert resumed[:2] == first[:2]
+
+
 def fake_pretraining_result(mode: str, seed: int, top1_end: float):
     from types import SimpleNamespace
 

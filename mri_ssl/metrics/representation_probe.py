@@ -24,10 +24,12 @@ its own baseline, beside a randomly re-initialised encoder of the same shape) an
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import os
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -207,8 +209,9 @@ class ProbeHandler(ABC):
             None: no TensorBoard.
         history_path: JSON file rewritten after every probe: ``{"random_init": {...}, "history": [{"iteration",
             "epoch", ...scores, "train_loss", "val_*"}, ...]}`` (``history[0]``: the start, iteration 0;
-            ``train_loss``: the mean training loss since the previous probe; ``val_*``: the engine's validation
-            metrics at that moment); None: no file.
+            ``epoch``: the epochs completed; ``train_loss``: the mean training loss since the previous probe;
+            ``val_*``: the engine's validation metrics at that moment); None: no file. A run resumed from a
+            checkpoint keeps the file's records before its resumed iteration and goes on from there.
 
     ``engine.state.metrics`` gets ``probe_<name>`` for every score (``probe_score`` for choosing the best checkpoint)
     at each epoch-end probe; attach the probe before the checkpointer so it sees the current epoch's values.
@@ -223,6 +226,7 @@ class ProbeHandler(ABC):
         self.history: list[dict] = []
         self._train_losses: list[float] = []
         self._writer = None
+        self._started = False
 
     @abstractmethod
     def measure(self, network: torch.nn.Module, device: torch.device | str = "cpu") -> dict[str, float]:
@@ -240,11 +244,31 @@ class ProbeHandler(ABC):
     def attach(self, engine) -> None:
         from ignite.engine import Events
 
-        # The start's probe is recorded (history, log, TensorBoard) but not put in state.metrics: a checkpointer
-        # would read it at the next epoch's end as the score of weights that have trained since.
-        engine.add_event_handler(Events.STARTED, self, False)
+        # The start's probe runs when the first epoch starts, not at STARTED: a resumed run restores its weights and
+        # counters in STARTED handlers, which may come after this one. It is recorded (history, log, TensorBoard)
+        # but not put in state.metrics: a checkpointer would read it at the next epoch's end as the score of
+        # weights that have trained since.
+        engine.add_event_handler(Events.EPOCH_STARTED, self._probe_start)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._add_train_loss)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+
+    def _probe_start(self, engine) -> None:
+        """The probe of the weights a run starts (or resumes) with, once per run, after the earlier records of a
+        resumed run's history file."""
+        if self._started:
+            return
+        self._started = True
+        iteration = int(engine.state.iteration)
+        if iteration > 0 and self.history_path is not None and Path(self.history_path).is_file():
+            try:
+                earlier = json.loads(Path(self.history_path).read_text())
+            except (OSError, ValueError) as error:
+                logger.warning("cannot read the probe history %s to continue it, starting a new one: %s",
+                               self.history_path, error)
+            else:
+                self.history = [record for record in earlier.get("history", [])
+                                if int(record.get("iteration", 0)) < iteration]
+        self(engine, at_start=True)
 
     def _add_train_loss(self, engine) -> None:
         output = engine.state.output
@@ -252,12 +276,14 @@ class ProbeHandler(ABC):
         if isinstance(loss, (int, float, torch.Tensor)):
             self._train_losses.append(float(loss))
 
-    def __call__(self, engine, publish: bool = True) -> None:
+    def __call__(self, engine, at_start: bool = False) -> None:
         network, device = engine.network, engine.state.device
         if self.random_init is None:
             self.random_init = self.measure(self.random_init_network(getattr(network, "module", network)), device)
         scores = self.measure(network, device)
-        iteration, epoch = int(engine.state.iteration), int(engine.state.epoch)
+        iteration = int(engine.state.iteration)
+        # Epochs completed: at an epoch's start ignite has already counted the epoch being started.
+        epoch = int(engine.state.epoch) - (1 if at_start else 0)
         # Beside the probe, the losses the curves need: the training loss since the last probe and the validation
         # loss terms computed at this epoch's end (``ValidationLoss`` runs first).
         losses = {name: float(value) for name, value in engine.state.metrics.items()
@@ -266,7 +292,7 @@ class ProbeHandler(ABC):
             losses["train_loss"] = float(np.mean(self._train_losses))
         self._train_losses = []
         self.history.append({"iteration": iteration, "epoch": epoch, **scores, **losses})
-        if publish:
+        if not at_start:
             engine.state.metrics.update({f"probe_{name}": value for name, value in scores.items()})
         self._write(iteration, scores)
         self._log(iteration, scores)
