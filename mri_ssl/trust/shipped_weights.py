@@ -89,10 +89,10 @@ RECIPES: dict[str, Recipe] = {
                    "T1 / T2 / Cine / LGE / Other"),
     "cmr_video_text": Recipe(
         (Step("train", "cmr_video_text", ("configs/train.json", "configs/cpu_demo.json")),),
-        "models/frames8_cine_lge_seed0/final.pt", tokenizer=True,
-        trained_on="the embedded CMR phantom studies (60 studies at 48x48, cine + LGE, 8 frames): CLIP loss against "
-                   "their report impressions, 15 epochs; the word vocabulary of their training reports is "
-                   "models/tokenizer.json"),
+        "models/frames8_cine_lge_seed0/best.pt", tokenizer=True,
+        trained_on="the embedded CMR phantom studies (500 studies at 48x48, 300 for training, cine + LGE, 8 frames): "
+                   "CLIP loss against their report impressions, 5 epochs, the epoch with the best validation RSUM; "
+                   "the word vocabulary of their training reports is models/tokenizer.json"),
 }
 TOKENIZER = "models/tokenizer.json"
 
