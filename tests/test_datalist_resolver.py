@@ -54,6 +54,16 @@ def test_demo_data_are_written_once_and_rewritten_when_a_parameter_changes(tmp_p
     assert len(writer.calls) == 4
 
 
+def test_progress_given_as_command_line_text_is_read_as_a_switch(tmp_path):
+    # `python -m monai.bundle run --progress_bar false` hands the config the text "false", which is truthy.
+    writer = CountingWriter()
+    resolve_datalist("", tmp_path / "a", DemoWriter("counting", writer), items=2, progress="false")
+    resolve_datalist("", tmp_path / "b", DemoWriter("counting", writer), items=2, progress="true")
+    assert [call["progress"] for call in writer.calls] == [False, True]
+    with pytest.raises(InputError, match="progress_bar"):
+        resolve_datalist("", tmp_path / "c", DemoWriter("counting", writer), items=2, progress="sometimes")
+
+
 def test_a_failed_write_leaves_no_record_so_the_next_run_writes_again(tmp_path):
     resolve_datalist("", tmp_path, DemoWriter("counting", CountingWriter()), items=2)
     with pytest.raises(OSError, match="disk full"):

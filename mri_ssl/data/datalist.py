@@ -27,6 +27,7 @@ from mri_ssl.errors import InputError
 from mri_ssl.io.atomic import exclusive_lock, save_json
 from mri_ssl.io.images import check_image_files
 from mri_ssl.io.nifti import is_nifti
+from mri_ssl.parameters import as_flag
 from mri_ssl.physics.simulate import check_map_names
 
 DATALIST_NAME = "datalist.json"
@@ -102,6 +103,7 @@ def resolve_datalist(dataset_dir: str | os.PathLike | None, demo_data_dir: str |
         raise InputError("demo", f"expected a DemoWriter (e.g. mri_ssl.data.photo.demo.FUNDUS_DEMO), got {demo!r}")
     record = demo.record(parameters)
     folder = Path(demo_data_dir)
+    progress = as_flag(progress, "progress_bar")  # `--progress_bar false` on the command line arrives as text
     if distributed.world_size() == 1:
         _write_unless_current(folder, demo, record, parameters, progress)
     else:
@@ -154,7 +156,7 @@ def check_datalist(datalist: str | os.PathLike, keys, maps: bool = True,
     if maps:
         check_map_names(keys, source="map_keys")
     report = check_data(datalist, splits=splits, keys=keys, label_key=None, spatial_dims=3, require_keys=keys,
-                        progress=progress)
+                        progress=as_flag(progress, "progress_bar"))
     report.raise_on_error()
     return len(report.cases)
 
@@ -176,7 +178,8 @@ def check_labelled_datalist(datalist: str | os.PathLike, splits: Sequence[str] =
     for split in splits:
         labelled_entries(datalist, split, keys)  # an entry without an image is an error naming its index
     report = check_data(datalist, splits=splits, keys=keys, label_key=label_key, label_values=label_values,
-                        spatial_dims=3, require_keys=keys, skip_incomplete=True, progress=progress)
+                        spatial_dims=3, require_keys=keys, skip_incomplete=True,
+                        progress=as_flag(progress, "progress_bar"))
     report.raise_on_error()
     return len(report.cases)
 
