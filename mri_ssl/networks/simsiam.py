@@ -77,6 +77,25 @@ class SimSiamModel(nn.Module):
         return {"features": features, "projection": projection, "prediction": self.predictor(projection)}
 
 
+class FeatureStandardisation(nn.BatchNorm1d):
+    """Batch norm without affine parameters on frozen features (MAE's linear probe, He et al. 2022): each feature
+    scaled to zero mean and unit variance, with running statistics at evaluation; a linear layer after it is then
+    still a linear classifier of the features.
+
+    A training batch of one image (a label fraction's last, short batch) has no variance to estimate: it is
+    normalised with the running statistics instead of raising.
+    """
+
+    def __init__(self, num_features: int):
+        super().__init__(num_features, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Written out (not super().forward) so that TorchScript, which has no super(), scripts it.
+        batch_statistics = self.training and x.shape[0] > 1
+        return nn.functional.batch_norm(x, self.running_mean, self.running_var, None, None, batch_statistics,
+                                        self.momentum, self.eps)
+
+
 class SequenceClassifier(nn.Module):
     """A linear head on a ViT backbone: logits ``(B, num_classes)`` for BCE (one sigmoid per class).
 
@@ -85,7 +104,11 @@ class SequenceClassifier(nn.Module):
             supervised-from-scratch baseline (or ImageNet weights through ``encoder_config["pretrained_path"]``).
         num_classes: 5 (T1, T2, Cine, LGE, Other).
         freeze_encoder: the linear probe: the backbone stays in eval mode (dropout off, any normalisation statistics
-            frozen) and gets no gradient; only the head trains.
+            frozen) and gets no gradient; only the head trains, on standardised features (``FeatureStandardisation``).
+            The mean-pooled, layer-normed ViT tokens share a large common part (per-feature mean about 0.8) and
+            differ between images by little (per-feature std 0.03 for the cardiac SimSiam encoder), so a linear
+            layer on the raw features needs weights far larger than a few hundred optimiser steps reach; the
+            fine-tuned arms need no such layer, as the encoder moves its features itself.
     """
 
     def __init__(self, encoder: nn.Module | str | None = None, encoder_config: Mapping | None = None,
@@ -96,6 +119,8 @@ class SequenceClassifier(nn.Module):
         self.encoder = build_vit_encoder(encoder, encoder_config, pretrained)
         self.head = nn.Linear(self.encoder.out_features, int(num_classes))
         self.freeze_encoder = bool(freeze_encoder)
+        # Identity when fine-tuning: no extra state-dict keys, so fine-tuned checkpoints keep their layout.
+        self.feature_norm = FeatureStandardisation(self.encoder.out_features) if self.freeze_encoder else nn.Identity()
         if self.freeze_encoder:
             self.encoder.requires_grad_(False)
             self.encoder.eval()
@@ -115,4 +140,4 @@ class SequenceClassifier(nn.Module):
                 features = self.encoder(x)
         else:
             features = self.encoder(x)
-        return self.head(features)
+        return self.head(self.feature_norm(features))
