@@ -74,7 +74,7 @@ RULES: dict[str, Rule] = {
         "learning_rate", "base_learning_rate", "temperature", "grad_clip_norm", "noise_sigma",
         "demo_resolution_mm")},
     **{name: NON_NEGATIVE for name in ("weight_decay", "pretrain_weight_decay", "momentum", "reconstruction_weight",
-                                       "attention_weight")},
+                                       "attention_weight", "pointing_tolerance_px")},
     **{name: FRACTION for name in ("label_fraction", "data_fraction")},
     **{name: PROBABILITY for name in ("cache_rate", "cam_threshold")},
     "sw_overlap": Rule("float", low=0, high=1, high_open=True),
