@@ -76,7 +76,7 @@ RULES: dict[str, Rule] = {
     **{name: NON_NEGATIVE for name in ("weight_decay", "pretrain_weight_decay", "momentum", "reconstruction_weight",
                                        "attention_weight", "pointing_tolerance_px")},
     **{name: FRACTION for name in ("label_fraction", "data_fraction")},
-    **{name: PROBABILITY for name in ("cache_rate", "cam_threshold")},
+    **{name: PROBABILITY for name in ("cache_rate", "cam_threshold", "cam_grayscale_prob")},
     "sw_overlap": Rule("float", low=0, high=1, high_open=True),
     "dropout": DROPOUT,
     **{name: SIZE for name in ("crop_size", "patch_size", "image_size", "features", "decoder_features",

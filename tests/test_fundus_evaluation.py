@@ -121,5 +121,6 @@ def test_pointing_game_of_random_maxima_is_the_lesion_area_fraction():
     g = torch.Generator().manual_seed(0)
     scorer = ClassificationScorer(cam_localisation=True)
     for _ in range(2000):
-        scorer.add(localisation_case(), {"logits": torch.tensor([0.0, 1.0]), "cams": torch.rand(2, 64, 64, generator=g)})
+        cams = torch.rand(2, 64, 64, generator=g)
+        scorer.add(localisation_case(), {"logits": torch.tensor([0.0, 1.0]), "cams": cams})
     assert scorer.finish()[1]["pointing_game"] == pytest.approx(64 / 4096, abs=0.01)
