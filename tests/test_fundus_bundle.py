@@ -30,6 +30,7 @@ TINY = {
     "decoder_features": [8, 8, 4, 4],
     "batch_size": 4,
     "num_epochs": 2,
+    "epoch_length": None,  # one pass over the data per epoch (cpu_demo.json's 15 steps are for the real demo)
     "num_workers": 0,
     "progress_bar": False,
 }

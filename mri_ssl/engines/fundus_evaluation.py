@@ -34,7 +34,7 @@ from mri_ssl.errors import InputError
 from mri_ssl.io.atomic import atomic_write_text
 from mri_ssl.losses.grading import split_grading_logits
 from mri_ssl.metrics.classification import accuracy, f1_score, roc_auc
-from mri_ssl.metrics.fundus import average_precision, cam_iou, dice, pointing_game_hit
+from mri_ssl.metrics.fundus import average_precision, cam_iou, dice, pointing_distance
 from mri_ssl.metrics.grading import grading_accuracies
 from mri_ssl.parameters import as_flag
 from mri_ssl.transforms.heatmaps import minmax_normalise
@@ -77,21 +77,27 @@ class CAMInferer(Inferer):
 
 
 class ClassificationScorer:
-    """ROC-AUC, F1 (abnormal class) and accuracy at p >= 0.5; with ``cam_localisation`` also the pointing-game
-    accuracy and the mean IoU of ``CAM >= cam_threshold`` over abnormal images with a non-empty ``mask``.
+    """ROC-AUC, F1 (abnormal class) and accuracy at p >= 0.5; with ``cam_localisation`` also, over abnormal images
+    with a non-empty ``mask``: the pointing-game accuracy (``pointing_game``: the CAM's maximum inside a lesion;
+    ``pointing_game_tolerant``: within ``pointing_tolerance`` pixels of one, as Zhang et al. count a hit), the median
+    distance from the maximum to the nearest lesion pixel and the mean IoU of ``CAM >= cam_threshold``.
 
     ``add(case, prediction)``: ``case`` holds ``image`` (3, H, W), ``abnormal`` and, for localisation, ``mask``
     (1, H, W); ``prediction`` is the logits (C,) or ``CAMInferer``'s ``{"logits", "cams"}`` (needed for
-    localisation). The CAM is the abnormal class's, upsampled bilinearly to the image and min-max normalised.
+    localisation). The CAM is the abnormal class's (channel 1), upsampled bilinearly (``align_corners=False``: each
+    CAM cell stays over the image pixels it was computed from) to the image and min-max normalised.
     """
 
-    def __init__(self, cam_localisation: bool = False, cam_threshold: float = 0.5):
+    def __init__(self, cam_localisation: bool = False, cam_threshold: float = 0.5, pointing_tolerance: float = 0.0):
         self.cam_localisation = as_flag(cam_localisation, "cam_localisation")
         self.cam_threshold = float(cam_threshold)
+        self.pointing_tolerance = float(pointing_tolerance)
+        if not self.pointing_tolerance >= 0.0:
+            raise InputError("pointing_tolerance", f"must be a distance >= 0 in pixels, got {pointing_tolerance!r}")
         self.reset()
 
     def reset(self) -> None:
-        self.rows, self.probabilities, self.labels, self.hits, self.ious = [], [], [], [], []
+        self.rows, self.probabilities, self.labels, self.distances, self.ious = [], [], [], [], []
 
     def add(self, case: Mapping, prediction: Any) -> None:
         probability = float(torch.softmax(_logits(prediction).reshape(-1), dim=0)[1])
@@ -109,11 +115,12 @@ class ClassificationScorer:
             cam = F.interpolate(cams, size=size, mode="bilinear", align_corners=False)
             cam = minmax_normalise(cam)[0, 0].cpu().numpy()
             mask = torch.as_tensor(mask)[0].cpu().numpy() > 0
-            self.hits.append(pointing_game_hit(cam, mask))
+            self.distances.append(pointing_distance(cam, mask))
             self.ious.append(cam_iou(cam, mask, self.cam_threshold))
-            row.update(pointing_hit=int(self.hits[-1]), cam_iou=f"{self.ious[-1]:.6f}")
+            row.update(pointing_hit=int(self.distances[-1] == 0.0), pointing_distance_px=f"{self.distances[-1]:.3f}",
+                       cam_iou=f"{self.ious[-1]:.6f}")
         elif self.cam_localisation:
-            row.update(pointing_hit="", cam_iou="")  # so the CSV is rectangular
+            row.update(pointing_hit="", pointing_distance_px="", cam_iou="")  # so the CSV is rectangular
         self.rows.append(row)
 
     def finish(self) -> tuple[list[dict], dict]:
@@ -122,8 +129,14 @@ class ClassificationScorer:
         summary = {"cases": len(self.rows), "roc_auc": roc_auc(probabilities, labels),
                    "f1": f1_score(predicted, labels), "accuracy": accuracy(predicted, labels)}
         if self.cam_localisation:
-            summary.update(localised_cases=len(self.hits),
-                           pointing_game=float(np.mean(self.hits)) if self.hits else math.nan,
+            distances = np.array(self.distances)
+            localised = len(distances) > 0
+            summary.update(localised_cases=len(distances),
+                           pointing_game=float(np.mean(distances == 0.0)) if localised else math.nan,
+                           pointing_game_tolerant=float(np.mean(distances <= self.pointing_tolerance))
+                           if localised else math.nan,
+                           pointing_tolerance_px=self.pointing_tolerance,
+                           pointing_distance_median_px=float(np.median(distances)) if localised else math.nan,
                            cam_iou=float(np.mean(self.ious)) if self.ious else math.nan,
                            cam_threshold=self.cam_threshold)
         return self.rows, summary
@@ -251,10 +264,10 @@ def _evaluate(network: torch.nn.Module, dataset: Iterable[dict], scorer, output_
 
 def evaluate_classification(network: torch.nn.Module, dataset: Iterable[dict], output_dir: str | os.PathLike,
                             device: str | torch.device = "cpu", cam_localisation: bool = False,
-                            cam_threshold: float = 0.5, progress: bool = True) -> dict:
+                            cam_threshold: float = 0.5, progress: bool = True, pointing_tolerance: float = 0.0) -> dict:
     """``ClassificationScorer`` over ``dataset`` (CAMs from ``network(x, return_cams=True)``); returns the summary."""
-    return _evaluate(network, dataset, ClassificationScorer(cam_localisation, cam_threshold), output_dir, device,
-                     progress, CAMInferer())
+    return _evaluate(network, dataset, ClassificationScorer(cam_localisation, cam_threshold, pointing_tolerance),
+                     output_dir, device, progress, CAMInferer())
 
 
 def evaluate_grading(network: torch.nn.Module, dataset: Iterable[dict], output_dir: str | os.PathLike,
