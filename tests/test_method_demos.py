@@ -397,7 +397,8 @@ def test_fundus_demo_runs_the_whole_pipeline_and_draws_cams_with_the_placed_lesi
 def test_fundus_demo_through_the_bundle_on_a_tiny_grid(tmp_path, capsys):
     tiny = {"demo_images": 12, "demo_validation_images": 4, "demo_test_images": 4, "demo_size": 64, "image_size": 64,
             "features": [4, 8, 8, 8, 8], "heatmap_features": [4, 8, 8], "projection_hidden": 16,
-            "decoder_features": [8, 8, 8, 8, 8, 8], "batch_size": 4, "num_epochs": 1}
+            "decoder_features": [8, 8, 8, 8, 8, 8], "batch_size": 4, "num_epochs": 1,
+            "epoch_length": None}  # one pass over the tiny splits, not cpu_demo.json's 15 steps an epoch
     out, printed = run_tiny_demo("fundus", tmp_path, capsys, tiny, jobs=2)
     assert "classification: roc_auc" in printed and "lesions: dice_mean" in printed
     summary = json.loads((out / "summary.json").read_text())
