@@ -17,6 +17,7 @@ from torch import nn
 
 from mri_ssl.errors import InputError
 from mri_ssl.networks.encoder import PAPER_FEATURES, CNNEncoder3D, EncoderStage, load_encoder
+from mri_ssl.parameters import as_flag
 
 PAPER_DECODER_FEATURES = (768, 512, 256, 128, 64, 32)
 
@@ -96,7 +97,8 @@ class FrozenEncoderUNet(nn.Module):
                  pretrained: bool = True, freeze_encoder: bool = True, dropout: float = 0.2,
                  zero_init_head: bool = False, image_skip: bool = False):
         super().__init__()
-        self.encoder = build_encoder(encoder, encoder_config, pretrained)
+        # `monai.bundle run --pretrained false` passes the text "false", which plain truth-testing reads as true
+        self.encoder = build_encoder(encoder, encoder_config, as_flag(pretrained, "pretrained"))
         stage_features = self.encoder.features
         decoder_features = tuple(int(f) for f in decoder_features)
         if len(decoder_features) != len(stage_features) + 1 or min(decoder_features) < 1:
@@ -110,7 +112,7 @@ class FrozenEncoderUNet(nn.Module):
         self.up_blocks = nn.ModuleList(
             UpBlock(spatial_dims, decoder_features[i - 1], stage_features[-1 - i], decoder_features[i], dropout)
             for i in range(1, len(stage_features)))
-        self.image_skip = bool(image_skip)
+        self.image_skip = as_flag(image_skip, "image_skip")
         refine_in = decoder_features[-2] + (self.encoder.in_channels if self.image_skip else 0)
         self.refine = EncoderStage(spatial_dims, refine_in, decoder_features[-1], dropout)
         self.head = Convolution(spatial_dims, decoder_features[-1], int(out_channels), kernel_size=1, conv_only=True)
