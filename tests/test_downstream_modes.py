@@ -74,6 +74,25 @@ def test_head_learning_rate_puts_exactly_the_output_convolution_in_its_own_group
     assert (after["refine.1.conv.bias"] - before["refine.1.conv.bias"]).abs().max() <= 1e-3 * 1.001
 
 
+def test_cpu_demo_dice_pools_each_class_over_the_batch():
+    """``dice_batch`` (on in mri_segmentation's cpu_demo.json): the loss of two crops equals the loss of one volume
+    made of both, so a class missing from one crop is scored over the batch, not as a 0-or-1 term of that crop."""
+    configs = REPO / "bundles" / "mri_segmentation" / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / "train.json"), str(configs / "cpu_demo.json")])
+    parser["device"] = "$torch.device('cpu')"
+    loss = parser.get_parsed_content("loss")
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 6, 6, 6)
+    labels = torch.randint(0, 4, (2, 1, 6, 6, 6))
+    labels[1][labels[1] == 3] = 0  # the second crop has no CSF
+    joined = loss(torch.cat(list(logits), dim=1)[None], torch.cat(list(labels), dim=1)[None])
+    assert float(loss(logits, labels)) == pytest.approx(float(joined), rel=1e-5)
+    parser["dice_batch"] = False  # the paper's per-crop Dice differs
+    per_crop = parser.get_parsed_content("loss", lazy=False)
+    assert float(per_crop(logits, labels)) != pytest.approx(float(joined), rel=1e-3)
+
+
 def test_image_skip_feeds_the_raw_image_to_the_full_resolution_block():
     torch.manual_seed(0)
     network = slim_unet(out_channels=3, image_skip=True)
