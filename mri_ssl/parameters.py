@@ -79,7 +79,7 @@ RULES: dict[str, Rule] = {
     **{name: PROBABILITY for name in ("cache_rate", "cam_threshold", "cam_grayscale_prob")},
     "sw_overlap": Rule("float", low=0, high=1, high_open=True),
     "dropout": DROPOUT,
-    **{name: SIZE for name in ("crop_size", "patch_size", "image_size", "features", "decoder_features",
+    **{name: SIZE for name in ("crop_size", "patch_size", "sw_roi_size", "image_size", "features", "decoder_features",
                                "heatmap_features", "cnn_features", "reconstruction_channels")},
 }
 

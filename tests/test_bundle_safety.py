@@ -28,7 +28,7 @@ TINY = {
     "patch_size": [16, 16, 16],
     "batch_size": 2,
     "num_epochs": 2,
-    "val_interval": 1,  # cpu_demo.json validates every 2nd epoch; these tests check per-epoch checkpoints
+    "val_interval": 1,  # cpu_demo.json validates every 4th epoch; these tests check per-epoch checkpoints
     "epoch_length": 2,
     "num_workers": 0,
     "sw_batch_size": 8,

@@ -54,6 +54,58 @@ def test_parameter_groups_give_the_encoder_its_own_rate_and_cover_every_trainabl
             tuned.parameter_groups(1e-3, bad)
 
 
+def test_head_learning_rate_puts_exactly_the_output_convolution_in_its_own_group():
+    tuned = slim_unet(freeze_encoder=False)
+    groups = tuned.parameter_groups(1e-3, 1e-4, head_learning_rate=1e-2)
+    assert [(g["name"], g["lr"]) for g in groups] == [("decoder", 1e-3), ("head", 1e-2), ("encoder", 1e-4)]
+    grouped = [id(p) for g in groups for p in g["params"]]
+    assert len(grouped) == len(set(grouped)) == sum(1 for p in tuned.parameters())
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in tuned.head.parameters()}
+    with pytest.raises(InputError, match="head_learning_rate"):
+        tuned.parameter_groups(1e-3, None, head_learning_rate=0.0)
+    # AdamW's first step moves every weight by about its group's rate: the head ten times as far as the decoder
+    network = slim_unet(freeze_encoder=True)
+    optimizer = torch.optim.AdamW(network.parameter_groups(1e-3, head_learning_rate=1e-2), weight_decay=0.0)
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    network(torch.randn(2, 1, 16, 16, 16)).square().mean().backward()
+    optimizer.step()
+    after = network.state_dict()
+    assert (after["head.conv.bias"] - before["head.conv.bias"]).abs().max() == pytest.approx(1e-2, rel=1e-3)
+    assert (after["refine.1.conv.bias"] - before["refine.1.conv.bias"]).abs().max() <= 1e-3 * 1.001
+
+
+def test_cpu_demo_dice_pools_each_class_over_the_batch():
+    """``dice_batch`` (on in mri_segmentation's cpu_demo.json): the loss of two crops equals the loss of one volume
+    made of both, so a class missing from one crop is scored over the batch, not as a 0-or-1 term of that crop."""
+    configs = REPO / "bundles" / "mri_segmentation" / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / "train.json"), str(configs / "cpu_demo.json")])
+    parser["device"] = "$torch.device('cpu')"
+    loss = parser.get_parsed_content("loss")
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 6, 6, 6)
+    labels = torch.randint(0, 4, (2, 1, 6, 6, 6))
+    labels[1][labels[1] == 3] = 0  # the second crop has no CSF
+    joined = loss(torch.cat(list(logits), dim=1)[None], torch.cat(list(labels), dim=1)[None])
+    assert float(loss(logits, labels)) == pytest.approx(float(joined), rel=1e-5)
+    parser["dice_batch"] = False  # the paper's per-crop Dice differs
+    per_crop = parser.get_parsed_content("loss", lazy=False)
+    assert float(per_crop(logits, labels)) != pytest.approx(float(joined), rel=1e-3)
+
+
+def test_image_skip_feeds_the_raw_image_to_the_full_resolution_block():
+    torch.manual_seed(0)
+    network = slim_unet(out_channels=3, image_skip=True)
+    plain = slim_unet(out_channels=3)
+    assert network.refine[0].conv.in_channels == plain.refine[0].conv.in_channels + 1
+    image = torch.randn(1, 1, 16, 16, 16, requires_grad=True)
+    network.eval()
+    network(image)[0, :, 8, 8, 8].sum().backward()
+    # with the encoder frozen (no gradient through it), the voxel's own intensity still reaches its logits
+    assert image.grad[0, 0, 8, 8, 8] != 0
+    assert network(torch.randn(2, 1, 16, 16, 8)).shape == (2, 3, 16, 16, 8)
+
+
 @pytest.mark.parametrize("freeze", [True, False])
 def test_one_step_moves_the_encoder_only_when_it_is_fine_tuned(freeze):
     network = slim_unet(freeze_encoder=freeze)
@@ -199,7 +251,10 @@ def test_bundle_configs_resolve_each_mode(bundle, extra, demo_data, tmp_path):
                    "demo_test_subjects": 1})
     groups = parser.get_parsed_content("optimizer").param_groups
     rate = parser.get_parsed_content("learning_rate")
+    # mri_segmentation's CPU recipe gives the output convolution its own group at 10x the rate (head_learning_rate)
+    head = [10 * rate] if bundle == "mri_segmentation" else []
     expected = {"": [rate], "simulation_augmented.json": [rate, rate], "finetune.json": [rate, 0.1 * rate]}
+    expected = {key: lrs[:1] + head + lrs[1:] for key, lrs in expected.items()}
     assert [g["lr"] for g in groups] == pytest.approx(expected["".join(extra)])
     item = parser.get_parsed_content("train#augmented_dataset")[0]
     item = item[0] if isinstance(item, list) else item

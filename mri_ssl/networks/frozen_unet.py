@@ -17,6 +17,7 @@ from torch import nn
 
 from mri_ssl.errors import InputError
 from mri_ssl.networks.encoder import PAPER_FEATURES, CNNEncoder3D, EncoderStage, load_encoder
+from mri_ssl.parameters import as_flag
 
 PAPER_DECODER_FEATURES = (768, 512, 256, 128, 64, 32)
 
@@ -82,6 +83,10 @@ class FrozenEncoderUNet(nn.Module):
             random head, a short CPU schedule ended with a validation MSE above the noise variance, i.e. a
             denoiser worse than its input). Gradients still reach the head's weights at step 0 (they depend on
             its input features), and the rest of the decoder from step 1.
+        image_skip: also join the input image itself to the full-resolution decoder block (one more skip, before
+            ``refine``), so the head sees the raw intensities next to the encoder's stage-0 maps. Not in the paper;
+            the CPU demo uses it, since tissue classes on a T1w are mostly intensity bands and a short schedule
+            learns them faster from the image than from random or pretrained stage-0 features.
 
     Input ``(B, in_channels, *spatial)``, each spatial size a multiple of ``2 ** (stages - 1)``; output
     ``(B, out_channels, *spatial)``.
@@ -90,9 +95,10 @@ class FrozenEncoderUNet(nn.Module):
     def __init__(self, encoder: nn.Module | str | os.PathLike | None = None, out_channels: int = 1,
                  decoder_features: Sequence[int] = PAPER_DECODER_FEATURES, encoder_config: Mapping | None = None,
                  pretrained: bool = True, freeze_encoder: bool = True, dropout: float = 0.2,
-                 zero_init_head: bool = False):
+                 zero_init_head: bool = False, image_skip: bool = False):
         super().__init__()
-        self.encoder = build_encoder(encoder, encoder_config, pretrained)
+        # `monai.bundle run --pretrained false` passes the text "false", which plain truth-testing reads as true
+        self.encoder = build_encoder(encoder, encoder_config, as_flag(pretrained, "pretrained"))
         stage_features = self.encoder.features
         decoder_features = tuple(int(f) for f in decoder_features)
         if len(decoder_features) != len(stage_features) + 1 or min(decoder_features) < 1:
@@ -106,7 +112,9 @@ class FrozenEncoderUNet(nn.Module):
         self.up_blocks = nn.ModuleList(
             UpBlock(spatial_dims, decoder_features[i - 1], stage_features[-1 - i], decoder_features[i], dropout)
             for i in range(1, len(stage_features)))
-        self.refine = EncoderStage(spatial_dims, decoder_features[-2], decoder_features[-1], dropout)
+        self.image_skip = as_flag(image_skip, "image_skip")
+        refine_in = decoder_features[-2] + (self.encoder.in_channels if self.image_skip else 0)
+        self.refine = EncoderStage(spatial_dims, refine_in, decoder_features[-1], dropout)
         self.head = Convolution(spatial_dims, decoder_features[-1], int(out_channels), kernel_size=1, conv_only=True)
         if zero_init_head:
             for parameter in self.head.parameters():
@@ -129,21 +137,30 @@ class FrozenEncoderUNet(nn.Module):
         """The parameters an optimizer should update (the decoder's, plus the encoder's when not frozen)."""
         return (parameter for parameter in self.parameters() if parameter.requires_grad)
 
-    def parameter_groups(self, learning_rate: float, encoder_learning_rate: float | None = None) -> list[dict]:
+    def parameter_groups(self, learning_rate: float, encoder_learning_rate: float | None = None,
+                         head_learning_rate: float | None = None) -> list[dict]:
         """Optimizer parameter groups: the decoder at ``learning_rate``, the encoder (when it is fine-tuned) at
-        ``encoder_learning_rate`` (None: ``learning_rate``).
+        ``encoder_learning_rate`` and the 1x1(x1) output convolution at ``head_learning_rate`` (None: both
+        ``learning_rate``).
 
         Fine-tuning a pretrained encoder usually takes a lower rate than the decoder trained from scratch, so its
-        features move less than the decoder's random start. A frozen encoder has no group (nothing to update).
+        features move less than the decoder's random start. A frozen encoder has no group (nothing to update). The
+        output convolution may take a higher rate: AdamW moves a weight by about the rate per step, and the logits
+        are the output convolution's weights times unit-variance (normalised) features, so a short schedule at the
+        decoder's rate ends with logits too small to be confident.
         """
-        rates = {"learning_rate": learning_rate, "encoder_learning_rate": encoder_learning_rate}
+        rates = {"learning_rate": learning_rate, "encoder_learning_rate": encoder_learning_rate,
+                 "head_learning_rate": head_learning_rate}
         for name, rate in rates.items():
             if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float))
                                      or not 0 < float(rate) < float("inf")):
                 raise InputError(name, f"must be a positive number, got {rate!r}")
         encoder_ids = {id(parameter) for parameter in self.encoder.parameters()}
-        decoder = [p for p in self.parameters() if p.requires_grad and id(p) not in encoder_ids]
+        head_ids = {id(parameter) for parameter in self.head.parameters()} if head_learning_rate is not None else set()
+        decoder = [p for p in self.parameters() if p.requires_grad and id(p) not in encoder_ids | head_ids]
         groups = [{"params": decoder, "lr": float(learning_rate), "name": "decoder"}]
+        if head_ids:
+            groups.append({"params": list(self.head.parameters()), "lr": float(head_learning_rate), "name": "head"})
         encoder = [p for p in self.encoder.parameters() if p.requires_grad]
         if encoder:
             rate = learning_rate if encoder_learning_rate is None else encoder_learning_rate
@@ -156,10 +173,12 @@ class FrozenEncoderUNet(nn.Module):
                 return self.encoder.forward_stages(x)[1]
         return self.encoder.forward_stages(x)[1]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        stages = self.encode(x)
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        stages = self.encode(image)
         x = self.bottleneck(stages[-1])
         skips = stages[:-1]
         for index, block in enumerate(self.up_blocks):  # deepest skip first (written for TorchScript)
             x = block(x, skips[len(skips) - 1 - index])
+        if self.image_skip:
+            x = torch.cat([image, x], dim=1)
         return self.head(self.refine(x))
