@@ -74,13 +74,15 @@ def test_head_learning_rate_puts_exactly_the_output_convolution_in_its_own_group
     assert (after["refine.1.conv.bias"] - before["refine.1.conv.bias"]).abs().max() <= 1e-3 * 1.001
 
 
-def test_cpu_demo_dice_pools_each_class_over_the_batch():
-    """``dice_batch`` (on in mri_segmentation's cpu_demo.json): the loss of two crops equals the loss of one volume
-    made of both, so a class missing from one crop is scored over the batch, not as a 0-or-1 term of that crop."""
+def test_dice_batch_pools_each_class_over_the_batch():
+    """``dice_batch`` (mri_segmentation's switch; "true" as the command line passes it): the loss of two crops equals
+    the loss of one volume made of both, so a class missing from one crop is scored over the batch, not as a 0-or-1
+    term of that crop."""
     configs = REPO / "bundles" / "mri_segmentation" / "configs"
     parser = ConfigParser()
     parser.read_config([str(configs / "train.json"), str(configs / "cpu_demo.json")])
     parser["device"] = "$torch.device('cpu')"
+    parser["dice_batch"] = "true"
     loss = parser.get_parsed_content("loss")
     torch.manual_seed(0)
     logits = torch.randn(2, 4, 6, 6, 6)
@@ -251,10 +253,7 @@ def test_bundle_configs_resolve_each_mode(bundle, extra, demo_data, tmp_path):
                    "demo_test_subjects": 1})
     groups = parser.get_parsed_content("optimizer").param_groups
     rate = parser.get_parsed_content("learning_rate")
-    # mri_segmentation's CPU recipe gives the output convolution its own group at 10x the rate (head_learning_rate)
-    head = [10 * rate] if bundle == "mri_segmentation" else []
     expected = {"": [rate], "simulation_augmented.json": [rate, rate], "finetune.json": [rate, 0.1 * rate]}
-    expected = {key: lrs[:1] + head + lrs[1:] for key, lrs in expected.items()}
     assert [g["lr"] for g in groups] == pytest.approx(expected["".join(extra)])
     item = parser.get_parsed_content("train#augmented_dataset")[0]
     item = item[0] if isinstance(item, list) else item
