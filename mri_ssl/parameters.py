@@ -61,7 +61,8 @@ SIZE = Rule("size", low=1)
 
 RULES: dict[str, Rule] = {
     **{name: COUNT for name in (
-        "batch_size", "pretrain_batch_size", "num_epochs", "pretrain_epochs", "max_epochs", "val_interval",
+        "batch_size", "pretrain_batch_size", "classifier_batch_size", "num_epochs", "pretrain_epochs", "max_epochs",
+        "val_interval",
         "sw_batch_size", "num_frames", "max_length", "embed_dim", "hidden_size", "mlp_dim", "num_layers",
         "num_heads", "projection_dim", "projection_hidden", "predictor_hidden", "temporal_layers", "temporal_heads",
         "text_width", "text_layers", "text_heads", "demo_subjects", "demo_studies", "demo_images", "demo_size",
@@ -71,8 +72,8 @@ RULES: dict[str, Rule] = {
         "demo_seed")},
     **{name: OPTIONAL_COUNT for name in ("epoch_length", "probe_max_fit_images", "crop_centres_per_class")},
     **{name: POSITIVE for name in (
-        "learning_rate", "base_learning_rate", "temperature", "grad_clip_norm", "noise_sigma",
-        "demo_resolution_mm")},
+        "learning_rate", "base_learning_rate", "classifier_learning_rate", "temperature", "grad_clip_norm",
+        "noise_sigma", "demo_resolution_mm")},
     **{name: NON_NEGATIVE for name in ("weight_decay", "pretrain_weight_decay", "momentum", "reconstruction_weight",
                                        "attention_weight", "pointing_tolerance_px")},
     **{name: FRACTION for name in ("label_fraction", "data_fraction")},

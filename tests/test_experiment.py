@@ -430,6 +430,31 @@ def test_a_grid_names_its_own_pretraining_mode_and_encoder_file():
     assert len({r.config_hash for r in runs}) == len(runs)
 
 
+def test_the_cmr_grid_probes_the_video_text_encoder_of_its_own_seed():
+    from mri_ssl.experiments.runner import untrusted_findings
+
+    grid = load_grid(REPO / "experiments" / "cmr_label_efficiency.yaml")
+    assert grid.modes == ("random", "clip") and grid.pretraining.mode_key is None
+    assert grid.label_fractions == (0.01, 0.1, 1.0) and grid.seeds == (0, 1, 2)
+    runs = expand_runs(grid)
+    pretrain = [r for r in runs if r.kind == "pretrain"]
+    assert [r.label for r in pretrain] == [f"pretrain-clip-seed{s}" for s in grid.seeds]
+    assert [[p.name for p in files] for _, files in pretrain[0].stages()] == [["train.json", "cpu_demo.json"]]
+    # the CLIP run's folder does not depend on the seed, so the grid's encoder file names it for every seed
+    assert all(r.overrides["run_name"] == "clip" and r.spec.encoder == "clip/best.pt" for r in pretrain)
+    downstream = [r for r in runs if r.kind == "downstream"]
+    assert len(downstream) == 2 * 3 * 3
+    assert [(stage, [p.name for p in files]) for stage, files in downstream[0].stages()] == [
+        ("train", ["classify.json", "cpu_demo.json"]),
+        ("evaluate", ["classify.json", "classify_evaluate.json", "cpu_demo.json"])]
+    for run in downstream:
+        assert run.overrides["pretrained"] == (run.mode == "clip")
+        assert run.upstream is None if run.mode == "random" else run.upstream.seed == run.seed
+        assert run.overrides["demo_data_dir"] == "{out_dir}/data/cmr"  # the pretraining's phantom, written once
+    assert pretrain[0].overrides["demo_data_dir"] == "{out_dir}/data/cmr"
+    assert len({r.config_hash for r in runs}) == len(runs) and untrusted_findings(grid) == []
+
+
 def test_modes_without_a_mode_key_differ_by_their_mode_overrides(tmp_path):
     path = write_grid(tmp_path)
     content = yaml.safe_load(path.read_text())

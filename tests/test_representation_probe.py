@@ -220,3 +220,27 @@ def test_the_probe_table_and_learning_curves_read_the_runs_histories(tmp_path):
     path = plot_learning_curves(results, grid, tmp_path / "figures" / "learning_curves.png")
     assert path.is_file() and path.stat().st_size > 10_000
     assert plot_learning_curves([], grid, tmp_path / "none.png") is None
+
+
+def test_the_video_text_probe_table_and_curves_show_retrieval_against_chance(tmp_path):
+    from types import SimpleNamespace
+
+    from mri_ssl.experiments.figures import plot_learning_curves
+    from mri_ssl.experiments.runner import STATUS_OK
+    from mri_ssl.experiments.tables import probe_markdown
+
+    def scores(rsum, iteration):  # a RetrievalProbe record (mri_ssl.metrics.RetrievalProbe), 100 validation pairs
+        return {"iteration": iteration, "epoch": iteration // 25, "RSUM": rsum, "rsum_chance": 32.0,
+                "t2v_R@5": rsum / 6, "v2t_R@5": rsum / 6, "clip_loss": 4.6 - rsum / 200,
+                "clip_loss_chance": math.log(100), "spread": 0.03, "spread_healthy": 0.044, "n": 100,
+                "train_loss": 2.0}
+
+    results = [SimpleNamespace(run=SimpleNamespace(kind="pretrain", mode="clip", seed=seed), status=STATUS_OK,
+                               probe={"random_init": scores(34.0, 0), "history": [scores(31.0, 0), scores(end, 125)]})
+               for seed, end in ((0, 117.0), (1, 87.0))]
+    grid = SimpleNamespace(name="cmr", modes=("random", "clip"), titles={})
+    table = probe_markdown(results, grid)
+    assert "chance RSUM 32" in table and f"{math.log(100):.3f}" in table
+    assert "| clip | end | 2 | 102.000 ± 21.213 |" in table and "| clip | random init | 2 | 34.000 ± 0.000 |" in table
+    path = plot_learning_curves(results, grid, tmp_path / "learning_curves.png")
+    assert path.is_file() and path.stat().st_size > 10_000

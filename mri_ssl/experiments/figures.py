@@ -17,8 +17,8 @@ import numpy as np
 
 from mri_ssl.experiments.grid import Grid
 from mri_ssl.experiments.runner import STATUS_OK, RunResult
-from mri_ssl.experiments.tables import (column_title, is_retrieval_probe, pretraining_title, probe_histories,
-                                        row_title)
+from mri_ssl.experiments.tables import (column_title, is_retrieval_probe, is_video_text_probe, pretraining_title,
+                                        probe_histories, row_title)
 from mri_ssl.io.atomic import atomic_output
 
 MODE_COLOURS = {"random": "#9e9e9e", "base": "#1f77b4", "seqaug": "#ff7f0e", "seqinv": "#2ca02c",
@@ -194,6 +194,12 @@ CLASSIFICATION_CURVE_PANELS = (  # the 2-D probe: a linear probe on frozen featu
     ("spread", "projection spread (dotted: healthy 1/sqrt(d))", "spread_healthy"),
     ("train_loss", "training loss", None),
 )
+VIDEO_TEXT_CURVE_PANELS = (  # the video-text probe: retrieval among the validation studies and their reports
+    ("RSUM", "retrieval RSUM (validation split; dotted: chance)", "rsum_chance"),
+    ("clip_loss", "held-out CLIP loss (dotted: chance ln N)", "clip_loss_chance"),
+    ("spread", "projection spread (dotted: healthy 1/sqrt(d))", "spread_healthy"),
+    ("train_loss", "training loss (CLIP)", None),
+)
 
 
 def plot_learning_curves(results: Sequence[RunResult], grid: Grid, path: str | os.PathLike) -> Path | None:
@@ -206,8 +212,9 @@ def plot_learning_curves(results: Sequence[RunResult], grid: Grid, path: str | o
         return None
     plt = pyplot()
     first = next(iter(histories.values()))[0]["history"][0]
-    retrieval = is_retrieval_probe(first)
-    panels = LEARNING_CURVE_PANELS if retrieval else CLASSIFICATION_CURVE_PANELS
+    retrieval, video_text = is_retrieval_probe(first), is_video_text_probe(first)
+    panels = VIDEO_TEXT_CURVE_PANELS if video_text else LEARNING_CURVE_PANELS if retrieval else \
+        CLASSIFICATION_CURVE_PANELS
     fig, axes = plt.subplots(2, 2, figsize=(11.0, 7.0), squeeze=False)
     for ax, (key, title, chance_key) in zip(axes.flat, panels):
         chance, random_init = [], []
@@ -234,7 +241,8 @@ def plot_learning_curves(results: Sequence[RunResult], grid: Grid, path: str | o
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8, loc="best")
-    held_out = "held-out crops, each under two sequences" if retrieval else "validation images (linear probe)"
+    held_out = ("validation studies and reports" if video_text else "held-out crops, each under two sequences"
+                if retrieval else "validation images (linear probe)")
     fig.suptitle(f"{grid.name}: representation probe on {first['n']} {held_out}", fontsize=11)
     fig.tight_layout()
     return save_figure(fig, Path(path))

@@ -193,6 +193,8 @@ def format_plain_tables(records: Sequence[Mapping], grid: Grid) -> str:
 # linear probe on frozen features (``mri_ssl.metrics.classification_probe``, ``auc``...).
 RETRIEVAL_PROBE_COLUMNS = (("features_top1", "top-1 features"), ("projection_top1", "top-1 projections"),
                            ("features_top5", "top-5 features"), ("ntxent", "held-out NT-Xent"), ("spread", "spread"))
+VIDEO_TEXT_PROBE_COLUMNS = (("RSUM", "RSUM"), ("t2v_R@5", "text-to-video R@5"), ("v2t_R@5", "video-to-text R@5"),
+                            ("clip_loss", "held-out CLIP loss"), ("spread", "spread"))
 CLASSIFICATION_PROBE_COLUMNS = (("auc", "linear-probe macro AUC"), ("accuracy", "linear-probe accuracy"),
                                 ("spread", "projection spread"))
 PROBE_STAGES = (("step 0", lambda probe: probe["history"][0]), ("end", lambda probe: probe["history"][-1]),
@@ -204,13 +206,27 @@ def is_retrieval_probe(first: Mapping) -> bool:
     return "features_top1" in first
 
 
+def is_video_text_probe(first: Mapping) -> bool:
+    """Whether a probe history entry is the video-text retrieval probe's (``mri_ssl.metrics.RetrievalProbe``)."""
+    return "RSUM" in first
+
+
 def probe_columns(first: Mapping) -> tuple[tuple[str, str], ...]:
-    """The table columns of a probe, from its first history entry: retrieval (3-D) or linear probe (2-D)."""
+    """The table columns of a probe, from its first history entry: retrieval (3-D), video-text retrieval or linear
+    probe (2-D)."""
+    if is_video_text_probe(first):
+        return VIDEO_TEXT_PROBE_COLUMNS
     return RETRIEVAL_PROBE_COLUMNS if is_retrieval_probe(first) else CLASSIFICATION_PROBE_COLUMNS
 
 
 def probe_heading(first: Mapping) -> tuple[str, str]:
     """The probe table's heading and its closing note, worded for the probe's kind."""
+    if is_video_text_probe(first):
+        return (f"### Representation probe (video-text retrieval among the N = {first['n']} validation studies and "
+                f"reports: chance RSUM {first['rsum_chance']:.0f}, CLIP loss chance ln N = "
+                f"{first['clip_loss_chance']:.3f})",
+                "'step 0' is the model before training, 'end' the last probe of the run, 'random init' a never-trained "
+                "network of the same shape (seed + 999); the probe never sees the test split.")
     if is_retrieval_probe(first):
         return (f"### Representation probe (held-out crops, N = {first['n']}: chance top-1 {first['top1_chance']:.3f}, "
                 f"NT-Xent chance ln(2N-1) = {first['ntxent_chance']:.3f}, healthy spread "

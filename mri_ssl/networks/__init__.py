@@ -5,12 +5,14 @@ from mri_ssl.networks.encoder import PAPER_FEATURES, CNNEncoder3D
 from mri_ssl.networks.frozen_unet import PAPER_DECODER_FEATURES, FrozenEncoderUNet
 from mri_ssl.networks.heads import ProjectionHead, Reconstructor
 from mri_ssl.networks.pretrain_model import ContrastiveReconstructionModel
-from mri_ssl.networks.simsiam import SequenceClassifier, SimSiamModel, SimSiamPredictor, SimSiamProjector
+from mri_ssl.networks.simsiam import (EncoderClassifier, SequenceClassifier, SimSiamModel, SimSiamPredictor,
+                                      SimSiamProjector)
 from mri_ssl.networks.vit import ViTEncoder2D, load_vit_encoder
 
 __all__ = [
     "CAMClassifier", "CAMContrastModel", "HeatmapEncoder", "JointGradingClassifier",
     "PAPER_DECODER_FEATURES", "PAPER_FEATURES", "CNNEncoder3D", "ContrastiveReconstructionModel", "FrozenEncoderUNet",
     "ProjectionHead", "Reconstructor",
-    "SequenceClassifier", "SimSiamModel", "SimSiamPredictor", "SimSiamProjector", "ViTEncoder2D", "load_vit_encoder",
+    "EncoderClassifier", "SequenceClassifier", "SimSiamModel", "SimSiamPredictor", "SimSiamProjector", "ViTEncoder2D",
+    "load_vit_encoder",
 ]

@@ -96,36 +96,33 @@ class FeatureStandardisation(nn.BatchNorm1d):
                                         self.momentum, self.eps)
 
 
-class SequenceClassifier(nn.Module):
-    """A linear head on a ViT backbone: logits ``(B, num_classes)`` for BCE (one sigmoid per class).
+class EncoderClassifier(nn.Module):
+    """A linear head on an encoder's features: logits ``(B, num_classes)`` for BCE (one sigmoid per class).
 
     Args:
-        encoder, encoder_config, pretrained: as ``build_vit_encoder``; an empty encoder gives the
-            supervised-from-scratch baseline (or ImageNet weights through ``encoder_config["pretrained_path"]``).
-        num_classes: 5 (T1, T2, Cine, LGE, Other).
-        freeze_encoder: the linear probe: the backbone stays in eval mode (dropout off, any normalisation statistics
+        encoder: a module mapping the input to ``(B, in_features)`` features.
+        num_classes: number of output classes (at least 2).
+        freeze_encoder: the linear probe: the encoder stays in eval mode (dropout off, any normalisation statistics
             frozen) and gets no gradient; only the head trains, on standardised features (``FeatureStandardisation``).
-            The mean-pooled, layer-normed ViT tokens share a large common part (per-feature mean about 0.8) and
-            differ between images by little (per-feature std 0.03 for the cardiac SimSiam encoder), so a linear
-            layer on the raw features needs weights far larger than a few hundred optimiser steps reach; the
-            fine-tuned arms need no such layer, as the encoder moves its features itself.
+        in_features: the encoder's feature width (default: its ``out_features``).
     """
 
-    def __init__(self, encoder: nn.Module | str | None = None, encoder_config: Mapping | None = None,
-                 num_classes: int = 5, freeze_encoder: bool = False, pretrained: bool = True):
+    def __init__(self, encoder: nn.Module, num_classes: int, freeze_encoder: bool = False,
+                 in_features: int | None = None):
         super().__init__()
         if int(num_classes) < 2:
             raise InputError("num_classes", f"need at least 2 classes, got {num_classes}")
-        self.encoder = build_vit_encoder(encoder, encoder_config, pretrained)
-        self.head = nn.Linear(self.encoder.out_features, int(num_classes))
+        width = int(in_features if in_features is not None else encoder.out_features)
+        self.encoder = encoder
+        self.head = nn.Linear(width, int(num_classes))
         self.freeze_encoder = bool(freeze_encoder)
         # Identity when fine-tuning: no extra state-dict keys, so fine-tuned checkpoints keep their layout.
-        self.feature_norm = FeatureStandardisation(self.encoder.out_features) if self.freeze_encoder else nn.Identity()
+        self.feature_norm = FeatureStandardisation(width) if self.freeze_encoder else nn.Identity()
         if self.freeze_encoder:
             self.encoder.requires_grad_(False)
             self.encoder.eval()
 
-    def train(self, mode: bool = True) -> "SequenceClassifier":
+    def train(self, mode: bool = True) -> "EncoderClassifier":
         super().train(mode)
         if self.freeze_encoder:
             self.encoder.eval()  # a frozen backbone never updates normalisation statistics nor drops units
@@ -141,3 +138,22 @@ class SequenceClassifier(nn.Module):
         else:
             features = self.encoder(x)
         return self.head(self.feature_norm(features))
+
+
+class SequenceClassifier(EncoderClassifier):
+    """A linear head on a ViT backbone (``EncoderClassifier``): logits ``(B, num_classes)`` for BCE.
+
+    Args:
+        encoder, encoder_config, pretrained: as ``build_vit_encoder``; an empty encoder gives the
+            supervised-from-scratch baseline (or ImageNet weights through ``encoder_config["pretrained_path"]``).
+        num_classes: 5 (T1, T2, Cine, LGE, Other).
+        freeze_encoder: the linear probe (see ``EncoderClassifier``). The mean-pooled, layer-normed ViT tokens share
+            a large common part (per-feature mean about 0.8) and differ between images by little (per-feature std
+            0.03 for the cardiac SimSiam encoder), so a linear layer on the raw features needs weights far larger
+            than a few hundred optimiser steps reach; the fine-tuned arms need no such layer, as the encoder moves
+            its features itself.
+    """
+
+    def __init__(self, encoder: nn.Module | str | None = None, encoder_config: Mapping | None = None,
+                 num_classes: int = 5, freeze_encoder: bool = False, pretrained: bool = True):
+        super().__init__(build_vit_encoder(encoder, encoder_config, pretrained), num_classes, freeze_encoder)

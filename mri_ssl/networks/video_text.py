@@ -94,6 +94,7 @@ class VideoEncoder(nn.Module):
             raise InputError("attention", f"divided space-time attention needs a frame feature width divisible by 4 "
                                           f"(2-D sine-cosine position code), got {width}")
         self.width, self.attention, self.frame_encoder_kind = width, attention, frame_encoder
+        self.out_features = width  # the feature width, under the name the classifier heads read
         self.time_embedding = nn.Parameter(torch.zeros(1, MAX_FRAMES, width))
         nn.init.trunc_normal_(self.time_embedding, std=0.02)
         if attention == "divided":
