@@ -61,7 +61,8 @@ def parser_for(bundle: str, config: str, tmp_path: Path, **overrides) -> ConfigP
 
 FIRST_STEPS = [("mri_ssl_pretrain", "train.json"), ("mri_segmentation", "train.json"), ("mri_denoising", "train.json"),
                ("cardiac_sequence_classification", "train.json"), ("cardiac_sequence_classification", "pretrain.json"),
-               ("cmr_video_text", "train.json"), ("fundus_camcontrast", "stage1.json"),
+               ("cmr_video_text", "train.json"), ("cmr_video_text", "classify.json"),
+               ("fundus_camcontrast", "stage1.json"),
                ("fundus_camcontrast", "pretrain.json"), ("fundus_camcontrast", "finetune_cls.json"),
                ("fundus_camcontrast", "finetune_seg.json")]
 
@@ -89,8 +90,11 @@ def run_checks(parser: ConfigParser) -> None:
 def test_the_shipped_values_pass_and_nonsense_fails_before_any_data(bundle, config, tmp_path, capsys):
     run_checks(parser_for(bundle, config, tmp_path))  # the shipped values pass
     cardiac_pretrain = bundle.startswith("cardiac") and config == "pretrain.json"
-    epochs = "pretrain_epochs" if cardiac_pretrain else "max_epochs" if bundle == "cmr_video_text" else "num_epochs"
-    rate = "base_learning_rate" if cardiac_pretrain else "learning_rate"
+    cmr_classifier = config == "classify.json"
+    clip_training = bundle == "cmr_video_text" and not cmr_classifier
+    epochs = "pretrain_epochs" if cardiac_pretrain else "max_epochs" if clip_training else "num_epochs"
+    rate = ("base_learning_rate" if cardiac_pretrain else "classifier_learning_rate" if cmr_classifier
+            else "learning_rate")
     for name, value, needs in [(rate, "nan", "'nan' (text), needs a finite number > 0"),
                                (epochs, 0, "0, needs a whole number >= 1")]:
         line = first_step_error(parser_for(bundle, config, tmp_path, **{name: value}), capsys)
