@@ -34,7 +34,7 @@ from mri_ssl.errors import InputError
 from mri_ssl.io.atomic import atomic_write_text
 from mri_ssl.losses.grading import split_grading_logits
 from mri_ssl.metrics.classification import accuracy, f1_score, roc_auc
-from mri_ssl.metrics.fundus import average_precision, cam_iou, dice, pointing_distance
+from mri_ssl.metrics.fundus import average_precision, cam_iou, check_pointing_tolerance, dice, pointing_distance
 from mri_ssl.metrics.grading import grading_accuracies
 from mri_ssl.parameters import as_flag
 from mri_ssl.transforms.heatmaps import minmax_normalise
@@ -91,9 +91,7 @@ class ClassificationScorer:
     def __init__(self, cam_localisation: bool = False, cam_threshold: float = 0.5, pointing_tolerance: float = 0.0):
         self.cam_localisation = as_flag(cam_localisation, "cam_localisation")
         self.cam_threshold = float(cam_threshold)
-        self.pointing_tolerance = float(pointing_tolerance)
-        if not self.pointing_tolerance >= 0.0:
-            raise InputError("pointing_tolerance", f"must be a distance >= 0 in pixels, got {pointing_tolerance!r}")
+        self.pointing_tolerance = check_pointing_tolerance(pointing_tolerance)
         self.reset()
 
     def reset(self) -> None:

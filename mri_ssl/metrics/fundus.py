@@ -31,12 +31,17 @@ def pointing_distance(cam: np.ndarray, mask: np.ndarray) -> float:
     return float(ndimage.distance_transform_edt(~mask)[row, col])
 
 
+def check_pointing_tolerance(tolerance: float) -> float:
+    """``tolerance`` as a float, or ``InputError`` naming ``pointing_tolerance`` unless it is a distance >= 0."""
+    if not float(tolerance) >= 0.0:
+        raise InputError("pointing_tolerance", f"must be a distance >= 0 in pixels, got {tolerance!r}")
+    return float(tolerance)
+
+
 def pointing_game_hit(cam: np.ndarray, mask: np.ndarray, tolerance: float = 0.0) -> bool:
     """True when the (first) maximum of ``cam`` (H, W) lies inside ``mask`` (H, W; non-empty), or at most
     ``tolerance`` pixels from it."""
-    if not float(tolerance) >= 0.0:
-        raise InputError("pointing_tolerance", f"must be a distance >= 0 in pixels, got {tolerance!r}")
-    return pointing_distance(cam, mask) <= float(tolerance)
+    return pointing_distance(cam, mask) <= check_pointing_tolerance(tolerance)
 
 
 def cam_iou(cam: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> float:
