@@ -84,9 +84,10 @@ class FrozenEncoderUNet(nn.Module):
             denoiser worse than its input). Gradients still reach the head's weights at step 0 (they depend on
             its input features), and the rest of the decoder from step 1.
         image_skip: also join the input image itself to the full-resolution decoder block (one more skip, before
-            ``refine``), so the head sees the raw intensities next to the encoder's stage-0 maps. Not in the paper;
-            the CPU demo uses it, since tissue classes on a T1w are mostly intensity bands and a short schedule
-            learns them faster from the image than from random or pretrained stage-0 features.
+            ``refine``), so the head sees the raw intensities next to the encoder's stage-0 maps. Not in the paper,
+            and off in every shipped config: tissue classes on a T1w are mostly intensity bands, which a short
+            schedule learns faster from the image, but the head then bypasses its encoder (the segmentation
+            bundle's README has the measurements).
 
     Input ``(B, in_channels, *spatial)``, each spatial size a multiple of ``2 ** (stages - 1)``; output
     ``(B, out_channels, *spatial)``.
