@@ -17,8 +17,7 @@ import numpy as np
 
 from mri_ssl.experiments.grid import Grid
 from mri_ssl.experiments.runner import STATUS_OK, RunResult
-from mri_ssl.experiments.tables import (column_title, is_retrieval_probe, is_video_text_probe, pretraining_title,
-                                        probe_histories, row_title)
+from mri_ssl.experiments.tables import column_title, pretraining_title, probe_histories, probe_kind, row_title
 from mri_ssl.io.atomic import atomic_output
 
 MODE_COLOURS = {"random": "#9e9e9e", "base": "#1f77b4", "seqaug": "#ff7f0e", "seqinv": "#2ca02c",
@@ -200,6 +199,11 @@ VIDEO_TEXT_CURVE_PANELS = (  # the video-text probe: retrieval among the validat
     ("spread", "projection spread (dotted: healthy 1/sqrt(d))", "spread_healthy"),
     ("train_loss", "training loss (CLIP)", None),
 )
+CURVE_PANELS_BY_KIND = {"retrieval": LEARNING_CURVE_PANELS, "video_text": VIDEO_TEXT_CURVE_PANELS,
+                        "classification": CLASSIFICATION_CURVE_PANELS}
+PROBED_DATA_BY_KIND = {"retrieval": "held-out crops, each under two sequences",
+                       "video_text": "validation studies and reports",
+                       "classification": "validation images (linear probe)"}
 
 
 def plot_learning_curves(results: Sequence[RunResult], grid: Grid, path: str | os.PathLike) -> Path | None:
@@ -212,9 +216,8 @@ def plot_learning_curves(results: Sequence[RunResult], grid: Grid, path: str | o
         return None
     plt = pyplot()
     first = next(iter(histories.values()))[0]["history"][0]
-    retrieval, video_text = is_retrieval_probe(first), is_video_text_probe(first)
-    panels = VIDEO_TEXT_CURVE_PANELS if video_text else LEARNING_CURVE_PANELS if retrieval else \
-        CLASSIFICATION_CURVE_PANELS
+    kind = probe_kind(first)
+    panels = CURVE_PANELS_BY_KIND[kind]
     fig, axes = plt.subplots(2, 2, figsize=(11.0, 7.0), squeeze=False)
     for ax, (key, title, chance_key) in zip(axes.flat, panels):
         chance, random_init = [], []
@@ -241,8 +244,6 @@ def plot_learning_curves(results: Sequence[RunResult], grid: Grid, path: str | o
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8, loc="best")
-    held_out = ("validation studies and reports" if video_text else "held-out crops, each under two sequences"
-                if retrieval else "validation images (linear probe)")
-    fig.suptitle(f"{grid.name}: representation probe on {first['n']} {held_out}", fontsize=11)
+    fig.suptitle(f"{grid.name}: representation probe on {first['n']} {PROBED_DATA_BY_KIND[kind]}", fontsize=11)
     fig.tight_layout()
     return save_figure(fig, Path(path))

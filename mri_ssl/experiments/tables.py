@@ -201,33 +201,31 @@ PROBE_STAGES = (("step 0", lambda probe: probe["history"][0]), ("end", lambda pr
                 ("random init", lambda probe: probe["random_init"]))
 
 
-def is_retrieval_probe(first: Mapping) -> bool:
-    """Whether a probe history entry is the 3-D cross-sequence retrieval probe's (else a 2-D linear probe's)."""
-    return "features_top1" in first
+def probe_kind(first: Mapping) -> str:
+    """The kind of probe a history entry comes from: ``"video_text"`` (``mri_ssl.metrics.RetrievalProbe``),
+    ``"retrieval"`` (the 3-D cross-sequence retrieval probe) or ``"classification"`` (a 2-D linear probe)."""
+    return "video_text" if "RSUM" in first else "retrieval" if "features_top1" in first else "classification"
 
 
-def is_video_text_probe(first: Mapping) -> bool:
-    """Whether a probe history entry is the video-text retrieval probe's (``mri_ssl.metrics.RetrievalProbe``)."""
-    return "RSUM" in first
+PROBE_COLUMNS_BY_KIND = {"video_text": VIDEO_TEXT_PROBE_COLUMNS, "retrieval": RETRIEVAL_PROBE_COLUMNS,
+                         "classification": CLASSIFICATION_PROBE_COLUMNS}
 
 
 def probe_columns(first: Mapping) -> tuple[tuple[str, str], ...]:
-    """The table columns of a probe, from its first history entry: retrieval (3-D), video-text retrieval or linear
-    probe (2-D)."""
-    if is_video_text_probe(first):
-        return VIDEO_TEXT_PROBE_COLUMNS
-    return RETRIEVAL_PROBE_COLUMNS if is_retrieval_probe(first) else CLASSIFICATION_PROBE_COLUMNS
+    """The table columns of a probe, from its first history entry (``probe_kind``)."""
+    return PROBE_COLUMNS_BY_KIND[probe_kind(first)]
 
 
 def probe_heading(first: Mapping) -> tuple[str, str]:
     """The probe table's heading and its closing note, worded for the probe's kind."""
-    if is_video_text_probe(first):
+    kind = probe_kind(first)
+    if kind == "video_text":
         return (f"### Representation probe (video-text retrieval among the N = {first['n']} validation studies and "
                 f"reports: chance RSUM {first['rsum_chance']:.0f}, CLIP loss chance ln N = "
                 f"{first['clip_loss_chance']:.3f})",
                 "'step 0' is the model before training, 'end' the last probe of the run, 'random init' a never-trained "
                 "network of the same shape (seed + 999); the probe never sees the test split.")
-    if is_retrieval_probe(first):
+    if kind == "retrieval":
         return (f"### Representation probe (held-out crops, N = {first['n']}: chance top-1 {first['top1_chance']:.3f}, "
                 f"NT-Xent chance ln(2N-1) = {first['ntxent_chance']:.3f}, healthy spread "
                 f"{first['spread_healthy']:.3f})",
