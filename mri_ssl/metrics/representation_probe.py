@@ -24,12 +24,10 @@ its own baseline, beside a randomly re-initialised encoder of the same shape) an
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
 from abc import ABC, abstractmethod
-from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -39,6 +37,7 @@ import torch.nn.functional as F
 from mri_ssl.distributed import rank
 from mri_ssl.errors import InputError
 from mri_ssl.io.atomic import save_json
+from mri_ssl.io.history import records_before
 from mri_ssl.losses.ntxent import NTXentLoss
 from mri_ssl.metrics.retrieval import true_item_ranks
 
@@ -259,15 +258,8 @@ class ProbeHandler(ABC):
             return
         self._started = True
         iteration = int(engine.state.iteration)
-        if iteration > 0 and self.history_path is not None and Path(self.history_path).is_file():
-            try:
-                earlier = json.loads(Path(self.history_path).read_text())
-            except (OSError, ValueError) as error:
-                logger.warning("cannot read the probe history %s to continue it, starting a new one: %s",
-                               self.history_path, error)
-            else:
-                self.history = [record for record in earlier.get("history", [])
-                                if int(record.get("iteration", 0)) < iteration]
+        if iteration > 0:
+            self.history = records_before(self.history_path, "iteration", iteration)
         self(engine, at_start=True)
 
     def _add_train_loss(self, engine) -> None:

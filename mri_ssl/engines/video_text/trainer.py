@@ -13,7 +13,6 @@ as a single-process run; files are written by rank 0 only, with no collective in
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -33,6 +32,7 @@ from mri_ssl.engines.schedules import weight_decay_groups
 from mri_ssl.engines.video_text.model import unwrap
 from mri_ssl.errors import InputError
 from mri_ssl.io.atomic import save_json
+from mri_ssl.io.history import records_before
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class VideoTextTrainer(Trainer):
 
     def _start_epoch(self, engine: Engine) -> None:
         if not self.history and engine.state.epoch > 1:
-            self.history = self._earlier_history(engine.state.epoch)
+            self.history = records_before(self.history_path, "epoch", engine.state.epoch)
         self._epoch_losses = []
         if self.seed is None:
             return
@@ -121,17 +121,6 @@ class VideoTextTrainer(Trainer):
         if isinstance(getattr(dataset, "rng", None), np.random.RandomState):
             dataset.rng.seed(epoch_seed + 100_003 * rank())  # frame sampling
         engine.set_data(loader)  # a fresh iterator draws its order from the generator just seeded
-
-    def _earlier_history(self, epoch: int) -> list[dict]:
-        """The records of the epochs before ``epoch`` in ``history.json`` (a run resumed after them)."""
-        if self.history_path is None or not self.history_path.is_file():
-            return []
-        try:
-            records = json.loads(self.history_path.read_text())["history"]
-        except (ValueError, KeyError, TypeError) as error:
-            logger.warning("cannot read %s (%s); the history restarts at epoch %d", self.history_path, error, epoch)
-            return []
-        return [r for r in records if isinstance(r, dict) and r.get("epoch", epoch) < epoch]
 
     def _iteration(self, engine: Engine, batchdata: dict) -> dict:
         video = batchdata["video"].to(engine.state.device, non_blocking=True)
