@@ -89,8 +89,9 @@ def test_pretrain_finetune_probe_and_evaluate_through_monai_bundle_run(tmp_path,
     assert result.returncode == 0, result.stderr[-3000:]
     assert "collapse indicator" in result.stdout + result.stderr
     simsiam = tmp_path / "models" / "simsiam"
-    assert {"latest.pt", "best.pt", "final.pt", "encoder_final.pt"} <= {p.name for p in simsiam.iterdir()}
-    encoder = load_vit_encoder(simsiam / "encoder_final.pt")
+    assert {"latest.pt", "best.pt", "final.pt", "encoder_best.pt", "encoder_final.pt"} <= \
+        {p.name for p in simsiam.iterdir()}
+    encoder = load_vit_encoder(simsiam / "encoder_best.pt")  # what train.json fine-tunes and probes
     assert encoder(torch.rand(1, 1, 84, 84)).shape == (1, TINY["hidden_size"])
     # The linear probe on frozen features ran at step 0 and after every epoch, and chose best.pt.
     probe = json.loads((tmp_path / "logs" / "simsiam" / "probe.json").read_text())
@@ -129,7 +130,8 @@ def test_pretrain_finetune_probe_and_evaluate_through_monai_bundle_run(tmp_path,
     assert all(0.0 <= float(v) <= 1.0 for row in rows[1:] for v in row.split(",")[6:])
     assert "broken.dcm" in Path(str(output) + ".skipped.txt").read_text()
 
-    # Linear probe (in-process, same configs): the probe's backbone is exactly the SimSiam encoder.
+    # Linear probe (in-process, same configs): the probe's backbone is exactly the SimSiam encoder the
+    # representation probe chose (encoder_best.pt).
     _run_in_process(tmp_path, [CONFIGS / "train.json", CONFIGS / "linear_probe.json", cpu, tiny])
     probe = load_checkpoint(tmp_path / "models" / "linear_probe" / "final.pt")["network"]
     for key, value in encoder.state_dict().items():

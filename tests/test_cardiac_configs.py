@@ -39,7 +39,7 @@ def test_batch_size_ablation_scales_the_learning_rate_and_keeps_runs_apart(batch
     assert config.get_parsed_content("ckpt_dir") == f"/bundle/models/ablation_batch_{batch}/simsiam"
     finetune = parser("train.json", f"ablations/batch_size_{batch}.json")
     assert finetune.get_parsed_content("encoder_path") == \
-        f"/bundle/models/ablation_batch_{batch}/simsiam/encoder_final.pt"
+        f"/bundle/models/ablation_batch_{batch}/simsiam/encoder_best.pt"
     assert finetune.get_parsed_content("ckpt_dir") == f"/bundle/models/ablation_batch_{batch}"
 
 
@@ -78,7 +78,7 @@ def test_multi_gpu_pretraining_runs_under_torchrun_on_cpu(tmp_path, tmp_path_fac
 def test_pretrained_switch_gives_a_random_init_encoder_without_an_encoder_file():
     """The experiment runner sets `pretrained` (and `encoder_path` only for a pretrained column): with `pretrained`
     false the classifier starts from random init, whatever `encoder_path` says."""
-    assert parser("train.json").get_parsed_content("network_def#encoder") == "/bundle/models/simsiam/encoder_final.pt"
+    assert parser("train.json").get_parsed_content("network_def#encoder") == "/bundle/models/simsiam/encoder_best.pt"
     assert parser("train.json", pretrained=False).get_parsed_content("network_def#encoder") == ""
     # From the command line the switch arrives as text: "false" must switch it off too.
     assert parser("train.json", pretrained="false").get_parsed_content("network_def#encoder") == ""
