@@ -63,7 +63,7 @@ def test_training_labels_keep_their_class_values():
 @pytest.mark.parametrize("ratios", [[0, 0, 1, 0], [0, 0, 0, 1]])
 def test_crop_class_ratios_choose_the_crop_centres(ratios):
     """``crop_class_ratios`` is handed to the sampler: all weight on one class puts every crop centre in it."""
-    sampler = training_config(crop_class_ratios=ratios).get_parsed_content("train#augmentation_transforms#0")
+    sampler = training_config(crop_class_ratios=ratios).get_parsed_content("train#crop")
     sampler.set_random_state(seed=0)
     wanted = ratios.index(1)
     for _ in range(20):
@@ -82,7 +82,7 @@ def test_crop_centres_are_listed_once_in_the_cached_stage_and_choose_the_same_cr
     for transform in cached_stage:
         listed = transform(listed)
     assert [len(indices) for indices in listed[key]] == [int((case["label"] == c).sum()) for c in range(4)]
-    sampler = parser.get_parsed_content("train#augmentation_transforms#0")
+    sampler = parser.get_parsed_content("train#crop")
     from_list, from_label = [], []
     for source, out in ((listed, from_list), (case, from_label)):
         sampler.set_random_state(seed=3)

@@ -9,17 +9,43 @@ as ``NormalizeIntensityd`` z-scores a fixed image. SynthSeg randomises intensiti
 label; here the intensities are those of real sequence physics. Cuboid dropout, which the pretraining views also
 use, is left out: it would erase image where the labels (or the denoiser's clean target) still show anatomy.
 
-The whole volume is simulated (not the training crop) so that the z-scoring sees the same field of view as the
-fixed image's, and the crop, affine and intensity transforms that follow act alike in both modes.
+Crop first (``crop``, what the bundles pass): the training crop is drawn first (the bundle's own crop transform, on
+the label as in the fixed mode) and only that region is simulated and corrupted, with the same maths as simulating
+the whole volume and cropping afterwards:
+
+- the signal equations are voxel-wise, so the cropped maps give the very voxels of the cropped whole-volume image;
+- the bias field is the whole volume's polynomial field (Legendre basis over the volume's [-1, 1] coordinates, as
+  ``RandBiasField`` draws it), evaluated at the crop's voxels only: the same field, not a field stretched over the
+  crop;
+- Gibbs ringing is the whole volume's k-space truncation (the same cut-off sphere in the volume's k-space index
+  units, so the same ringing period and amplitude in voxels), applied to the crop with a ``gibbs_margin_voxels``
+  margin of real anatomy (zeros outside the volume, as the whole volume is padded) that is cut off afterwards. What
+  differs: anatomy farther than the margin does not ring into the crop (the ringing of an edge decays as 1/distance),
+  and the periodic wrap of the FFT joins the margin's faces, not the volume's (empty) borders, so edges within the
+  margin ring a little into the crop from the other side;
+- the Rician noise level (relative to the image's standard deviation) and the z-scoring use the whole volume's
+  statistics, estimated from the volume simulated and corrupted on a 1-in-``statistics_stride``^3 voxel grid (the
+  grid is simulated, biased and noised like the crop; Gibbs ringing, which keeps the mean and changes the standard
+  deviation little, is left out of the estimate), so a crop is scaled as the fixed image's crops are.
+
+On the CPU demo's tissue data (99x117x95 voxels, 32^3 crops, the bundle's whole augmentation, one thread) an item
+took 0.0145 CPU s against 0.0863 s simulating the whole volume (60 items, seed 0). The volume statistics on the
+stride-4 grid were within 3.0 % (mean) and 2.0 % (standard deviation) of the whole volume's (24 simulated images).
+With an 8-voxel margin, the crop's ringing had 0.84-1.04x the RMS amplitude of the whole volume's at the same voxels
+(alpha 0.3-0.8; 10 crops of the demo's T1w), in a pattern differing by 36-62 % RMS (the anatomy beyond the margin).
+Without ``crop`` the whole volume is simulated and corrupted, then z-scored over the volume, and the crop, affine and
+intensity transforms that follow act alike in both modes.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Hashable, Mapping, Sequence
+import math
+from typing import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import (
@@ -33,6 +59,7 @@ from monai.transforms import (
 
 from mri_ssl.errors import InputError
 from mri_ssl.physics.protocols import SEQUENCES
+from mri_ssl.physics.simulate import simulate
 from mri_ssl.transforms.simulate_sequence import RandSimulateSequenced
 
 __all__ = ["TRAINING_CONTRASTS", "MAP_KEYS", "RandTrainingContrastd", "check_training_contrast",
@@ -92,6 +119,12 @@ class RandTrainingContrastd(Randomizable, MapTransform):
         gibbs_prob, gibbs_alpha: ``RandGibbsNoise``, truncation fraction drawn in ``[0, gibbs_alpha]``.
         rician_prob, rician_std: ``RandRicianNoise``, standard deviation up to ``rician_std`` times the image's.
             The defaults are the pretraining views' (``ContrastiveViewPair``).
+        crop: a dictionary crop transform (one crop per item, e.g. ``RandCropByLabelClassesd`` on the image and
+            label keys): simulate the crop only (see the module docstring). It is called on the item without its
+            maps and with a stand-in under ``image_key`` (the first map), whose crop tells where the crop lies.
+            None: simulate the whole volume (the crop transform then follows in the pipeline).
+        gibbs_margin_voxels: with ``crop``, the margin of anatomy around the crop that Gibbs ringing sees.
+        statistics_stride: with ``crop``, the step of the voxel grid the volume's statistics are estimated on.
 
     ``set_random_state`` seeds the sequence / protocol draw and every corruption, so a seeded run re-simulates the
     same contrasts in the same order.
@@ -100,7 +133,8 @@ class RandTrainingContrastd(Randomizable, MapTransform):
     def __init__(self, mode: str = "simulated", map_keys: KeysCollection = MAP_KEYS, image_key: str = "image",
                  sequences: Sequence[str] = SEQUENCES, bias_field_prob: float = 0.5, bias_field_coeff: float = 0.3,
                  gibbs_prob: float = 0.5, gibbs_alpha: float = 0.8, rician_prob: float = 0.8,
-                 rician_std: float = 0.2) -> None:
+                 rician_std: float = 0.2, crop: Callable | None = None, gibbs_margin_voxels: int = 8,
+                 statistics_stride: int = 4) -> None:
         MapTransform.__init__(self, map_keys, allow_missing_keys=True)  # r2 and mt are optional maps
         self.mode = _checked_mode(mode)
         self.image_key = image_key
@@ -123,6 +157,21 @@ class RandTrainingContrastd(Randomizable, MapTransform):
                             channel_wise=False, sample_std=True),
         ]
         self.normalize = NormalizeIntensity()
+        for name, value, lowest in (("gibbs_margin_voxels", gibbs_margin_voxels, 0),
+                                    ("statistics_stride", statistics_stride, 1)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lowest:
+                raise InputError(name, f"must be a whole number >= {lowest}, got {value!r}")
+        if crop is not None and not callable(crop):
+            raise InputError("crop", f"must be a dictionary transform or None, got {type(crop).__name__}")
+        # Only the simulated mode uses the crop; in the fixed mode the pipeline holds (and seeds) it.
+        self.crop = crop if self.mode == "simulated" else None
+        self.gibbs_margin = int(gibbs_margin_voxels)
+        self.statistics_stride = int(statistics_stride)
+        self.probabilities = (float(bias_field_prob), float(gibbs_prob), float(rician_prob))
+        self.bias_field_coeff, self.gibbs_alpha, self.rician_std = (float(bias_field_coeff), float(gibbs_alpha),
+                                                                    float(rician_std))
+        self.bias_degree = 3
+        self._gibbs_distances: dict = {}
         self.set_random_state()
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
@@ -131,6 +180,8 @@ class RandTrainingContrastd(Randomizable, MapTransform):
         self.simulate.set_random_state(state=self.R)
         for transform in self.corruptions:
             transform.set_random_state(state=self.R)
+        if getattr(self, "crop", None) is not None and isinstance(self.crop, Randomizable):
+            self.crop.set_random_state(state=self.R)
         return self
 
     def randomize(self, data=None) -> None:
@@ -139,6 +190,8 @@ class RandTrainingContrastd(Randomizable, MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         if self.mode == "fixed":
             return dict(data)
+        if self.crop is not None:
+            return self._simulate_crop(data)
         d = self.simulate(data)
         image = d[self.image_key]
         meta = dict(image.meta) if isinstance(image, MetaTensor) else {}
@@ -153,3 +206,136 @@ class RandTrainingContrastd(Randomizable, MapTransform):
             del d[key]  # the maps have served; the spatial transforms that follow need not carry them
         d[self.image_key] = MetaTensor(plain, meta=meta)  # the meta carry the affine
         return d
+
+    # ------------------------------------------------------------------------------------------ crop-first path
+
+    def _simulate_crop(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        maps = self.simulate._stacked_maps(data)  # (C, *volume), the channel names set on the simulator
+        names = self.simulate.simulator.map_names
+        volume_shape = tuple(int(n) for n in maps.shape[1:])
+        volume_affine = maps.affine if isinstance(maps, MetaTensor) else torch.eye(4, dtype=torch.float64)
+        plain_maps = maps.as_tensor() if isinstance(maps, MetaTensor) else torch.as_tensor(maps)
+        plain_maps = plain_maps if plain_maps.is_floating_point() else plain_maps.float()
+        self.simulate.randomize()
+        sequence, protocol = self.simulate.simulator.sequence, self.simulate.simulator.protocol
+
+        rest = {key: value for key, value in data.items() if key not in set(self.keys)}
+        rest[self.image_key] = MetaTensor(plain_maps[:1], affine=volume_affine)  # stand-in: its crop is the box
+        cropped = self.crop(rest)
+        if isinstance(cropped, (list, tuple)):
+            if len(cropped) != 1:
+                raise InputError("crop", f"simulating the crop needs one crop per item, got {len(cropped)}")
+            cropped = cropped[0]
+        d = dict(cropped)
+        stand_in = d[self.image_key]
+        start = crop_start(volume_affine, stand_in.affine if isinstance(stand_in, MetaTensor) else volume_affine)
+        crop_shape = tuple(int(n) for n in stand_in.shape[1:])
+
+        # The draws, in a fixed order from the one random stream.
+        bias_coefficients = gibbs_alpha = rician_fraction = None
+        if self.R.rand() < self.probabilities[0]:
+            bias_coefficients = self.R.uniform(-self.bias_field_coeff, self.bias_field_coeff,
+                                               bias_coefficient_count(self.bias_degree, len(volume_shape)))
+        if self.R.rand() < self.probabilities[1]:
+            gibbs_alpha = float(self.R.uniform(0.0, self.gibbs_alpha))
+        if self.R.rand() < self.probabilities[2]:
+            rician_fraction = float(self.R.uniform(0.0, self.rician_std))
+
+        margin = self.gibbs_margin if gibbs_alpha is not None else 0
+        region_start = tuple(s - margin for s in start)
+        region_shape = tuple(n + 2 * margin for n in crop_shape)
+        region = _region(plain_maps, region_start, region_shape)
+        image = simulate({name: region[i] for i, name in enumerate(names)}, sequence, protocol,
+                         fused=False, validate=False)
+        # The volume's statistics from a coarse grid of the same simulated, corrupted volume.
+        stride = self.statistics_stride
+        offset = stride // 2  # the grid's voxels centred in their cells
+        grid = plain_maps[(slice(None),) + (slice(offset, None, stride),) * len(volume_shape)]
+        sample = simulate({name: grid[i] for i, name in enumerate(names)}, sequence, protocol,
+                          fused=False, validate=False)
+        if bias_coefficients is not None:
+            image = image * bias_field(bias_coefficients, self.bias_degree, volume_shape, region_start,
+                                       region_shape).to(image.dtype)
+            sample = sample * bias_field(bias_coefficients, self.bias_degree, volume_shape,
+                                         (offset,) * len(volume_shape), tuple(sample.shape),
+                                         step=stride).to(sample.dtype)
+        if gibbs_alpha is not None:
+            image = self._gibbs(image, gibbs_alpha, volume_shape)
+        image = image[tuple(slice(margin, margin + n) for n in crop_shape)]
+        if rician_fraction is not None:
+            sigma = rician_fraction * float(sample.std())
+            image = self._rician(image, sigma)
+            sample = self._rician(sample, sigma)
+        mean, std = float(sample.mean()), float(sample.std())
+        image = (image - mean) / (std if std > 0 else 1.0)  # NormalizeIntensity's z-score, with the volume's values
+
+        meta = dict(stand_in.meta) if isinstance(stand_in, MetaTensor) else {}
+        meta["sequence"] = sequence
+        meta["protocol"] = json.dumps(
+            {k: float(v) for k, v in protocol.items()}, sort_keys=True)  # text: collates across sequences
+        d[self.image_key] = MetaTensor(image[None].float().contiguous(), meta=meta)
+        return d
+
+    def _rician(self, image: torch.Tensor, sigma: float) -> torch.Tensor:
+        """``RandRicianNoise``'s magnitude of the image plus complex Gaussian noise of standard deviation ``sigma``."""
+        shape = tuple(image.shape)
+        real = torch.from_numpy(self.R.normal(0.0, sigma, size=shape).astype(np.float32))
+        imaginary = torch.from_numpy(self.R.normal(0.0, sigma, size=shape).astype(np.float32))
+        return torch.sqrt((image + real) ** 2 + imaginary ** 2)
+
+    def _gibbs(self, image: torch.Tensor, alpha: float, volume_shape: tuple[int, ...]) -> torch.Tensor:
+        """k-space truncation of ``image`` with the volume's cut-off: ``GibbsNoise`` keeps the frequencies within
+        ``(1 - alpha) max(volume) sqrt(2) / 2`` of the centre, in the volume's k-space index units; a frequency of f
+        cycles per voxel along an axis of the volume's size S is at index f S there, whatever the crop's size."""
+        key = (tuple(image.shape), volume_shape)
+        distance = self._gibbs_distances.get(key)
+        if distance is None:
+            axes = [torch.fft.fftfreq(n, dtype=torch.float64) * size
+                    for n, size in zip(image.shape[:-1], volume_shape[:-1])]
+            axes.append(torch.fft.rfftfreq(image.shape[-1], dtype=torch.float64) * volume_shape[-1])
+            grids = torch.meshgrid(*axes, indexing="ij")
+            distance = self._gibbs_distances[key] = torch.sqrt(sum(g ** 2 for g in grids))
+        radius = (1.0 - alpha) * max(volume_shape) * math.sqrt(2.0) / 2.0
+        spectrum = torch.fft.rfftn(image)
+        spectrum = spectrum * (distance <= radius)
+        return torch.fft.irfftn(spectrum, s=tuple(image.shape))
+
+
+def crop_start(volume_affine, crop_affine) -> tuple[int, ...]:
+    """The voxel index in the volume of a crop's first voxel, from the two affines (a crop only translates)."""
+    volume = torch.as_tensor(volume_affine, dtype=torch.float64)
+    crop = torch.as_tensor(crop_affine, dtype=torch.float64)
+    offset = torch.linalg.solve(volume[:3, :3], crop[:3, 3] - volume[:3, 3])
+    return tuple(int(round(float(v))) for v in offset)
+
+
+def _region(maps: torch.Tensor, start: Sequence[int], shape: Sequence[int]) -> torch.Tensor:
+    """``maps[:, start:start + shape]`` along each spatial axis, zeros where the region leaves the volume."""
+    volume_shape = maps.shape[1:]
+    inside = tuple(slice(max(0, s), min(size, s + n)) for s, n, size in zip(start, shape, volume_shape))
+    region = maps[(slice(None),) + inside]
+    padding = []
+    for s, n, size in reversed(list(zip(start, shape, volume_shape))):
+        padding += [max(0, -s), max(0, s + n - size)]
+    return F.pad(region, padding) if any(padding) else region
+
+
+def bias_coefficient_count(degree: int, spatial_dims: int) -> int:
+    """The number of polynomial coefficients ``RandBiasField`` draws (all powers of total degree <= ``degree``)."""
+    return int(round(np.prod([(degree + k) / k for k in range(1, spatial_dims + 1)])))
+
+
+def bias_field(coefficients, degree: int, volume_shape: Sequence[int], start: Sequence[int],
+               shape: Sequence[int], step: int = 1) -> torch.Tensor:
+    """``exp`` of ``RandBiasField``'s 3-D field of ``volume_shape`` (its Legendre basis on the volume's
+    ``linspace(-1, 1)`` coordinates, coefficients in its order), evaluated on the voxels ``start + step * i`` for
+    ``i < shape``; voxels outside the volume get the polynomial's continuation."""
+    if len(volume_shape) != 3:
+        raise InputError("maps", f"the crop-wise bias field is 3-D; got a volume of shape {tuple(volume_shape)}")
+    powers = [(i, j, k) for i in range(degree + 1) for j in range(degree + 1 - i) for k in range(degree + 1 - i - j)]
+    matrix = np.zeros((degree + 1,) * 3)
+    index = np.array(powers)
+    matrix[index[:, 0], index[:, 1], index[:, 2]] = coefficients
+    coords = [-1.0 + 2.0 * (s + step * np.arange(n)) / max(size - 1, 1)
+              for s, n, size in zip(start, shape, volume_shape)]
+    return torch.from_numpy(np.exp(np.polynomial.legendre.leggrid3d(*coords, matrix)))
