@@ -527,13 +527,18 @@ def test_the_fundus_grid_pretrains_the_whole_camcontrast_chain_in_one_run_folder
     assert len(pretrain) == 3
     assert [(stage, [p.name for p in files]) for stage, files in pretrain[0].stages()] == [
         ("train", ["stage1.json", "cpu_demo.json"]),
+        ("stage1_evaluate", ["stage1.json", "evaluate.json", "cpu_demo.json"]),
+        ("stage1_overlays", ["stage1.json", "inference.json", "cpu_demo.json"]),
         ("heatmaps", ["stage1.json", "generate_heatmaps.json", "cpu_demo.json"]),
         ("pretrain", ["pretrain.json", "cpu_demo.json"])]
     downstream = [r for r in runs if r.kind == "downstream"]
     assert len(downstream) == 2 * 2 * 3 * 3
-    for run in downstream:
+    for run in downstream:  # the random column loads nothing; the pretrained one gets encoder_path from the runner
         assert (run.upstream is None) == (run.mode == "random")
-        assert (run.overrides.get("encoder_name") == "random") == (run.mode == "random")
+    # The demo's runs are this grid's 100 % runs (same hashes): in the demo's --out folder the grid reuses them.
+    demo = {run.label: run.config_hash for run in expand_runs(load_grid(REPO / "experiments" / "demo_fundus.yaml"))}
+    shared = {run.label: run.config_hash for run in runs if run.label in demo}
+    assert len(shared) == len(demo) == 15 and all(demo[label] == digest for label, digest in shared.items())
     from mri_ssl.experiments.runner import untrusted_findings
 
     assert untrusted_findings(grid) == []

@@ -150,3 +150,20 @@ def test_the_command_line_probe_fails_in_seconds_with_one_line(tmp_path):
     assert done.stderr.strip().splitlines()[-1] == ("InputError: crop_size: got [33, 33, 33], needs each side a "
                                                     "multiple of 16 (the encoder's downsampling factor)")
     assert not (tmp_path / "demo_data").exists()
+
+
+def test_fundus_stage1_learning_rate_follows_learning_rate_unless_set(tmp_path, capsys):
+    # stage1.json's optimiser reads stage1_learning_rate, which defaults to learning_rate (the paper's 1e-4);
+    # cpu_demo.json sets it on its own, so the CPU demo's stage 1 does not change the rate of the other stages.
+    folder = bundle_dir("fundus_camcontrast") / "configs"
+    alone = ConfigParser()
+    alone.read_config(str(folder / "stage1.json"))
+    alone.update({"learning_rate": 0.02})
+    assert alone.get_parsed_content("stage1_learning_rate") == 0.02
+    demo_rate = json.loads((folder / "cpu_demo.json").read_text())["stage1_learning_rate"]
+    demo = parser_for("fundus_camcontrast", "stage1.json", tmp_path)
+    assert demo.get_parsed_content("stage1_learning_rate") == demo_rate != demo.get_parsed_content("learning_rate")
+    line = first_step_error(parser_for("fundus_camcontrast", "stage1.json", tmp_path, stage1_learning_rate="nan"),
+                            capsys)
+    assert line == "InputError: stage1_learning_rate: got 'nan' (text), needs a finite number > 0"
+    assert list(tmp_path.iterdir()) == [], "data were written before the parameters were checked"
