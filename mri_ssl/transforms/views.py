@@ -187,6 +187,10 @@ class ContrastiveViewPair(Randomizable):
             FSE, GRE and FLAIR draws show two of the three tissues within 5 % of each other (MPRAGE about 4 %), and a
             pair with such a view asks the encoder to match anatomy that the view does not show. Applies to every
             mode (Base's MPRAGE draws too); ignored for real images.
+        shared_view_geometry: both views of an item take the same spatial draw (crop position, rotation, shear,
+            scale, elastic deformation, flips), so they differ only in acquisition (``seqinv``) and in the
+            intensity corruptions, as the pairs of the representation probe do. False (default, the paper's): each
+            view is cropped, rotated and flipped independently.
         fused: simulate with the compiled kernel (``mri_ssl.physics.fused``).
         validate: check the input maps' names, ranges and finiteness once per call (the crops are then
             simulated without re-checking: bilinear resampling and zero padding keep every map in range).
@@ -235,6 +239,7 @@ class ContrastiveViewPair(Randomizable):
         dropout_size: tuple[int, int] = (5, 24),
         size_reference_crop: int | None = PAPER_CROP_VOXELS,
         min_tissue_contrast: float = 0.0,
+        shared_view_geometry: bool = False,
         fused: bool = False,
         validate: bool = True,
     ) -> None:
@@ -270,6 +275,7 @@ class ContrastiveViewPair(Randomizable):
         holes = _check_int_interval("dropout_holes", dropout_holes, 1)
         hole_size = _check_int_interval("dropout_size", dropout_size, 1)
         self.min_tissue_contrast = check_min_tissue_contrast(min_tissue_contrast)
+        self.shared_view_geometry = bool(shared_view_geometry)
         self.fused = bool(fused)
         self.validate = bool(validate)
         self.elastic = bool(elastic)
@@ -380,8 +386,9 @@ class ContrastiveViewPair(Randomizable):
         half_slack = tuple(max(0.0, (v - c) / 2.0) for v, c in zip(volume_shape, self.crop_size))
         self.spatial.rand_affine_grid.translate_range = half_slack
 
-    def _spatial(self, volume: torch.Tensor) -> torch.Tensor:
-        """Affine (+ elastic) resampling onto a random crop, then random flips: ``(C, X, Y, Z) -> (C, *crop)``.
+    def _spatial(self, volume: torch.Tensor, randomize: bool = True) -> torch.Tensor:
+        """Affine (+ elastic) resampling onto a random crop, then random flips: ``(C, X, Y, Z) -> (C, *crop)``;
+        ``randomize=False`` repeats the previous call's draw (``shared_view_geometry``).
 
         Done on the maps, before simulation: the signal equations act voxel by voxel, so resampling the maps and
         then simulating equals simulating and then resampling wherever the interpolation stencil sees one tissue.
@@ -389,9 +396,9 @@ class ContrastiveViewPair(Randomizable):
         parameters instead of the average of the tissues' signals (a partial-volume effect). Simulating on the
         crop (96^3) instead of the whole head is several times cheaper. The rotation is about the crop's centre.
         """
-        crop = self.spatial(volume)
+        crop = self.spatial(volume, randomize=randomize)
         for flip in self.flips:
-            crop = flip(crop)
+            crop = flip(crop, randomize=randomize)
         return _plain(crop)
 
     def _simulate(self, maps_crop: torch.Tensor, sequence: str, protocol: dict) -> torch.Tensor:
@@ -413,9 +420,11 @@ class ContrastiveViewPair(Randomizable):
             image = transform(image)
         return _plain(image).to(clean.device)
 
-    def _view(self, volume: torch.Tensor, sequence: str, protocol: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """One view of one item: ``(C, X, Y, Z)`` -> (view, target), each ``(1, *crop)``."""
-        clean = self._simulate(self._spatial(volume), sequence, protocol)
+    def _view(self, volume: torch.Tensor, sequence: str, protocol: dict,
+              new_geometry: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """One view of one item: ``(C, X, Y, Z)`` -> (view, target), each ``(1, *crop)``; ``new_geometry=False``
+        reuses the previous view's spatial draw."""
+        clean = self._simulate(self._spatial(volume, randomize=new_geometry), sequence, protocol)
         if self.input_is_image:
             # Rician noise needs a magnitude image; a real image that was already normalised is shifted to >= 0.
             clean = clean - clean.amin().clamp_max(0.0)
@@ -449,7 +458,8 @@ class ContrastiveViewPair(Randomizable):
         out: dict[str, list] = {key: [] for key in keys}
         for volume, acquisitions in zip(maps, self.acquisitions):
             for index, (sequence, protocol) in enumerate(acquisitions, start=1):
-                view, target = self._view(volume, sequence, protocol)
+                new_geometry = index == 1 or not self.shared_view_geometry
+                view, target = self._view(volume, sequence, protocol, new_geometry)
                 out[f"view{index}"].append(view)
                 out[f"target{index}"].append(target)
                 out[f"sequence{index}"].append(sequence)
