@@ -186,11 +186,13 @@ class ContrastiveViewPair(Randomizable):
             the random draws of a view pair without the floor. A departure from the paper: about a fifth of its
             FSE, GRE and FLAIR draws show two of the three tissues within 5 % of each other (MPRAGE about 4 %), and a
             pair with such a view asks the encoder to match anatomy that the view does not show. Applies to every
-            mode (Base's MPRAGE draws too); ignored for real images.
+            mode (Base's MPRAGE draws too); ignored for real images. At the CPU demo's budget a floor of 0.1 did
+            not make SeqInv beat Base on the probe (mri_ssl_pretrain's README), so no shipped config sets it.
         shared_view_geometry: both views of an item take the same spatial draw (crop position, rotation, shear,
             scale, elastic deformation, flips), so they differ only in acquisition (``seqinv``) and in the
             intensity corruptions, as the pairs of the representation probe do. False (default, the paper's): each
-            view is cropped, rotated and flipped independently.
+            view is cropped, rotated and flipped independently. Measured at the CPU demo's budget (one seed), it
+            did not separate SeqInv from Base either.
         fused: simulate with the compiled kernel (``mri_ssl.physics.fused``).
         validate: check the input maps' names, ranges and finiteness once per call (the crops are then
             simulated without re-checking: bilinear resampling and zero padding keep every map in range).
