@@ -191,7 +191,7 @@ class ContrastiveViewPair(Randomizable):
         shared_view_geometry: both views of an item take the same spatial draw (crop position, rotation, shear,
             scale, elastic deformation, flips), so they differ only in acquisition (``seqinv``) and in the
             intensity corruptions, as the pairs of the representation probe do. False (default, the paper's): each
-            view is cropped, rotated and flipped independently. Measured at the CPU demo's budget (one seed), it
+            view is cropped, rotated and flipped independently. Measured at the CPU demo's budget (three seeds), it
             did not separate SeqInv from Base either.
         fused: simulate with the compiled kernel (``mri_ssl.physics.fused``).
         validate: check the input maps' names, ranges and finiteness once per call (the crops are then
