@@ -124,6 +124,7 @@ def test_sizes_must_fit_the_network(bundle, name, value, factor, tmp_path, capsy
                                "each >= 1"),
     ("crop_size", [], "crop_size: got an empty list"),
     ("dropout", 1.0, "dropout: got 1.0, needs a finite number >= 0 and < 1"),
+    ("min_tissue_contrast", 0.5, "min_tissue_contrast: got 0.5, needs a finite number >= 0 and < 0.5"),
     ("label_fraction", 0, "label_fraction: got 0, needs a finite number > 0 and <= 1"),
     ("num_workers", -1, "num_workers: got -1, needs a whole number >= 0"),
 ])

@@ -329,3 +329,18 @@ def test_views_stay_on_the_input_device(mode):
     for key in ("view1", "view2", "target1", "target2"):
         assert out[key].device == maps.device and out[key].dtype == torch.float32
         assert torch.isfinite(out[key]).all()
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_shared_view_geometry_gives_both_views_one_spatial_draw(shared):
+    # seqaug: one acquisition per item, so with one spatial draw and no corruption the two targets are identical.
+    out = make_pair("seqaug", shared_view_geometry=shared, **NO_CORRUPTION)(sphere_maps(batch=3))
+    same = [torch.equal(out["target1"][i], out["target2"][i]) for i in range(3)]
+    assert same == [shared] * 3
+    # seqinv: the contrasts differ, but the background (no proton density, no signal under any sequence) covers
+    # the same voxels of both views exactly when they share the crop, rotation and flips.
+    out = make_pair("seqinv", shared_view_geometry=shared, **NO_CORRUPTION)(sphere_maps(batch=3))
+    for i in range(3):
+        background1 = out["target1"][i] == out["target1"][i].min()
+        background2 = out["target2"][i] == out["target2"][i].min()
+        assert torch.equal(background1, background2) == shared

@@ -1,0 +1,119 @@
+"""The tissue-contrast score of an acquisition and the view pair's contrast floor (``min_tissue_contrast``)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from scipy.optimize import brentq
+
+import mri_ssl.transforms.views as views_module
+from mri_ssl.errors import InputError
+from mri_ssl.parameters import check_bundle_parameters
+from mri_ssl.physics.contrast import tissue_contrast, tissue_signals
+from mri_ssl.physics.phantom import NOMINAL_TISSUE_PARAMETERS as TISSUES
+from mri_ssl.physics.protocols import TYPICAL_PROTOCOLS
+from mri_ssl.transforms.views import ContrastiveViewPair
+
+NO_CORRUPTION = dict(bias_field_prob=0.0, gibbs_prob=0.0, rician_prob=0.0, dropout_prob=0.0)
+
+
+def fse_signal(tissue: str, tr: float, te: float) -> float:
+    """The closed form ``PD (1 - exp(-R1 TR)) exp(-R2 TE)``; without an r2 map R2* stands in for R2."""
+    t = TISSUES[tissue]
+    return t["pd"] * (1.0 - math.exp(-t["r1"] * tr)) * math.exp(-t["r2s"] * te)
+
+
+def flat_fse_protocol(te: float = 0.002) -> dict[str, float]:
+    """The FSE protocol whose TR makes grey and white matter equally bright: WM's faster R1 wins at short TR, GM's
+    larger PD at long TR, so the two signals cross once in between."""
+    tr = brentq(lambda tr: fse_signal("gm", tr, te) - fse_signal("wm", tr, te), 0.01, 10.0, xtol=1e-14)
+    return {"tr": tr, "te": te}
+
+
+def pair(floor: float, **kwargs) -> ContrastiveViewPair:
+    return ContrastiveViewPair("seqinv", crop_size=4, dropout_size=(1, 2), min_tissue_contrast=floor,
+                               **NO_CORRUPTION, **kwargs).set_random_state(0)
+
+
+def test_contrast_is_the_smallest_signal_gap_over_the_brightest_tissue():
+    tr, te = 4.0, 0.09
+    signals = [fse_signal(t, tr, te) for t in ("csf", "gm", "wm")]
+    expected = min(abs(a - b) for i, a in enumerate(signals) for b in signals[i + 1:]) / max(signals)
+    assert tissue_signals("fse", {"tr": tr, "te": te}).tolist() == pytest.approx(signals, rel=1e-9)
+    assert tissue_contrast("fse", {"tr": tr, "te": te}) == pytest.approx(expected, rel=1e-9)
+
+
+def test_equal_grey_and_white_matter_signal_scores_zero_and_a_t1w_protocol_does_not():
+    flat = flat_fse_protocol()
+    assert fse_signal("gm", **flat) == pytest.approx(fse_signal("wm", **flat), rel=1e-9)
+    assert tissue_contrast("fse", flat) < 1e-6
+    # T1-weighted GRE and MPRAGE: CSF < GM < WM, each step well above 5 % of WM's signal.
+    assert tissue_contrast("gre", TYPICAL_PROTOCOLS["gre"]) > 0.15
+    assert tissue_contrast("mprage", TYPICAL_PROTOCOLS["mprage"]) > 0.3
+
+
+def test_floor_rejects_the_flat_protocol_and_draws_again(monkeypatch):
+    flat = {key: torch.tensor([value], dtype=torch.float64) for key, value in flat_fse_protocol().items()}
+    calls = []
+
+    def flat_first(sequence, n, generator):
+        calls.append(sequence)
+        return flat if len(calls) == 1 else {"tr": torch.tensor([4.0], dtype=torch.float64),
+                                             "te": torch.tensor([0.09], dtype=torch.float64)}
+
+    monkeypatch.setattr(views_module, "sample_protocol", flat_first)
+    view_pair = ContrastiveViewPair("seqaug", crop_size=4, sequences=("fse",), min_tissue_contrast=0.05)
+    view_pair.set_random_state(0)
+    view_pair.randomize(1)
+    (first, second), = view_pair.acquisitions
+    assert len(calls) == 2  # the flat draw rejected, the T2-weighted one kept
+    assert first == second == ("fse", {"tr": 4.0, "te": 0.09})
+
+
+def test_without_a_floor_the_flat_protocol_is_kept(monkeypatch):
+    flat = {key: torch.tensor([value], dtype=torch.float64) for key, value in flat_fse_protocol().items()}
+    monkeypatch.setattr(views_module, "sample_protocol", lambda sequence, n, generator: flat)
+    view_pair = ContrastiveViewPair("seqaug", crop_size=4, sequences=("fse",)).set_random_state(0)
+    view_pair.randomize(1)
+    assert view_pair.acquisitions[0][0][1]["tr"] == pytest.approx(float(flat["tr"]))
+
+
+def test_every_drawn_acquisition_reaches_the_floor_and_the_paper_draws_do_not():
+    floor = 0.15
+    contrasts = {}
+    for value in (0.0, floor):
+        view_pair = pair(value)
+        view_pair.randomize(40)
+        contrasts[value] = [tissue_contrast(s, p) for item in view_pair.acquisitions for s, p in item]
+    assert min(contrasts[floor]) >= floor
+    assert min(contrasts[0.0]) < floor  # so the floor did something
+
+
+def test_without_a_floor_no_contrast_is_computed_so_the_paper_draws_are_unchanged(monkeypatch):
+    def fail(*args):
+        raise AssertionError("the contrast was computed without a floor")
+
+    monkeypatch.setattr(views_module, "tissue_contrast", fail)
+    pair(0.0).randomize(8)
+    with pytest.raises(AssertionError, match="without a floor"):
+        pair(0.05).randomize(8)
+
+
+def test_an_unreachable_floor_stops_with_an_error_naming_it(monkeypatch):
+    monkeypatch.setattr(views_module, "_MAX_CONTRAST_DRAWS", 20)
+    view_pair = pair(0.49, sequences=("mprage",))
+    with pytest.raises(InputError, match="out of reach") as error:
+        view_pair.randomize(1)
+    assert error.value.source == "min_tissue_contrast"
+
+
+@pytest.mark.parametrize("floor", [-0.1, 0.5, 1.0, float("nan"), "high"])
+def test_bad_floor_is_an_input_error(floor):
+    with pytest.raises(InputError) as error:
+        ContrastiveViewPair(min_tissue_contrast=floor)
+    assert error.value.source == "min_tissue_contrast"
+    with pytest.raises(InputError) as error:
+        check_bundle_parameters({"min_tissue_contrast": floor})
+    assert error.value.source == "min_tissue_contrast"
