@@ -304,25 +304,46 @@ def sparse_heatmap_crops(n: int = 16, size: int = 4, seed: int = 0) -> torch.Ten
 def test_collapse_alarm_counts_epochs_whose_heatmap_tower_maps_every_crop_to_one_vector():
     from mri_ssl.engines import CAMContrastTrainer
 
-    torch.manual_seed(3)
-    model = CAMContrastModel(encoder_config={"features": [4, 8], "dropout": 0.0}, heatmap_features=(4, 4, 4),
-                             projection_hidden=8, heatmap_batch_norm=True, projection_batch_norm=True)
-
-    def run(heatmap):
+    def run(heatmap, collapse_tower=False):
+        torch.manual_seed(3)
+        model = CAMContrastModel(encoder_config={"features": [4, 8], "dropout": 0.0}, heatmap_features=(4, 4, 4),
+                                 projection_hidden=8, heatmap_batch_norm=True, projection_batch_norm=True)
+        if collapse_tower:  # the tower's output layer zeroed: every heatmap crop maps to one vector
+            for parameter in model.heatmap_projector[-1].parameters():
+                parameter.data.zero_()
         batches = [{"image": torch.rand(8, 3, 16, 16), "heatmap": heatmap} for _ in range(2)]
         optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
         trainer = CAMContrastTrainer("cpu", 2, batches, model, optimizer, NTXentLoss(0.1))
         trainer.run()
         return trainer
 
-    # Every heatmap identical: one heatmap projection for the whole batch, spread 0, an alarm at each epoch.
-    collapsed = run(torch.zeros(8, 1, 4, 4))
+    # Distinct heatmaps, one heatmap projection for the whole batch: spread 0, an alarm at each epoch.
+    collapsed = run(sparse_heatmap_crops(8, seed=1), collapse_tower=True)
     assert collapsed.state.metrics["heatmap_projection_std"] == pytest.approx(0.0, abs=1e-6)
     assert collapsed.collapse_alarms == 2
     healthy = run(sparse_heatmap_crops(8, seed=1))
     assert healthy.state.metrics["heatmap_projection_std"] > 0.5 / math.sqrt(128)
     assert healthy.state.metrics["image_projection_std"] > 0.5 / math.sqrt(128)
     assert healthy.collapse_alarms == 0
+    # Every heatmap crop the same input (a batch of normal images): nothing to spread, no spread measured, no alarm.
+    alike = run(torch.zeros(8, 1, 4, 4))
+    assert "heatmap_projection_std" not in alike.state.metrics and alike.collapse_alarms == 0
+
+
+def test_tower_spread_is_taken_over_distinct_inputs():
+    """Half a batch of all-zero heatmaps (normal images) must not lower the heatmap tower's measured spread: the
+    spread is that of the distinct inputs' projections (``distinct_rows``), not of the batch's rows."""
+    from mri_ssl.engines.camcontrast_trainer import distinct_rows
+
+    inputs = torch.tensor([[0.0, 0.0], [1.0, 2.0], [0.0, 0.0], [3.0, 4.0], [1.0, 2.0], [0.0, 0.0]])
+    assert distinct_rows(inputs).tolist() == [0, 1, 3]
+    assert distinct_rows(torch.zeros(5, 1, 2, 2)).tolist() == [0]
+    heatmaps = sparse_heatmap_crops(16, seed=2)  # rows 0-7 all zero
+    kept = distinct_rows(heatmaps)
+    assert kept.tolist() == [0] + list(range(8, 16))
+    projections = torch.randn(16, 32, generator=torch.Generator().manual_seed(0))
+    projections[:8] = projections[0]  # identical inputs, identical projections
+    assert projection_spread(projections[kept]) > projection_spread(projections) + 0.01
 
 
 def shipped_pretraining_network(seed: int, **overrides):

@@ -14,7 +14,10 @@ projections, near ``1/sqrt(dim)`` when spread out, 0 when every input maps to on
 averaged over the epoch's batches, is put in ``engine.state.metrics`` (``image_projection_std``,
 ``heatmap_projection_std``) and logged; when either falls below ``collapse_alarm_fraction / sqrt(dim)`` a warning
 says so and ``collapse_alarms`` counts it. The two towers are measured apart because one collapsed tower hides in
-the spread of the concatenated projections when the other is healthy.
+the spread of the concatenated projections when the other is healthy. Each tower's spread is taken over the distinct
+inputs of the batch (``distinct_rows``): a normal image's heatmap crop is all zero after negative suppression, so
+half the heatmap crops of a balanced batch are one and the same input, whose projections coincide by construction;
+counted as they were, they pulled the heatmap tower's spread under the alarm's threshold with a healthy tower.
 """
 
 from __future__ import annotations
@@ -33,6 +36,14 @@ from mri_ssl.metrics.representation_probe import projection_spread
 logger = logging.getLogger(__name__)
 
 METHODS = ("camcontrast", "simclr", "supcon")
+
+
+def distinct_rows(inputs: torch.Tensor) -> torch.Tensor:
+    """Indices of the first occurrence of each distinct item of ``inputs`` ``(B, ...)`` (exact equality), in order."""
+    _, inverse = torch.unique(inputs.detach().reshape(inputs.shape[0], -1), dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), inputs.shape[0], dtype=torch.long, device=inverse.device)
+    first.scatter_reduce_(0, inverse, torch.arange(inputs.shape[0], device=inverse.device), reduce="amin")
+    return first.sort().values
 
 
 class CAMContrastTrainer(ContrastiveTrainer):
@@ -72,6 +83,8 @@ class CAMContrastTrainer(ContrastiveTrainer):
 
     def _record_tower_spreads(self, **projections: torch.Tensor) -> None:
         for name, projection in projections.items():
+            if projection.shape[0] < 2:
+                continue  # one distinct input in the batch: no spread to measure
             self.tower_spreads.setdefault(name, []).append(projection_spread(projection))
             values = self.tower_spreads[name]
             self.state.metrics[f"{name}_projection_std"] = sum(values) / len(values)
@@ -115,7 +128,10 @@ class CAMContrastTrainer(ContrastiveTrainer):
                 output = self.network(images, second)
                 z1, z2 = output["projection"], output["heatmap_projection"]
                 projection = torch.cat([z1, z2])
-                self._record_tower_spreads(image=z1, heatmap=z2)
+                # Each tower's spread over its distinct inputs: every normal image's heatmap crop is all zero after
+                # negative suppression (half the demo's crops), and identical inputs map to one vector by
+                # construction, which is not a collapse of the tower.
+                self._record_tower_spreads(image=z1[distinct_rows(images)], heatmap=z2[distinct_rows(second)])
             else:
                 projection = self.network(torch.cat([images, second]))["projection"]
                 z1, z2 = projection[:batch_size], projection[batch_size:]
