@@ -45,7 +45,7 @@ def label_fraction_manifest(manifest: dict, fraction: float, seed: int = 0) -> d
 
     Drawn per label because a plain draw of 1 % of 300 studies keeps 3 studies, so at least one of the four labels
     has no positive example and its AUC measures nothing but the untrained head; per label, 1 % keeps one study of
-    each (4 studies) and 10 % about 30, and every fraction still lies inside the larger ones."""
+    each (4 studies) and 10 % 32 of 300 (8 of each), and every fraction still lies inside the larger ones."""
     studies = split_studies(manifest, "training")
     chosen = set()
     for label in sorted({str(study.get("label")) for study in studies}):
