@@ -72,7 +72,8 @@ RULES: dict[str, Rule] = {
         "demo_seed")},
     **{name: OPTIONAL_COUNT for name in ("epoch_length", "probe_max_fit_images", "crop_centres_per_class")},
     **{name: POSITIVE for name in (
-        "learning_rate", "base_learning_rate", "classifier_learning_rate", "stage1_learning_rate", "temperature",
+        "learning_rate", "base_learning_rate", "classifier_learning_rate", "stage1_learning_rate",
+        "encoder_learning_rate", "temperature",
         "grad_clip_norm", "noise_sigma", "demo_resolution_mm")},
     **{name: NON_NEGATIVE for name in ("weight_decay", "pretrain_weight_decay", "momentum", "reconstruction_weight",
                                        "attention_weight", "pointing_tolerance_px")},

@@ -443,13 +443,17 @@ def test_the_cmr_grid_probes_the_video_text_encoder_of_its_own_seed():
     # the CLIP run's folder does not depend on the seed, so the grid's encoder file names it for every seed
     assert all(r.overrides["run_name"] == "clip" and r.spec.encoder == "clip/best.pt" for r in pretrain)
     downstream = [r for r in runs if r.kind == "downstream"]
-    assert len(downstream) == 2 * 3 * 3
+    encoders = {"random": "random", "clip": "clip", **{v.name: v.encoder for v in grid.variants}}
+    assert "scratch" in encoders and encoders["scratch"] == "random"  # supervised from scratch
+    assert len(downstream) == len(encoders) * 3 * 3
     assert [(stage, [p.name for p in files]) for stage, files in downstream[0].stages()] == [
         ("train", ["classify.json", "cpu_demo.json"]),
         ("evaluate", ["classify.json", "classify_evaluate.json", "cpu_demo.json"])]
     for run in downstream:
-        assert run.overrides["pretrained"] == (run.mode == "clip")
-        assert run.upstream is None if run.mode == "random" else run.upstream.seed == run.seed
+        assert run.overrides["pretrained"] == (encoders[run.mode] == "clip")
+        assert run.upstream is None if encoders[run.mode] == "random" else run.upstream.seed == run.seed
+        # the probe columns keep the encoder frozen; the variants train it end to end with the head
+        assert run.overrides.get("freeze_encoder", True) == (run.mode in ("random", "clip"))
         assert run.overrides["demo_data_dir"] == "{out_dir}/data/cmr"  # the pretraining's phantom, written once
     assert pretrain[0].overrides["demo_data_dir"] == "{out_dir}/data/cmr"
     assert len({r.config_hash for r in runs}) == len(runs) and untrusted_findings(grid) == []

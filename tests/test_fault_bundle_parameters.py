@@ -95,8 +95,10 @@ def test_the_shipped_values_pass_and_nonsense_fails_before_any_data(bundle, conf
     epochs = "pretrain_epochs" if cardiac_pretrain else "max_epochs" if clip_training else "num_epochs"
     rate = ("base_learning_rate" if cardiac_pretrain else "classifier_learning_rate" if cmr_classifier
             else "learning_rate")
-    for name, value, needs in [(rate, "nan", "'nan' (text), needs a finite number > 0"),
-                               (epochs, 0, "0, needs a whole number >= 1")]:
+    nonsense = [(rate, "nan", "'nan' (text), needs a finite number > 0"), (epochs, 0, "0, needs a whole number >= 1")]
+    if cmr_classifier:  # the fine-tuned / from-scratch encoder's own rate
+        nonsense.append(("encoder_learning_rate", -1e-3, "-0.001, needs a finite number > 0"))
+    for name, value, needs in nonsense:
         line = first_step_error(parser_for(bundle, config, tmp_path, **{name: value}), capsys)
         assert line == f"InputError: {name}: got {needs}"
     assert list(tmp_path.iterdir()) == [], "data were written before the parameters were checked"

@@ -1,5 +1,6 @@
-"""The CMR disease classifier on the video encoder (cmr_video_text's classify.json): label fractions drawn per study,
-the batch preparation, the pretrained / from-scratch encoder, and the bundle's train + evaluate stages end to end."""
+"""The CMR disease classifier on the video encoder (cmr_video_text's classify.json): label fractions drawn per study
+and disease label, the batch preparation, the pretrained / from-scratch encoder, the optimiser's parameter groups, and
+the bundle's train + evaluate stages end to end."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 from mri_ssl.data.cardiac.cmr_studies import CMR_DEMO, DISEASE_LABELS, load_cmr_manifest
 from mri_ssl.data.datalist import resolve_datalist
 from mri_ssl.engines.video_text import build_video_text_model, checkpoint_extras
-from mri_ssl.engines.video_text.classification import (DiseaseBatch, check_disease_labels, classifier_video_encoder,
+from mri_ssl.engines.video_text.classification import (DiseaseBatch, check_disease_labels,
+                                                       classifier_parameter_groups, classifier_video_encoder,
                                                        label_fraction_manifest)
 from mri_ssl.errors import InputError
 from mri_ssl.networks import EncoderClassifier
@@ -30,13 +32,19 @@ def manifest(tmp_path_factory):
                                               matrix=16, progress=False))
 
 
-def test_label_fraction_keeps_whole_studies_seeded_and_nested(manifest):
+def test_label_fraction_keeps_whole_studies_seeded_nested_and_every_label(manifest):
     training = manifest["training"]
     assert len(training) >= 10
+    label_of = {study["study_id"]: study["label"] for study in manifest["studies"]}
+    per_label = {label: sum(label_of[s] == label for s in training) for label in set(map(label_of.get, training))}
     small = label_fraction_manifest(manifest, 0.1, seed=3)["training"]
     larger = label_fraction_manifest(manifest, 0.5, seed=3)["training"]
-    assert len(small) == max(1, round(0.1 * len(training))) and len(larger) == round(0.5 * len(training))
+    # per label: max(1, round(fraction * n)) of its n studies, so even the smallest fraction has every label
+    for fraction, chosen in [(0.1, small), (0.5, larger)]:
+        assert {label: sum(label_of[s] == label for s in chosen) for label in per_label} == {
+            label: max(1, round(fraction * n)) for label, n in per_label.items()}
     assert set(small) <= set(larger) <= set(training)  # nested, and only training studies
+    assert small == [s for s in training if s in set(small)]  # in the manifest's order
     assert label_fraction_manifest(manifest, 0.1, seed=3)["training"] == small  # reproducible
     draws = {tuple(label_fraction_manifest(manifest, 0.5, seed=seed)["training"]) for seed in range(5)}
     assert len(draws) > 1  # the seed decides which studies
@@ -81,11 +89,25 @@ def test_classifier_encoder_pretrained_or_drawn_from_the_seed(tmp_path):
     assert not probe.encoder.training and probe(torch.rand(2, 4, 1, 16, 16)).shape == (2, 4)
 
 
+def test_parameter_groups_head_at_its_rate_and_a_trained_encoder_at_its_own():
+    encoder = classifier_video_encoder("", pretrained=False, video_config=TINY_VIDEO, seed=0)
+    probe = EncoderClassifier(encoder, num_classes=4, freeze_encoder=True)
+    groups = classifier_parameter_groups(probe, 0.01, 0.001)
+    assert len(groups) == 1 and groups[0]["lr"] == 0.01  # the linear probe: the head only
+    assert {id(p) for p in groups[0]["params"]} == {id(probe.head.weight), id(probe.head.bias)}
+    tuned = EncoderClassifier(encoder.requires_grad_(True), num_classes=4, freeze_encoder=False,
+                              standardise_features=True)
+    head, trained = classifier_parameter_groups(tuned, 0.01, 0.001)
+    assert (head["lr"], trained["lr"]) == (0.01, 0.001)
+    assert len(head["params"]) == 2 and len(trained["params"]) == len(list(encoder.parameters()))
+    assert isinstance(tuned.feature_norm, torch.nn.BatchNorm1d)  # the probe's standardisation kept
+
+
 def test_bundle_classifier_trains_at_a_label_fraction_and_writes_mean_auc(tmp_path):
     configs = bundle_dir("cmr_video_text") / "configs"
     tiny = write_override(tmp_path, demo_studies=20, demo_cine_frames=4, demo_lge_slices=2, image_size=16,
                           num_frames=4, progress_bar=False, pretrained=False, label_fraction=0.25, num_epochs=2,
-                          classifier_batch_size=4, **TINY_VIDEO)
+                          classifier_batch_size=4, freeze_encoder=False, **TINY_VIDEO)  # supervised from scratch
     run = run_bundle(tmp_path, [configs / "classify.json", tiny])
     assert run.returncode == 0, run.stderr[-3000:]
     assert (tmp_path / "models" / "classifier" / "best.pt").is_file()

@@ -105,10 +105,13 @@ class EncoderClassifier(nn.Module):
         freeze_encoder: the linear probe: the encoder stays in eval mode (dropout off, any normalisation statistics
             frozen) and gets no gradient; only the head trains, on standardised features (``FeatureStandardisation``).
         in_features: the encoder's feature width (default: its ``out_features``).
+        standardise_features: the ``FeatureStandardisation`` before the head (default: only with
+            ``freeze_encoder``). True with a trained encoder keeps the head and its inputs those of the linear probe,
+            so that a fine-tuned column differs from the probe only by the encoder's gradient.
     """
 
     def __init__(self, encoder: nn.Module, num_classes: int, freeze_encoder: bool = False,
-                 in_features: int | None = None):
+                 in_features: int | None = None, standardise_features: bool | None = None):
         super().__init__()
         if int(num_classes) < 2:
             raise InputError("num_classes", f"need at least 2 classes, got {num_classes}")
@@ -116,8 +119,10 @@ class EncoderClassifier(nn.Module):
         self.encoder = encoder
         self.head = nn.Linear(width, int(num_classes))
         self.freeze_encoder = bool(freeze_encoder)
-        # Identity when fine-tuning: no extra state-dict keys, so fine-tuned checkpoints keep their layout.
-        self.feature_norm = FeatureStandardisation(width) if self.freeze_encoder else nn.Identity()
+        # Identity when fine-tuning (unless asked for): no extra state-dict keys, so fine-tuned checkpoints keep
+        # their layout.
+        standardise = self.freeze_encoder if standardise_features is None else bool(standardise_features)
+        self.feature_norm = FeatureStandardisation(width) if standardise else nn.Identity()
         if self.freeze_encoder:
             self.encoder.requires_grad_(False)
             self.encoder.eval()

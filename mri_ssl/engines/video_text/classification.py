@@ -4,8 +4,11 @@ downstream task of the video-text pretraining.
 - ``classifier_video_encoder``: the video encoder of a trained video-text checkpoint, or a new one of the given shape
   drawn from ``seed`` (the from-scratch baseline; the same weights as the video encoder of the untrained video-text
   model that ``build_video_text_model`` draws from that seed);
-- ``label_fraction_manifest``: the manifest with its training split cut to a seeded fraction of the studies (whole
-  studies, nested across fractions: ``mri_ssl.data.splits.select_label_fraction``);
+- ``label_fraction_manifest``: the manifest with its training split cut to a seeded fraction of the studies, drawn
+  per disease label (whole studies, at least one of each label, nested across fractions:
+  ``mri_ssl.data.splits.select_label_fraction`` within each label);
+- ``classifier_parameter_groups``: the optimiser's parameter groups, the head at its rate and a trained encoder at
+  its own (fine-tuning and supervised-from-scratch columns);
 - ``check_disease_labels``: every study of the named splits has a known disease label, before any video is read;
 - ``DiseaseBatch``: the MONAI trainers' ``prepare_batch`` for ``CMRVideoTextDataset`` items (the video as the input,
   the disease label one-hot for the per-class BCE and ``ClassificationReport``).
@@ -36,10 +39,33 @@ def classifier_video_encoder(encoder_path: str | os.PathLike, pretrained: bool, 
 
 
 def label_fraction_manifest(manifest: dict, fraction: float, seed: int = 0) -> dict:
-    """A copy of ``manifest`` whose ``training`` split keeps ``max(1, round(fraction * n))`` of its n studies (the
-    seeded, nested draw of ``select_label_fraction``); the other splits are unchanged."""
-    chosen = select_label_fraction(split_studies(manifest, "training"), fraction, seed=seed, subject_key="study_id")
-    return {**manifest, "training": [study["study_id"] for study in chosen]}
+    """A copy of ``manifest`` whose ``training`` split keeps, of each disease label's n training studies,
+    ``max(1, round(fraction * n))`` (the seeded, nested draw of ``select_label_fraction`` within the label); the other
+    splits are unchanged, and the kept studies stay in their original order.
+
+    Drawn per label because a plain draw of 1 % of 300 studies keeps 3 studies, so at least one of the four labels
+    has no positive example and its AUC measures nothing but the untrained head; per label, 1 % keeps one study of
+    each (4 studies) and 10 % 32 of 300 (8 of each), and every fraction still lies inside the larger ones."""
+    studies = split_studies(manifest, "training")
+    chosen = set()
+    for label in sorted({str(study.get("label")) for study in studies}):
+        of_label = [study for study in studies if str(study.get("label")) == label]
+        chosen.update(study["study_id"] for study in select_label_fraction(of_label, fraction, seed=seed,
+                                                                           subject_key="study_id"))
+    return {**manifest, "training": [study["study_id"] for study in studies if study["study_id"] in chosen]}
+
+
+def classifier_parameter_groups(network, learning_rate: float, encoder_learning_rate: float) -> list[dict]:
+    """The optimiser's parameter groups of an ``EncoderClassifier``: its head (and anything else outside the
+    encoder) at ``learning_rate`` and its encoder at ``encoder_learning_rate``; a frozen encoder (no parameter
+    requiring gradient) gives no encoder group, so the linear probe trains exactly as with one rate."""
+    encoder_ids = {id(p) for p in network.encoder.parameters()}
+    head = [p for p in network.parameters() if p.requires_grad and id(p) not in encoder_ids]
+    encoder = [p for p in network.encoder.parameters() if p.requires_grad]
+    groups = [{"params": head, "lr": float(learning_rate)}]
+    if encoder:
+        groups.append({"params": encoder, "lr": float(encoder_learning_rate)})
+    return groups
 
 
 def check_disease_labels(manifest: dict, splits) -> None:
