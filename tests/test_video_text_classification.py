@@ -12,8 +12,7 @@ import torch
 from mri_ssl.data.cardiac.cmr_studies import CMR_DEMO, DISEASE_LABELS, load_cmr_manifest
 from mri_ssl.data.datalist import resolve_datalist
 from mri_ssl.engines.video_text import build_video_text_model, checkpoint_extras
-from mri_ssl.engines.video_text.classification import (DiseaseBatch, check_disease_labels,
-                                                       classifier_parameter_groups, classifier_video_encoder,
+from mri_ssl.engines.video_text.classification import (DiseaseBatch, check_disease_labels, classifier_video_encoder,
                                                        label_fraction_manifest)
 from mri_ssl.errors import InputError
 from mri_ssl.networks import EncoderClassifier
@@ -92,12 +91,12 @@ def test_classifier_encoder_pretrained_or_drawn_from_the_seed(tmp_path):
 def test_parameter_groups_head_at_its_rate_and_a_trained_encoder_at_its_own():
     encoder = classifier_video_encoder("", pretrained=False, video_config=TINY_VIDEO, seed=0)
     probe = EncoderClassifier(encoder, num_classes=4, freeze_encoder=True)
-    groups = classifier_parameter_groups(probe, 0.01, 0.001)
+    groups = probe.parameter_groups(0.01, 0.001)
     assert len(groups) == 1 and groups[0]["lr"] == 0.01  # the linear probe: the head only
     assert {id(p) for p in groups[0]["params"]} == {id(probe.head.weight), id(probe.head.bias)}
     tuned = EncoderClassifier(encoder.requires_grad_(True), num_classes=4, freeze_encoder=False,
                               standardise_features=True)
-    head, trained = classifier_parameter_groups(tuned, 0.01, 0.001)
+    head, trained = tuned.parameter_groups(0.01, 0.001)
     assert (head["lr"], trained["lr"]) == (0.01, 0.001)
     assert len(head["params"]) == 2 and len(trained["params"]) == len(list(encoder.parameters()))
     assert isinstance(tuned.feature_norm, torch.nn.BatchNorm1d)  # the probe's standardisation kept

@@ -18,6 +18,7 @@ from torch import nn
 from mri_ssl.errors import InputError
 from mri_ssl.networks.encoder import PAPER_FEATURES, CNNEncoder3D, EncoderStage, load_encoder
 from mri_ssl.parameters import as_flag
+from mri_ssl.networks.parameter_groups import parameter_groups_by_part
 
 PAPER_DECODER_FEATURES = (768, 512, 256, 128, 64, 32)
 
@@ -164,17 +165,10 @@ class FrozenEncoderUNet(nn.Module):
             if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float))
                                      or not 0 < float(rate) < float("inf")):
                 raise InputError(name, f"must be a positive number, got {rate!r}")
-        encoder_ids = {id(parameter) for parameter in self.encoder.parameters()}
-        head_ids = {id(parameter) for parameter in self.head.parameters()} if head_learning_rate is not None else set()
-        decoder = [p for p in self.parameters() if p.requires_grad and id(p) not in encoder_ids | head_ids]
-        groups = [{"params": decoder, "lr": float(learning_rate), "name": "decoder"}]
-        if head_ids:
-            groups.append({"params": list(self.head.parameters()), "lr": float(head_learning_rate), "name": "head"})
-        encoder = [p for p in self.encoder.parameters() if p.requires_grad]
-        if encoder:
-            rate = learning_rate if encoder_learning_rate is None else encoder_learning_rate
-            groups.append({"params": encoder, "lr": float(rate), "name": "encoder"})
-        return groups
+        parts = [("head", self.head, head_learning_rate)] if head_learning_rate is not None else []
+        encoder_rate = learning_rate if encoder_learning_rate is None else encoder_learning_rate
+        parts.append(("encoder", self.encoder, encoder_rate))
+        return parameter_groups_by_part(self, learning_rate, "decoder", parts)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.freeze_encoder:

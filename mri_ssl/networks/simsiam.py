@@ -17,6 +17,7 @@ from torch import nn
 
 from mri_ssl.errors import InputError
 from mri_ssl.networks.vit import ViTEncoder2D, load_vit_encoder
+from mri_ssl.networks.parameter_groups import parameter_groups_by_part
 
 
 class SimSiamProjector(nn.Sequential):
@@ -135,6 +136,12 @@ class EncoderClassifier(nn.Module):
 
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]
+
+    def parameter_groups(self, learning_rate: float, encoder_learning_rate: float) -> list[dict]:
+        """Optimizer parameter groups: the head (and anything else outside the encoder) at ``learning_rate``, a
+        trained encoder at ``encoder_learning_rate`` (fine-tuning, supervised from scratch); a frozen encoder gets no
+        group, so the linear probe trains exactly as with one rate."""
+        return parameter_groups_by_part(self, learning_rate, "head", [("encoder", self.encoder, encoder_learning_rate)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.freeze_encoder:

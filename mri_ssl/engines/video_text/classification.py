@@ -7,8 +7,6 @@ downstream task of the video-text pretraining.
 - ``label_fraction_manifest``: the manifest with its training split cut to a seeded fraction of the studies, drawn
   per disease label (whole studies, at least one of each label, nested across fractions:
   ``mri_ssl.data.splits.select_label_fraction`` within each label);
-- ``classifier_parameter_groups``: the optimiser's parameter groups, the head at its rate and a trained encoder at
-  its own (fine-tuning and supervised-from-scratch columns);
 - ``check_disease_labels``: every study of the named splits has a known disease label, before any video is read;
 - ``DiseaseBatch``: the MONAI trainers' ``prepare_batch`` for ``CMRVideoTextDataset`` items (the video as the input,
   the disease label one-hot for the per-class BCE and ``ClassificationReport``).
@@ -53,19 +51,6 @@ def label_fraction_manifest(manifest: dict, fraction: float, seed: int = 0) -> d
         chosen.update(study["study_id"] for study in select_label_fraction(of_label, fraction, seed=seed,
                                                                            subject_key="study_id"))
     return {**manifest, "training": [study["study_id"] for study in studies if study["study_id"] in chosen]}
-
-
-def classifier_parameter_groups(network, learning_rate: float, encoder_learning_rate: float) -> list[dict]:
-    """The optimiser's parameter groups of an ``EncoderClassifier``: its head (and anything else outside the
-    encoder) at ``learning_rate`` and its encoder at ``encoder_learning_rate``; a frozen encoder (no parameter
-    requiring gradient) gives no encoder group, so the linear probe trains exactly as with one rate."""
-    encoder_ids = {id(p) for p in network.encoder.parameters()}
-    head = [p for p in network.parameters() if p.requires_grad and id(p) not in encoder_ids]
-    encoder = [p for p in network.encoder.parameters() if p.requires_grad]
-    groups = [{"params": head, "lr": float(learning_rate)}]
-    if encoder:
-        groups.append({"params": encoder, "lr": float(encoder_learning_rate)})
-    return groups
 
 
 def check_disease_labels(manifest: dict, splits) -> None:
