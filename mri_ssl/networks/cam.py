@@ -19,6 +19,7 @@ from mri_ssl.errors import InputError
 from mri_ssl.networks.encoder import PAPER_FEATURES, CNNEncoder3D
 from mri_ssl.networks.frozen_unet import build_encoder
 from mri_ssl.networks.heads import ProjectionHead
+from mri_ssl.parameters import as_flag
 
 FUNDUS_ENCODER_CONFIG = {"spatial_dims": 2, "in_channels": 3}
 
@@ -61,7 +62,7 @@ class CAMClassifier(nn.Module):
             raise InputError("num_classes", f"must be at least 2, got {num_classes}")
         self.encoder = _encoder(encoder, encoder_config, pretrained)
         self.classifier = nn.Linear(self.encoder.out_features, int(num_classes))
-        self.freeze_encoder = bool(freeze_encoder)
+        self.freeze_encoder = as_flag(freeze_encoder, "freeze_encoder")
         if self.freeze_encoder:
             self.encoder.requires_grad_(False)
             self.encoder.eval()
@@ -153,7 +154,7 @@ class CAMContrastModel(nn.Module):
         super().__init__()
         config = {**FUNDUS_ENCODER_CONFIG, "features": PAPER_FEATURES, **dict(encoder_config or {})}
         self.encoder = CNNEncoder3D(**config)
-        projection_batch_norm = bool(projection_batch_norm)
+        projection_batch_norm = as_flag(projection_batch_norm, "projection_batch_norm")
         self.projector = ProjectionHead(self.encoder.out_features, projection_hidden, projection_dim,
                                         batch_norm=projection_batch_norm)
         self.heatmap_encoder = self.heatmap_projector = None

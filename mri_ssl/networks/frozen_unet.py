@@ -109,7 +109,7 @@ class FrozenEncoderUNet(nn.Module):
         if int(out_channels) < 1:
             raise InputError("out_channels", f"must be at least 1, got {out_channels}")
         spatial_dims = self.encoder.spatial_dims
-        self.freeze_encoder = bool(freeze_encoder)
+        self.freeze_encoder = as_flag(freeze_encoder, "freeze_encoder")
         self.bottleneck = EncoderStage(spatial_dims, stage_features[-1], decoder_features[0], dropout)
         self.up_blocks = nn.ModuleList(
             UpBlock(spatial_dims, decoder_features[i - 1], stage_features[-1 - i], decoder_features[i], dropout)

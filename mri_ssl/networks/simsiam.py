@@ -18,6 +18,7 @@ from torch import nn
 from mri_ssl.errors import InputError
 from mri_ssl.networks.vit import ViTEncoder2D, load_vit_encoder
 from mri_ssl.networks.parameter_groups import parameter_groups_by_part
+from mri_ssl.parameters import as_flag
 
 
 class SimSiamProjector(nn.Sequential):
@@ -119,7 +120,7 @@ class EncoderClassifier(nn.Module):
         width = int(in_features if in_features is not None else encoder.out_features)
         self.encoder = encoder
         self.head = nn.Linear(width, int(num_classes))
-        self.freeze_encoder = bool(freeze_encoder)
+        self.freeze_encoder = as_flag(freeze_encoder, "freeze_encoder")
         # Identity when fine-tuning (unless asked for): no extra state-dict keys, so fine-tuned checkpoints keep
         # their layout.
         standardise = self.freeze_encoder if standardise_features is None else bool(standardise_features)

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from mri_ssl.data.cardiac.cmr_studies import DISEASE_LABELS, SERIES_LAYOUT
 from mri_ssl.errors import InputError
+from mri_ssl.parameters import as_flag
 from mri_ssl.text.tokenizer import WordTokenizer
 from mri_ssl.transforms.frames import segment_frame_indices
 
@@ -109,7 +110,7 @@ class CMRVideoTextDataset(Dataset):
         self.rng = np.random.RandomState(int(seed))
         training = mode == "train"
         self.augment = frame_augmentation().set_random_state(state=self.rng) if frame_augment and training else None
-        self.text_augment = bool(text_augment) and training
+        self.text_augment = as_flag(text_augment, "text_augment") and training
         self.videos = [load_study_frames(manifest["root"], s, tuple(series_types), int(image_size))
                        for s in self.studies]
         self.ids = tokenizer([s["report"] for s in self.studies])
