@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine, Events
+from monai.bundle import ConfigParser
 
+from bundle_runner import bundle_dir
 from mri_ssl.data.photo.fundus import probe_selection_name
 from mri_ssl.engines import AtomicCheckpointer, load_checkpoint
 from mri_ssl.errors import InputError
@@ -162,3 +164,18 @@ def test_the_probe_selection_of_the_bundle():
         probe_selection_name("lesion_patches", False)
     with pytest.raises(InputError, match="probe_selection"):
         probe_selection_name("best", True)
+
+
+@pytest.mark.parametrize("selection, chosen", [("auto", "lesion"), ("whole_image", "")])
+def test_the_fundus_pretraining_config_runs_both_probes_and_chooses_as_told(tmp_path, selection, chosen):
+    folder = bundle_dir("fundus_camcontrast") / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(folder / "pretrain.json"), str(folder / "cpu_demo.json")])
+    parser.update({"bundle_root": str(tmp_path), "demo_images": 12, "demo_validation_images": 4,
+                   "demo_test_images": 2, "demo_size": 64, "image_size": 64, "progress_bar": False,
+                   "probe_selection": selection})
+    handler = parser.get_parsed_content("probe#handler")
+    assert isinstance(handler, ProbeSet) and list(handler.probes) == ["", "lesion"] and handler.select == chosen
+    assert handler.probes["lesion"].crop_size == 32  # pretrain.json's crop_size: half the image
+    (fit_crops, fit_labels), (crops, labels) = handler.probes["lesion"].build_sets()
+    assert crops.shape[1:] == (3, 32, 32) and set(labels) == {0, 1} and set(fit_labels) == {0, 1}
