@@ -249,6 +249,8 @@ def plot_learning_curves(results: Sequence[RunResult], grid: Grid, path: str | o
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8, loc="best")
-    fig.suptitle(f"{grid.name}: representation probe on {first['n']} {PROBED_DATA_BY_KIND[kind]}", fontsize=11)
+    crops = (f" and {first['lesion_n']} validation crops (lesion-patch probe, {first.get('lesion_crop_size', '?')} px)"
+             if "lesion_n" in first else "")
+    fig.suptitle(f"{grid.name}: representation probe on {first['n']} {PROBED_DATA_BY_KIND[kind]}{crops}", fontsize=11)
     fig.tight_layout()
     return save_figure(fig, Path(path))
