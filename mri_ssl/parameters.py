@@ -66,7 +66,8 @@ RULES: dict[str, Rule] = {
         "sw_batch_size", "num_frames", "max_length", "embed_dim", "hidden_size", "mlp_dim", "num_layers",
         "num_heads", "projection_dim", "projection_hidden", "predictor_hidden", "temporal_layers", "temporal_heads",
         "text_width", "text_layers", "text_heads", "demo_subjects", "demo_studies", "demo_images", "demo_size",
-        "demo_slices", "demo_cine_frames", "demo_lge_slices", "demo_test_images", "demo_validation_images")},
+        "demo_slices", "demo_cine_frames", "demo_lge_slices", "demo_test_images", "demo_validation_images",
+        "probe_lesion_free_crops")},
     **{name: NON_NEGATIVE_COUNT for name in (
         "num_workers", "pretrain_warmup_epochs", "demo_validation_subjects", "demo_test_subjects", "seed",
         "demo_seed")},

@@ -125,6 +125,9 @@ def test_pretraining_exports_the_image_encoder_used_downstream(chain):
     assert [h["epoch"] for h in probe["history"]] == list(range(TINY["num_epochs"] + 1))
     assert probe["history"][0]["iteration"] == 0 and 0.0 <= probe["random_init"]["auc"] <= 1.0
     assert all(h["n"] == TINY["demo_validation_images"] for h in probe["history"])
+    # Beside it the lesion-patch probe (the demo data have lesion masks), which best.pt is chosen on (``auto``).
+    assert all(h["lesion_crop_size"] == TINY["image_size"] // 2 and h["score"] == h["lesion_auc"]
+               for h in probe["history"]) and 0.0 <= probe["random_init"]["lesion_auc"] <= 1.0
     best = load_checkpoint(chain / "models" / "pretrain_camcontrast" / "best.pt")
     assert best["best_metric"] == max(h["score"] for h in probe["history"][1:])
     # Linear evaluation keeps the pretrained encoder bit for bit.

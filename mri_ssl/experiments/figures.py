@@ -189,6 +189,7 @@ LEARNING_CURVE_PANELS = (  # the 3-D probe: cross-sequence retrieval of held-out
 )
 CLASSIFICATION_CURVE_PANELS = (  # the 2-D probe: a linear probe on frozen features, scored on the validation split
     ("auc", "linear-probe macro ROC-AUC (validation split)", None),
+    ("lesion_auc", "lesion-patch probe ROC-AUC (validation crops)", None),  # fundus: lesion / lesion-free crops
     ("accuracy", "linear-probe accuracy (dotted: majority class)", "majority_rate"),
     ("spread", "projection spread (dotted: healthy 1/sqrt(d))", "spread_healthy"),
     ("train_loss", "training loss", None),
@@ -217,8 +218,12 @@ def plot_learning_curves(results: Sequence[RunResult], grid: Grid, path: str | o
     plt = pyplot()
     first = next(iter(histories.values()))[0]["history"][0]
     kind = probe_kind(first)
-    panels = CURVE_PANELS_BY_KIND[kind]
-    fig, axes = plt.subplots(2, 2, figsize=(11.0, 7.0), squeeze=False)
+    # The panels the probe has values for (the training loss is not in the step-0 record: always kept).
+    panels = [panel for panel in CURVE_PANELS_BY_KIND[kind] if panel[0] in first or panel[0] == "train_loss"]
+    columns = max(2, math.ceil(len(panels) / 2))
+    fig, axes = plt.subplots(2, columns, figsize=(5.5 * columns, 7.0), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
     for ax, (key, title, chance_key) in zip(axes.flat, panels):
         chance, random_init = [], []
         for mode in [m for m in grid.modes if m in histories]:
@@ -244,6 +249,8 @@ def plot_learning_curves(results: Sequence[RunResult], grid: Grid, path: str | o
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8, loc="best")
-    fig.suptitle(f"{grid.name}: representation probe on {first['n']} {PROBED_DATA_BY_KIND[kind]}", fontsize=11)
+    crops = (f" and {first['lesion_n']} validation crops (lesion-patch probe, {first.get('lesion_crop_size', '?')} px)"
+             if "lesion_n" in first else "")
+    fig.suptitle(f"{grid.name}: representation probe on {first['n']} {PROBED_DATA_BY_KIND[kind]}{crops}", fontsize=11)
     fig.tight_layout()
     return save_figure(fig, Path(path))

@@ -196,6 +196,8 @@ RETRIEVAL_PROBE_COLUMNS = (("features_top1", "top-1 features"), ("projection_top
 VIDEO_TEXT_PROBE_COLUMNS = (("RSUM", "RSUM"), ("t2v_R@5", "text-to-video R@5"), ("v2t_R@5", "video-to-text R@5"),
                             ("clip_loss", "held-out CLIP loss"), ("spread", "spread"))
 CLASSIFICATION_PROBE_COLUMNS = (("auc", "linear-probe macro AUC"), ("accuracy", "linear-probe accuracy"),
+                                # the fundus bundle's lesion-patch probe beside it (``mri_ssl.metrics.ProbeSet``)
+                                ("lesion_auc", "lesion-patch AUC"), ("lesion_accuracy", "lesion-patch accuracy"),
                                 ("spread", "projection spread"))
 PROBE_STAGES = (("step 0", lambda probe: probe["history"][0]), ("end", lambda probe: probe["history"][-1]),
                 ("random init", lambda probe: probe["random_init"]))
@@ -212,8 +214,8 @@ PROBE_COLUMNS_BY_KIND = {"video_text": VIDEO_TEXT_PROBE_COLUMNS, "retrieval": RE
 
 
 def probe_columns(first: Mapping) -> tuple[tuple[str, str], ...]:
-    """The table columns of a probe, from its first history entry (``probe_kind``)."""
-    return PROBE_COLUMNS_BY_KIND[probe_kind(first)]
+    """The table columns of a probe, from its first history entry (``probe_kind``; the columns it has a value of)."""
+    return tuple((key, title) for key, title in PROBE_COLUMNS_BY_KIND[probe_kind(first)] if key in first)
 
 
 def probe_heading(first: Mapping) -> tuple[str, str]:
@@ -232,10 +234,16 @@ def probe_heading(first: Mapping) -> tuple[str, str]:
                 "Top-1 / top-5: the other view of a crop (another sequence) is the nearest (among the 5 nearest) of "
                 "the N candidates; 'end' is the last probe of the run, 'random init' a freshly initialised encoder "
                 "of the same shape. The standard error of one top-1 is about sqrt(p (1 - p) / 2N).")
+    lesion = ""
+    if "lesion_auc" in first:
+        lesion = (f"; the lesion-patch probe the same way on {first.get('lesion_n_fit', '?')} training and "
+                  f"{first.get('lesion_n', '?')} validation crops of {first.get('lesion_crop_size', '?')} px centred "
+                  f"on a lesion or free of lesions, majority-class accuracy "
+                  f"{first.get('lesion_majority_rate', float('nan')):.3f}")
     return (f"### Representation probe (label-free pretraining; a logistic regression on the frozen features, fitted "
             f"on {first.get('n_fit', '?')} training images and scored on {first.get('n', '?')} validation images: "
             f"chance AUC 0.5, majority-class accuracy {first.get('majority_rate', float('nan')):.3f}, healthy spread "
-            f"{first.get('spread_healthy', float('nan')):.3f})",
+            f"{first.get('spread_healthy', float('nan')):.3f}{lesion})",
             "'step 0' is the encoder before pretraining, 'end' the last probe of the run, 'random init' a freshly "
             "initialised encoder of the same shape; the probe never sees the test split.")
 

@@ -28,6 +28,14 @@ from mri_ssl.metrics.linear_probe import linear_probe
 from mri_ssl.metrics.representation_probe import ProbeHandler, embed_images, projection_spread
 
 
+def drawn_indices(n: int, max_items: int | None = None, seed: int = 0) -> np.ndarray:
+    """``0..n-1``, or a sorted seeded draw of ``max_items`` of them (without replacement) when there are more."""
+    indices = np.arange(int(n))
+    if max_items is not None and len(indices) > int(max_items):
+        indices = np.sort(np.random.default_rng(seed).choice(len(indices), int(max_items), replace=False))
+    return indices
+
+
 def labelled_images(data: Sequence[Mapping], image_key: str = "image", label_key: str = "label",
                     max_items: int | None = None, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
     """``(images (N, C, ...), labels (N,))`` of the items with a label >= 0 (unlabelled ones carry -1).
@@ -35,10 +43,7 @@ def labelled_images(data: Sequence[Mapping], image_key: str = "image", label_key
     With ``max_items``, at most that many items are drawn (without replacement, with ``seed``) before any is loaded,
     so a lazy dataset of a large split reads only those.
     """
-    indices = np.arange(len(data))
-    if max_items is not None and len(indices) > int(max_items):
-        indices = np.sort(np.random.default_rng(seed).choice(len(indices), int(max_items), replace=False))
-    items = [data[int(i)] for i in indices]
+    items = [data[int(i)] for i in drawn_indices(len(data), max_items, seed)]
     items = [item for item in items if int(item.get(label_key, -1)) >= 0]
     if not items:
         return torch.empty(0), np.empty(0, dtype=np.int64)
@@ -97,16 +102,26 @@ class ClassificationProbe(ProbeHandler):
         self.l2, self.seed, self.batch_size = float(l2), int(seed), int(batch_size)
         self.sets: tuple[tuple[torch.Tensor, np.ndarray], tuple[torch.Tensor, np.ndarray]] | None = None
 
+    def item_indices(self, n: int, fit: bool) -> np.ndarray:
+        """The items of a set of ``n`` the probe reads: the fit set's seeded draw of ``max_fit_items``, all held-out
+        items."""
+        return drawn_indices(n, self.max_fit_items if fit else None, self.seed)
+
+    def labelled_set(self, data: Sequence[Mapping], fit: bool) -> tuple[torch.Tensor, np.ndarray]:
+        """``(inputs (N, C, ...), labels (N,))`` of one set (``fit``: the fit set): here the labelled images
+        themselves; a subclass may derive other inputs from them (``LesionPatchProbe``: crops)."""
+        return labelled_images(data, self.image_key, self.label_key, self.max_fit_items if fit else None, self.seed)
+
     def build_sets(self) -> tuple[tuple[torch.Tensor, np.ndarray], tuple[torch.Tensor, np.ndarray]]:
-        """``((fit images, labels), (held-out images, labels))``, loaded once and kept."""
+        """``((fit inputs, labels), (held-out inputs, labels))``, made once and kept."""
         if self.sets is None:
-            fit = labelled_images(self.fit_data, self.image_key, self.label_key, self.max_fit_items, self.seed)
-            held_out = labelled_images(self.data, self.image_key, self.label_key)
+            fit = self.labelled_set(self.fit_data, fit=True)
+            held_out = self.labelled_set(self.data, fit=False)
             named = (("fit data (training split)", fit), ("held-out data (validation split)", held_out))
             for name, (_, labels) in named:
                 if len(np.unique(labels)) < 2:
-                    raise InputError("probe " + name, f"needs labelled images of at least 2 classes, got "
-                                                      f"{len(labels)} images of classes {sorted(set(labels))}")
+                    raise InputError("probe " + name, f"needs labelled inputs of at least 2 classes, got "
+                                                      f"{len(labels)} inputs of classes {sorted(set(labels))}")
             self.sets = (fit, held_out)
         return self.sets
 
@@ -127,4 +142,4 @@ class ClassificationProbe(ProbeHandler):
                 f"{s['spread']:.4f} (healthy {s['spread_healthy']:.4f})")
 
 
-__all__ = ["ClassificationProbe", "classification_probe_scores", "labelled_images"]
+__all__ = ["ClassificationProbe", "classification_probe_scores", "drawn_indices", "labelled_images"]

@@ -218,3 +218,25 @@ def check_fundus_datalist(datalist: str | os.PathLike, splits: Sequence[str] = (
         if "heatmap" in entry:
             read_heatmap(entry["heatmap"])
     return len(entries)
+
+
+# What a pretraining run's best checkpoint is chosen on (``probe_selection`` of the fundus bundle's pretrain.json):
+# the lesion-patch probe, the whole-image normal / abnormal probe, or ``auto``: the lesion-patch probe when the
+# training and validation splits have lesion masks, else the whole-image one.
+PROBE_SELECTIONS = ("auto", "lesion_patches", "whole_image")
+
+
+def has_lesion_masks(datalist: str | os.PathLike, splits: Sequence[str] = ("training", "validation")) -> bool:
+    """True when every one of ``splits`` has at least one entry with a ``mask`` (what the lesion-patch probe needs)."""
+    return all(any(entry.get("mask") for entry in fundus_entries(datalist, split)) for split in splits)
+
+
+def probe_selection_name(selection: str, lesion_masks: bool) -> str:
+    """The ``ProbeSet`` name ``selection`` (one of ``PROBE_SELECTIONS``) picks: ``"lesion"`` (the lesion-patch probe)
+    or ``""`` (the whole-image probe); ``lesion_masks``: whether the lesion-patch probe runs (``has_lesion_masks``)."""
+    if selection not in PROBE_SELECTIONS:
+        raise InputError("probe_selection", f"must be one of {list(PROBE_SELECTIONS)}, got {selection!r}")
+    if selection == "lesion_patches" and not lesion_masks:
+        raise InputError("probe_selection", "'lesion_patches' needs lesion masks in the training and validation "
+                                            "splits; this datalist has none there: use 'whole_image' or 'auto'")
+    return "lesion" if selection == "lesion_patches" or (selection == "auto" and lesion_masks) else ""
