@@ -67,6 +67,7 @@ RULES: dict[str, Rule] = {
         "num_heads", "projection_dim", "projection_hidden", "predictor_hidden", "temporal_layers", "temporal_heads",
         "text_width", "text_layers", "text_heads", "demo_subjects", "demo_studies", "demo_images", "demo_size",
         "demo_slices", "demo_cine_frames", "demo_lge_slices", "demo_test_images", "demo_validation_images")},
+    **{name: COUNT for name in ("probe_crops_per_subject", "probe_groups")},
     **{name: NON_NEGATIVE_COUNT for name in (
         "num_workers", "pretrain_warmup_epochs", "demo_validation_subjects", "demo_test_subjects", "seed",
         "demo_seed")},
