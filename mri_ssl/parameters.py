@@ -68,6 +68,7 @@ RULES: dict[str, Rule] = {
         "text_width", "text_layers", "text_heads", "demo_subjects", "demo_studies", "demo_images", "demo_size",
         "demo_slices", "demo_cine_frames", "demo_lge_slices", "demo_test_images", "demo_validation_images",
         "probe_lesion_free_crops")},
+    **{name: COUNT for name in ("probe_crops_per_subject", "probe_groups")},
     **{name: NON_NEGATIVE_COUNT for name in (
         "num_workers", "pretrain_warmup_epochs", "demo_validation_subjects", "demo_test_subjects", "seed",
         "demo_seed")},

@@ -104,6 +104,12 @@ def test_the_shipped_values_pass_and_nonsense_fails_before_any_data(bundle, conf
     assert list(tmp_path.iterdir()) == [], "data were written before the parameters were checked"
 
 
+def test_the_pretraining_probe_groups_are_checked_before_any_data(tmp_path, capsys):
+    line = first_step_error(parser_for("mri_ssl_pretrain", "train.json", tmp_path, probe_groups=0), capsys)
+    assert line == "InputError: probe_groups: got 0, needs a whole number >= 1"
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("bundle, name, value, factor", [
     ("mri_ssl_pretrain", "crop_size", [33, 33, 33], 16), ("mri_segmentation", "patch_size", [40, 40, 40], 16),
     ("cardiac_sequence_classification", "image_size", 90, 12)])
@@ -129,6 +135,8 @@ def test_sizes_must_fit_the_network(bundle, name, value, factor, tmp_path, capsy
     ("min_tissue_contrast", 0.5, "min_tissue_contrast: got 0.5, needs a finite number >= 0 and < 0.5"),
     ("label_fraction", 0, "label_fraction: got 0, needs a finite number > 0 and <= 1"),
     ("num_workers", -1, "num_workers: got -1, needs a whole number >= 0"),
+    ("probe_groups", 0, "probe_groups: got 0, needs a whole number >= 1"),
+    ("probe_crops_per_subject", 2.5, "probe_crops_per_subject: got 2.5, needs a whole number >= 1"),
 ])
 def test_one_line_names_the_parameter_what_it_got_and_what_it_needs(name, value, message):
     with pytest.raises(InputError) as caught:

@@ -32,6 +32,7 @@ TINY = {
     "epoch_length": 2,
     "val_interval": 1,
     "probe_crops_per_subject": 4,
+    "probe_groups": 2,
     "num_workers": 0,
     "progress_bar": False,
 }

@@ -11,9 +11,11 @@ from ignite.engine import Engine, Events
 from mri_ssl.errors import InputError
 from mri_ssl.metrics.representation_probe import (
     RepresentationProbe,
+    grouped_probe_scores,
     probe_scores,
     random_init_copy,
     retrieval_top_k,
+    sample_crop_groups,
     sample_crops,
 )
 from mri_ssl.transforms import ContrastiveViewPair
@@ -244,3 +246,89 @@ def test_the_video_text_probe_table_and_curves_show_retrieval_against_chance(tmp
     assert "| clip | end | 2 | 102.000 ± 21.213 |" in table and "| clip | random init | 2 | 34.000 ± 0.000 |" in table
     path = plot_learning_curves(results, grid, tmp_path / "learning_curves.png")
     assert path.is_file() and path.stat().st_size > 10_000
+
+
+def test_grouped_retrieval_is_one_for_the_position_encoder_and_stays_at_n():
+    positions = torch.from_numpy(np.random.default_rng(4).choice(40 ** 3, size=4 * 32, replace=False))
+    code = position_encoding(torch.stack([positions // 1600, positions // 40 % 40, positions % 40], dim=1))
+    scores = grouped_probe_scores(code, code.clone(), code, code.clone(), groups=4)
+    assert scores["features_top1"] == scores["projection_top5"] == scores["score"] == 1.0
+    assert scores["features_top1_se"] == scores["features_top1_group_se"] == 0.0
+    assert scores["n"] == 32 and scores["groups"] == 4
+    # Chance and the loss's chance are those of N = 32 candidates, not of the 128 crops.
+    assert scores["top1_chance"] == 1 / 32 and scores["ntxent_chance"] == pytest.approx(math.log(63))
+    assert scores["ntxent"] < scores["ntxent_chance"]
+
+
+def test_grouped_retrieval_of_noise_is_about_one_in_n_and_its_error_shrinks_as_one_over_sqrt_k():
+    generator = torch.Generator().manual_seed(3)
+    spread = {}
+    for groups in (1, 4):
+        draws = []
+        for _ in range(300):
+            z1, z2 = (torch.randn(32 * groups, 16, generator=generator) for _ in range(2))
+            draws.append(grouped_probe_scores(z1, z2, z1, z2, groups=groups)["features_top1"])
+        spread[groups] = np.std(draws)
+        # 300 draws of 2NK queries: the mean's standard error is at most 0.0014 (K = 1).
+        assert np.mean(draws) == pytest.approx(1 / 32, abs=0.006)
+    # The figure's spread over probe sets halves with four groups (1/sqrt(4)); measured 0.51 on this seed.
+    assert spread[4] / spread[1] == pytest.approx(0.5, abs=0.1)
+
+
+def test_the_reported_standard_error_is_binomial_over_all_queries():
+    one = torch.randn(32, 8, generator=torch.Generator().manual_seed(6))
+    other = one + 0.8 * torch.randn(32, 8, generator=torch.Generator().manual_seed(7))
+    single = grouped_probe_scores(one, other, one, other, groups=1)
+    assert single == {**probe_scores(one, other, one, other), "groups": 1}  # one group: the plain probe
+    p = single["features_top1"]
+    assert 0 < p < 1
+    # Four copies of the same group: the same top-1, twice as many queries per half the error; no spread between.
+    repeated = grouped_probe_scores(one.repeat(4, 1), other.repeat(4, 1), one.repeat(4, 1), other.repeat(4, 1),
+                                    groups=4)
+    assert repeated["features_top1"] == p and repeated["n"] == 32
+    assert repeated["features_top1_se"] == pytest.approx(math.sqrt(p * (1 - p) / (2 * 32 * 4)))
+    assert repeated["features_top1_se"] == pytest.approx(single["features_top1_se"] / 2)
+    assert repeated["features_top1_group_se"] == 0.0
+    with pytest.raises(InputError, match="groups"):
+        grouped_probe_scores(one, other, one, other, groups=3)  # 32 crops do not split into 3 groups
+
+
+def position_volume(size: int = 24) -> torch.Tensor:
+    """One channel whose value at (x, y, z) is 1 + its index: a crop's first voxel names its corner."""
+    return (torch.arange(size ** 3, dtype=torch.float32) + 1).reshape(1, size, size, size)
+
+
+def test_crop_groups_are_disjoint_have_n_crops_each_and_the_first_does_not_depend_on_k():
+    volumes = [position_volume(), position_volume() + 24 ** 3]
+    groups = list(sample_crop_groups(volumes, 5, 6, (8, 8, 8), seed=2))
+    assert len(groups) == 6 and all(g.shape == (10, 1, 8, 8, 8) for g in groups)
+    for group in groups:  # volume-major: five crops of each volume in every group
+        assert all(float(c[0, 0, 0, 0]) <= 24 ** 3 for c in group[:5])
+        assert all(float(c[0, 0, 0, 0]) > 24 ** 3 for c in group[5:])
+    corners = [float(c[0, 0, 0, 0]) for g in groups for c in g]
+    assert len(set(corners)) == 60  # no crop in two groups (nor twice in one)
+    torch.testing.assert_close(groups[0], sample_crops(volumes, 5, (8, 8, 8), seed=2))
+    with pytest.raises(InputError, match="group 2 of 2"):  # 27 corners of an 8^3 crop in 10^3: 20 fit, 40 do not
+        list(sample_crop_groups([position_volume(10)], 20, 2, (8, 8, 8), seed=0))
+
+
+def test_the_grouped_probe_is_fixed_deterministic_and_scored_within_groups():
+    data = [{"pd": v[0:1], "r1": v[1:2], "r2s": v[2:3], "mt": v[3:4]} for v in (maps_volume(0), maps_volume(1))]
+
+    def probe(groups):
+        return RepresentationProbe(data, ("pd", "r1", "r2s", "mt"), probe_view_pair(), crop_size=(12, 12, 12),
+                                   crops_per_subject=4, seed=0, groups=groups)
+
+    three = probe(3)
+    view1, view2 = three.build_views()
+    assert view1.shape == view2.shape == (24, 1, 12, 12, 12)
+    again = probe(3).build_views()
+    assert torch.equal(again[0], view1) and torch.equal(again[1], view2)
+    one = probe(1).build_views()
+    assert torch.equal(one[0], view1[:8]) and torch.equal(one[1], view2[:8])  # group 1 is the one-group probe set
+    scores = three.measure(SupportEncoder())
+    assert scores["n"] == 8 and scores["groups"] == 3 and scores["top1_chance"] == 1 / 8
+    assert scores["features_top1"] == 1.0
+    for bad in (0, 2.5, True):
+        with pytest.raises(InputError, match="groups"):
+            probe(bad)

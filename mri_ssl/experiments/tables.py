@@ -228,12 +228,15 @@ def probe_heading(first: Mapping) -> tuple[str, str]:
                 "'step 0' is the model before training, 'end' the last probe of the run, 'random init' a never-trained "
                 "network of the same shape (seed + 999); the probe never sees the test split.")
     if kind == "retrieval":
-        return (f"### Representation probe (held-out crops, N = {first['n']}: chance top-1 {first['top1_chance']:.3f}, "
+        groups = int(first.get("groups", 1))  # disjoint probe sets of N crops, each figure averaged over them
+        among = f"N = {first['n']}" + (f" per group, mean of {groups} disjoint groups" if groups > 1 else "")
+        return (f"### Representation probe (held-out crops, {among}: chance top-1 {first['top1_chance']:.3f}, "
                 f"NT-Xent chance ln(2N-1) = {first['ntxent_chance']:.3f}, healthy spread "
                 f"{first['spread_healthy']:.3f})",
                 "Top-1 / top-5: the other view of a crop (another sequence) is the nearest (among the 5 nearest) of "
                 "the N candidates; 'end' is the last probe of the run, 'random init' a freshly initialised encoder "
-                "of the same shape. The standard error of one top-1 is about sqrt(p (1 - p) / 2N).")
+                "of the same shape. The standard error of one top-1 is about sqrt(p (1 - p) / 2NK) over the 2NK "
+                f"queries of K = {groups} group(s).")
     lesion = ""
     if "lesion_auc" in first:
         lesion = (f"; the lesion-patch probe the same way on {first.get('lesion_n_fit', '?')} training and "

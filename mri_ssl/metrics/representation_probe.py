@@ -16,6 +16,11 @@ reports, for the pooled features and for the projections:
 standard error of the feature top-1 (``sqrt(p (1 - p) / 2N)``, treating the 2N queries as independent) says how
 far two runs' top-1 must differ before the difference means anything.
 
+At N = 32 that standard error is about 0.06, as large as the gains a short run makes. The probe can therefore hold
+K disjoint groups of N crops (``groups``): every figure is computed within a group, among its N candidates, exactly
+as for one set (chance stays 1/N), and averaged over the groups, and the standard error is the binomial one over
+all 2NK queries, ``1/sqrt(K)`` as large (``grouped_probe_scores``).
+
 ``RepresentationProbe`` runs the probe in a trainer: at the start (the untrained encoder, so every curve starts at
 its own baseline, beside a randomly re-initialised encoder of the same shape) and every ``interval`` epochs, into
 ``engine.state.metrics`` (``probe_*``), TensorBoard and a JSON history.
@@ -26,9 +31,10 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import numbers
 import os
 from abc import ABC, abstractmethod
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -96,34 +102,86 @@ def probe_scores(features1: torch.Tensor, features2: torch.Tensor, projection1: 
     return scores
 
 
-def sample_crops(volumes: Sequence[torch.Tensor], crops_per_volume: int, crop_size: Sequence[int], seed: int,
-                 min_foreground: float = 0.5, max_tries: int = 1000) -> torch.Tensor:
-    """``crops_per_volume`` crops ``(C, *crop_size)`` from each ``(C, X, Y, Z)`` volume, as one ``(N, C, ...)``.
+def grouped_probe_scores(features1: torch.Tensor, features2: torch.Tensor, projection1: torch.Tensor,
+                         projection2: torch.Tensor, groups: int = 1, temperature: float = 0.5) -> dict[str, float]:
+    """``probe_scores`` of each of ``groups`` consecutive, equal blocks of rows (each a probe set of N = rows /
+    groups crops: retrieval among N candidates, NT-Xent at N), averaged over the groups.
+
+    Every figure keeps its meaning at N (chance 1/N, ``ln(2N - 1)``); averaging over K groups only makes it more
+    precise. ``features_top1_se`` is the binomial standard error over all ``2NK`` queries,
+    ``sqrt(p (1 - p) / 2NK)``: with K = 4 it is estimated from 256 queries rather than from 4 group means, it is the
+    one-group formula when K = 1, and it shrinks as ``1/sqrt(K)``. ``features_top1_group_se`` (K >= 2) is the standard
+    error of the K group means, ``std / sqrt(K)``: a check on the binomial one, which treats the queries as
+    independent although the two directions of a pair and the crops of one subject are not. ``groups`` is K.
+    """
+    groups = int(groups)
+    rows = int(features1.shape[0])
+    if groups < 1 or rows % groups:
+        raise InputError("groups", f"must be a whole number >= 1 dividing the {rows} probe crops, got {groups}")
+    n = rows // groups
+    per_group = [probe_scores(*(z[g * n:(g + 1) * n] for z in (features1, features2, projection1, projection2)),
+                              temperature=temperature) for g in range(groups)]
+    scores = {name: float(np.mean([s[name] for s in per_group])) for name in per_group[0] if name != "n"}
+    p = scores["features_top1"]
+    scores["features_top1_se"] = math.sqrt(p * (1.0 - p) / (2 * n * groups))
+    if groups > 1:
+        scores["features_top1_group_se"] = float(np.std([s["features_top1"] for s in per_group], ddof=1)
+                                                 / math.sqrt(groups))
+    scores["n"] = n
+    scores["groups"] = groups
+    return scores
+
+
+def _pad_to(volume: torch.Tensor, crop_size: Sequence[int]) -> torch.Tensor:
+    """``volume`` ``(C, X, Y, Z)`` zero-padded (centred) on every axis shorter than the crop."""
+    pad = [max(0, c - s) for s, c in zip(volume.shape[1:], crop_size)]
+    return F.pad(volume, [p for half in reversed(pad) for p in (half // 2, half - half // 2)])
+
+
+def sample_crop_groups(volumes: Sequence[torch.Tensor], crops_per_volume: int, groups: int,
+                       crop_size: Sequence[int], seed: int, min_foreground: float = 0.5,
+                       max_tries: int = 1000) -> Iterator[torch.Tensor]:
+    """``groups`` disjoint sets of crops, one at a time: each ``(N, C, *crop_size)`` with N = ``crops_per_volume``
+    crops of every ``(C, X, Y, Z)`` volume (volume-major), so every group is a probe set of the same make-up.
 
     Crop corners are uniform over the positions that keep the crop inside; a crop is kept when at least
     ``min_foreground`` of its voxels have a positive first channel (PD, or the image), so the probe compares
-    anatomy, not air. Volumes smaller than the crop are zero-padded (centred).
+    anatomy, not air, and when no earlier crop of the volume (in any group) has the same corner, so the groups are
+    disjoint. Volumes smaller than the crop are zero-padded (centred). One generator draws group after group, so
+    the first group is the same whatever ``groups`` is.
     """
     crop_size = tuple(int(s) for s in crop_size)
     rng = np.random.default_rng(seed)
-    crops = []
-    for index, volume in enumerate(volumes):
-        volume = torch.as_tensor(volume).float()
-        pad = [max(0, c - s) for s, c in zip(volume.shape[1:], crop_size)]
-        volume = F.pad(volume, [p for half in reversed(pad) for p in (half // 2, half - half // 2)])
-        kept = 0
-        for _ in range(max_tries):
-            corner = [int(rng.integers(0, s - c + 1)) for s, c in zip(volume.shape[1:], crop_size)]
-            crop = volume[(slice(None), *(slice(a, a + c) for a, c in zip(corner, crop_size)))]
-            if float((crop[0] > 0).float().mean()) >= min_foreground:
-                crops.append(crop.clone())
-                kept += 1
-                if kept == crops_per_volume:
-                    break
-        if kept < crops_per_volume:
-            raise InputError(f"probe volume {index}", f"found only {kept} of {crops_per_volume} crops of "
-                                                      f"{crop_size} with >= {min_foreground:.0%} foreground")
-    return torch.stack(crops)
+    volumes = [_pad_to(torch.as_tensor(volume).float(), crop_size) for volume in volumes]
+    taken: list[set[tuple[int, ...]]] = [set() for _ in volumes]
+    for group in range(int(groups)):
+        crops = []
+        for index, volume in enumerate(volumes):
+            kept = 0
+            for _ in range(max_tries):
+                corner = tuple(int(rng.integers(0, s - c + 1)) for s, c in zip(volume.shape[1:], crop_size))
+                if corner in taken[index]:
+                    continue
+                crop = volume[(slice(None), *(slice(a, a + c) for a, c in zip(corner, crop_size)))]
+                if float((crop[0] > 0).float().mean()) >= min_foreground:
+                    crops.append(crop.clone())
+                    taken[index].add(corner)
+                    kept += 1
+                    if kept == crops_per_volume:
+                        break
+            if kept < crops_per_volume:
+                where = f" (group {group + 1} of {groups})" if groups > 1 else ""
+                raise InputError(f"probe volume {index}", f"found only {kept} of {crops_per_volume} crops of "
+                                                          f"{crop_size} with >= {min_foreground:.0%} foreground"
+                                                          f"{where}")
+        yield torch.stack(crops)
+
+
+def sample_crops(volumes: Sequence[torch.Tensor], crops_per_volume: int, crop_size: Sequence[int], seed: int,
+                 min_foreground: float = 0.5, max_tries: int = 1000) -> torch.Tensor:
+    """``crops_per_volume`` distinct crops ``(C, *crop_size)`` from each ``(C, X, Y, Z)`` volume, as one
+    ``(N, C, ...)``: the single group of ``sample_crop_groups``."""
+    return next(sample_crop_groups(volumes, crops_per_volume, 1, crop_size, seed, min_foreground, max_tries))
 
 
 def _outputs(output) -> tuple[torch.Tensor, torch.Tensor]:
@@ -318,7 +376,11 @@ class RepresentationProbe(ProbeHandler):
             spatial augmentation, so both views are the same crop under two different sequences). It is called on
             crops of exactly ``crop_size``, once, with ``seed``: the probe set is fixed for the whole run.
         crop_size: the crops' size in voxels.
-        crops_per_subject: crops per held-out item; N = items x crops_per_subject.
+        crops_per_subject: crops per held-out item in each group; N = items x crops_per_subject.
+        groups: K disjoint probe sets of N crops each (every one with ``crops_per_subject`` crops of every item);
+            each figure is computed among the N of a group and averaged over the K groups
+            (``grouped_probe_scores``): the same measure as one set, with a standard error ``1/sqrt(K)`` as large.
+            The embedding costs K times one set's.
         temperature: the NT-Xent temperature (the training loss's).
         seed: fixes the crops and the views.
         random_init_seed, interval, log_dir, history_path: as ``ProbeHandler``.
@@ -327,14 +389,16 @@ class RepresentationProbe(ProbeHandler):
     def __init__(self, data: Iterable[Mapping], input_keys: Sequence[str], view_pair: Callable,
                  crop_size: Sequence[int], crops_per_subject: int = 8, temperature: float = 0.5, seed: int = 54321,
                  random_init_seed: int = 999, interval: int = 1, log_dir: str | os.PathLike | None = None,
-                 history_path: str | os.PathLike | None = None, batch_size: int = 8):
-        if int(crops_per_subject) < 1:
-            raise InputError("crops_per_subject", f"must be >= 1, got {crops_per_subject}")
+                 history_path: str | os.PathLike | None = None, batch_size: int = 8, groups: int = 1):
+        for name, value in (("crops_per_subject", crops_per_subject), ("groups", groups)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise InputError(name, f"must be a whole number >= 1, got {value!r}")
         self.data = data
         self.input_keys = tuple(input_keys)
         self.view_pair = view_pair
         self.crop_size = tuple(int(s) for s in (crop_size if isinstance(crop_size, Sequence) else [crop_size] * 3))
         self.crops_per_subject = int(crops_per_subject)
+        self.groups = int(groups)
         self.temperature = float(temperature)
         self.seed = int(seed)
         super().__init__(random_init_seed, interval, log_dir, history_path)
@@ -342,22 +406,29 @@ class RepresentationProbe(ProbeHandler):
         self.views: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def build_views(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The fixed probe set: ``(view1, view2)``, each ``(N, 1, *crop_size)``, made once and kept."""
+        """The fixed probe set: ``(view1, view2)``, each ``(K N, 1, *crop_size)`` (group g: rows g N to (g + 1) N),
+        made once and kept. The views are made group by group (one call of the view pair each, drawing on from the
+        one seed), so only one group's multi-channel crops are in memory at a time, and the first group is the
+        probe set of ``groups=1``."""
         if self.views is None:
             volumes = [torch.cat([torch.as_tensor(item[k]).float() for k in self.input_keys]) for item in self.data]
             if not volumes:
                 raise InputError("probe data", "no held-out items to probe; the validation split is empty")
-            crops = sample_crops(volumes, self.crops_per_subject, self.crop_size, self.seed)
-            if crops.shape[0] < 2:
+            if len(volumes) * self.crops_per_subject < 2:
                 raise InputError("probe data", "the probe needs at least 2 crops (retrieval among 1 is trivial)")
             if hasattr(self.view_pair, "set_random_state"):
                 self.view_pair.set_random_state(seed=self.seed)
             state = torch.get_rng_state()
+            views1, views2 = [], []
             try:
-                pair = self.view_pair(crops)
+                for crops in sample_crop_groups(volumes, self.crops_per_subject, self.groups, self.crop_size,
+                                                self.seed):
+                    pair = self.view_pair(crops)
+                    views1.append(pair["view1"].cpu())
+                    views2.append(pair["view2"].cpu())
             finally:
                 torch.set_rng_state(state)
-            self.views = (pair["view1"].cpu(), pair["view2"].cpu())
+            self.views = (torch.cat(views1), torch.cat(views2))
         return self.views
 
     def measure(self, network: torch.nn.Module, device: torch.device | str = "cpu") -> dict[str, float]:
@@ -365,10 +436,12 @@ class RepresentationProbe(ProbeHandler):
         view1, view2 = self.build_views()
         network = getattr(network, "module", network)
         embeddings = embed_views(network, view1, view2, torch.device(device), self.batch_size)
-        return probe_scores(*embeddings, temperature=self.temperature)
+        return grouped_probe_scores(*embeddings, groups=self.groups, temperature=self.temperature)
 
     def describe(self, s: Mapping[str, float], r: Mapping[str, float]) -> str:
-        return (f"(N={s['n']}) top-1 features {s['features_top1']:.3f} +- {s['features_top1_se']:.3f} (random init "
+        groups = f", mean of {s['groups']} groups" if s.get("groups", 1) > 1 else ""
+        return (f"(N={s['n']}{groups}) top-1 features {s['features_top1']:.3f} +- {s['features_top1_se']:.3f} "
+                f"(random init "
                 f"{r['features_top1']:.3f}), projection {s['projection_top1']:.3f} ({r['projection_top1']:.3f}); "
                 f"top-5 features {s['features_top5']:.3f} ({r['features_top5']:.3f}), projection "
                 f"{s['projection_top5']:.3f} ({r['projection_top5']:.3f}); chance {s['top1_chance']:.3f}; held-out "
@@ -376,5 +449,6 @@ class RepresentationProbe(ProbeHandler):
                 f"spread {s['spread']:.3f} (healthy {s['spread_healthy']:.3f})")
 
 
-__all__ = ["ProbeHandler", "RepresentationProbe", "embed_images", "embed_views", "probe_milestones", "probe_scores",
-           "projection_spread", "random_init_copy", "retrieval_top_k", "sample_crops"]
+__all__ = ["ProbeHandler", "RepresentationProbe", "embed_images", "embed_views", "grouped_probe_scores",
+           "probe_milestones", "probe_scores", "projection_spread", "random_init_copy", "retrieval_top_k",
+           "sample_crop_groups", "sample_crops"]
