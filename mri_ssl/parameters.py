@@ -84,7 +84,8 @@ RULES: dict[str, Rule] = {
     "sw_overlap": Rule("float", low=0, high=1, high_open=True),
     "dropout": DROPOUT,
     # mri_ssl.physics.contrast: the smallest tissue signal gap relative to the brightest tissue; 1/2 is unreachable.
-    "min_tissue_contrast": Rule("float", low=0, high=0.5, high_open=True),
+    **{name: Rule("float", low=0, high=0.5, high_open=True)
+       for name in ("min_tissue_contrast", "simulation_min_tissue_contrast")},
     **{name: SIZE for name in ("crop_size", "patch_size", "sw_roi_size", "image_size", "features", "decoder_features",
                                "heatmap_features", "cnn_features", "reconstruction_channels")},
 }

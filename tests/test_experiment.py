@@ -459,6 +459,29 @@ def test_the_cmr_grid_probes_the_video_text_encoder_of_its_own_seed():
     assert len({r.config_hash for r in runs}) == len(runs) and untrusted_findings(grid) == []
 
 
+def test_a_task_s_mode_overrides_may_name_a_variant_for_that_task_only(tmp_path):
+    denoising = {"name": "denoising", "bundle": "mri_denoising", "configs": ["train.json", "cpu_demo.json"],
+                 "metrics": {"psnr_db": "higher"}, "overrides": {"num_epochs": 3}}
+    path = write_grid(tmp_path, extra_downstream=[denoising],
+                      variants={"simaug": {"encoder": "random", "overrides": {"training_contrast": "simulated",
+                                                                              "num_epochs": 2}}})
+    content = yaml.safe_load(path.read_text())
+    content["downstream"][0]["mode_overrides"] = {"random": {"dice_batch": True}, "simaug": {"num_epochs": 5}}
+    path.write_text(yaml.safe_dump(content))
+    runs = {r.label: r.overrides for r in expand_runs(load_grid(path)) if r.kind == "downstream"}
+    # The tissue entry naming the variant wins over the variant's own overrides; its encoder's entry applies too.
+    assert runs["tissue-simaug-frac1-seed0"]["num_epochs"] == 5
+    assert runs["tissue-simaug-frac1-seed0"]["dice_batch"] is True
+    assert runs["tissue-random-frac1-seed0"]["num_epochs"] == 1 and runs["tissue-random-frac1-seed0"]["dice_batch"]
+    # The other task keeps the variant's own overrides.
+    assert runs["denoising-simaug-frac1-seed0"]["num_epochs"] == 2
+    assert "dice_batch" not in runs["denoising-simaug-frac1-seed0"]
+    content["downstream"][0]["mode_overrides"] = {"simaugg": {"num_epochs": 5}}
+    path.write_text(yaml.safe_dump(content))
+    with pytest.raises(InputError, match="mode_overrides.*simaugg"):
+        load_grid(path)
+
+
 def test_modes_without_a_mode_key_differ_by_their_mode_overrides(tmp_path):
     path = write_grid(tmp_path)
     content = yaml.safe_load(path.read_text())

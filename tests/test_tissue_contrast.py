@@ -117,3 +117,65 @@ def test_bad_floor_is_an_input_error(floor):
     with pytest.raises(InputError) as error:
         check_bundle_parameters({"min_tissue_contrast": floor})
     assert error.value.source == "min_tissue_contrast"
+
+
+# ------------------------------------------- the downstream training contrast (RandTrainingContrastd, Sim. aug.)
+
+
+def training_maps(shape=(6, 7, 5)) -> dict:
+    """Channel-first maps of one tissue per voxel band (CSF, GM, WM), with a label."""
+    labels = torch.arange(shape[0])[:, None, None].expand(shape) % 3 + 1
+    item = {name: torch.tensor([0.0] + [TISSUES[t][name] for t in ("gm", "wm", "csf")],
+                               dtype=torch.float32)[labels][None] for name in ("pd", "r1", "r2s", "mt")}
+    item["label"] = labels[None].to(torch.uint8)
+    return item
+
+
+def training_acquisitions(floor: float, items: int = 40, crop: bool = False) -> list[tuple[str, dict]]:
+    from monai.transforms import RandSpatialCropd
+
+    from mri_ssl.transforms import RandTrainingContrastd
+
+    transform = RandTrainingContrastd(
+        map_keys=("pd", "r1", "r2s", "mt"), min_tissue_contrast=floor, bias_field_prob=0.0, gibbs_prob=0.0,
+        rician_prob=0.0, crop=RandSpatialCropd(keys=["image", "label"], roi_size=(4, 4, 4)) if crop else None)
+    transform.set_random_state(3)
+    drawn = []
+    for _ in range(items):
+        transform(training_maps())
+        simulator = transform.simulate.simulator
+        drawn.append((simulator.sequence, dict(simulator.protocol)))
+    return drawn
+
+
+@pytest.mark.parametrize("crop", [False, True])
+def test_the_training_contrast_floor_keeps_only_acquisitions_that_reach_it(crop):
+    names = ("pd", "r1", "r2s", "mt")
+    unfloored = [tissue_contrast(s, p, names) for s, p in training_acquisitions(0.0, crop=crop)]
+    assert min(unfloored) < 0.1  # the paper's draws include flat ones, so the floor has something to reject
+    floored = [tissue_contrast(s, p, names) for s, p in training_acquisitions(0.1, crop=crop)]
+    assert min(floored) >= 0.1
+    # A draw that passes is kept as drawn: the floored stream is the unfloored one with the flat draws left out.
+    assert set(round(c, 12) for c in floored) & set(round(c, 12) for c in unfloored)
+
+
+@pytest.mark.parametrize("crop", [False, True])
+def test_the_training_contrast_without_a_floor_draws_the_paper_s_acquisitions_number_for_number(crop, monkeypatch):
+    from mri_ssl.transforms import RandTrainingContrastd
+
+    drawn = training_acquisitions(0.0, items=10, crop=crop)
+    # Before the floor existed, an item's acquisition was the simulator's one draw: the same stream.
+    monkeypatch.setattr(RandTrainingContrastd, "randomize", lambda self, data=None: self.simulate.randomize())
+    assert repr(drawn) == repr(training_acquisitions(0.0, items=10, crop=crop))
+
+
+@pytest.mark.parametrize("floor", [-0.1, 0.5, "high"])
+def test_bad_training_contrast_floor_is_an_input_error(floor):
+    from mri_ssl.transforms import RandTrainingContrastd
+
+    with pytest.raises(InputError) as error:
+        RandTrainingContrastd(min_tissue_contrast=floor)
+    assert error.value.source == "min_tissue_contrast"
+    with pytest.raises(InputError) as error:
+        check_bundle_parameters({"simulation_min_tissue_contrast": floor})
+    assert error.value.source == "simulation_min_tissue_contrast"

@@ -50,7 +50,10 @@ the name, or to ``null`` when the bundle has a single way of pretraining (then t
 A variant is a downstream-only column: the encoder of one of ``modes`` (``random`` or a pretrained one, from the
 same seed's pretraining run) under a downstream run with the variant's ``overrides`` added, for every downstream
 task or only the ones named in ``tasks`` (``mri-ssl demo`` runs it only for ``demo_tasks``, when given, to keep the
-demo's time bounded). The columns are ``modes`` then the variants, in the file's order.
+demo's time bounded). The columns are ``modes`` then the variants, in the file's order. A downstream task's
+``mode_overrides`` may name a mode or a variant: a variant's run of that task takes its encoder's entry, then the
+variant's ``overrides``, then the entry naming the variant (settings one column needs on one task only, e.g. a
+longer schedule for ``simaug``'s tissue run, which its denoising run must not get).
 
 Values in ``overrides`` are bundle config ids and values. In strings, ``{grid_dir}`` is replaced by the grid file's
 folder when the grid is read, and ``{out_dir}`` by the experiment's output folder when a run starts (so runs can
@@ -389,6 +392,11 @@ def load_grid(path: str | os.PathLike, bundles_dir: str | os.PathLike | None = N
     variants = _variants(content.get("variants"), where, tuple(modes), names, grid_dir)
     titles = content.get("titles") or {}
     columns = tuple(modes) + tuple(variant.name for variant in variants)
+    for index, spec in enumerate(downstream):
+        unknown = sorted(set(spec.mode_overrides) - set(columns))
+        if unknown:
+            raise InputError(f"{where} downstream[{index}]", f"'mode_overrides' names {unknown}, which are not "
+                                                             f"columns of the grid {list(columns)}")
     if not isinstance(titles, dict) or not set(titles) <= set(columns) or not all(
             isinstance(t, str) and t for t in titles.values()):
         raise InputError(where, f"'titles' must map columns {list(columns)} to table titles, got {titles!r}")
@@ -472,9 +480,11 @@ def expand_runs(grid: Grid, infer: bool = True) -> list[Run]:
                     runs.append(run)
                 for variant in [v for v in grid.variants if v.applies_to(spec.name)]:
                     upstream = pretrain_runs.get((variant.encoder, seed))
+                    # The task's mode_overrides of the variant's encoder, then the variant's own, then the task's
+                    # mode_overrides naming the variant (what this column needs on this task only).
                     overrides = {**spec.overrides, **spec.mode_overrides.get(variant.encoder, {}),
-                                 **variant.overrides, "seed": seed, "label_fraction": fraction,
-                                 "pretrained": upstream is not None}
+                                 **variant.overrides, **spec.mode_overrides.get(variant.name, {}), "seed": seed,
+                                 "label_fraction": fraction, "pretrained": upstream is not None}
                     run = Run("downstream", spec.name, variant.name, seed, fraction, spec, overrides, upstream)
                     run.config_hash = run_hash(run, infer)
                     runs.append(run)

@@ -58,6 +58,7 @@ from monai.transforms import (
 )
 
 from mri_ssl.errors import InputError
+from mri_ssl.physics.contrast import check_min_tissue_contrast, tissue_contrast
 from mri_ssl.physics.protocols import SEQUENCES
 from mri_ssl.physics.simulate import simulate
 from mri_ssl.transforms.simulate_sequence import RandSimulateSequenced
@@ -67,6 +68,9 @@ __all__ = ["TRAINING_CONTRASTS", "MAP_KEYS", "RandTrainingContrastd", "check_tra
 
 TRAINING_CONTRASTS = ("fixed", "simulated")
 MAP_KEYS = ("pd", "r1", "r2", "r2s", "mt")  # the map keys of the embedded demo data's entries
+# Acquisitions drawn for one item in search of one that reaches ``min_tissue_contrast`` (at a floor of 0.1 about two
+# in three FSE / GRE / FLAIR draws pass, so this many failures in a row mean the floor is out of reach).
+_MAX_CONTRAST_DRAWS = 1000
 
 
 def _checked_mode(mode: str) -> str:
@@ -125,6 +129,10 @@ class RandTrainingContrastd(Randomizable, MapTransform):
             None: simulate the whole volume (the crop transform then follows in the pipeline).
         gibbs_margin_voxels: with ``crop``, the margin of anatomy around the crop that Gibbs ringing sees.
         statistics_stride: with ``crop``, the step of the voxel grid the volume's statistics are estimated on.
+        min_tissue_contrast: redraw the sequence and protocol until the acquisition's tissue contrast
+            (``mri_ssl.physics.contrast.tissue_contrast``: the smallest of the CSF / GM / WM signal gaps relative to
+            the brightest, nominal tissues) reaches this floor, in [0, 1/2). 0 (the default) keeps every draw of the
+            paper's distributions, number for number.
 
     ``set_random_state`` seeds the sequence / protocol draw and every corruption, so a seeded run re-simulates the
     same contrasts in the same order.
@@ -134,7 +142,7 @@ class RandTrainingContrastd(Randomizable, MapTransform):
                  sequences: Sequence[str] = SEQUENCES, bias_field_prob: float = 0.5, bias_field_coeff: float = 0.3,
                  gibbs_prob: float = 0.5, gibbs_alpha: float = 0.8, rician_prob: float = 0.8,
                  rician_std: float = 0.2, crop: Callable | None = None, gibbs_margin_voxels: int = 8,
-                 statistics_stride: int = 4) -> None:
+                 statistics_stride: int = 4, min_tissue_contrast: float = 0.0) -> None:
         MapTransform.__init__(self, map_keys, allow_missing_keys=True)  # r2 and mt are optional maps
         self.mode = _checked_mode(mode)
         self.image_key = image_key
@@ -167,6 +175,7 @@ class RandTrainingContrastd(Randomizable, MapTransform):
         self.crop = crop if self.mode == "simulated" else None
         self.gibbs_margin = int(gibbs_margin_voxels)
         self.statistics_stride = int(statistics_stride)
+        self.min_tissue_contrast = check_min_tissue_contrast(min_tissue_contrast)
         self.probabilities = (float(bias_field_prob), float(gibbs_prob), float(rician_prob))
         self.bias_field_coeff, self.gibbs_alpha, self.rician_std = (float(bias_field_coeff), float(gibbs_alpha),
                                                                     float(rician_std))
@@ -185,15 +194,28 @@ class RandTrainingContrastd(Randomizable, MapTransform):
         return self
 
     def randomize(self, data=None) -> None:
+        """Draw the sequence and protocol (again while below ``min_tissue_contrast``); the simulator keeps them."""
         self.simulate.randomize()
+        if self.min_tissue_contrast <= 0.0:
+            return  # the paper's draws: nothing more is computed or drawn
+        simulator = self.simulate.simulator
+        for _ in range(_MAX_CONTRAST_DRAWS):
+            if tissue_contrast(simulator.sequence, simulator.protocol, simulator.map_names) >= self.min_tissue_contrast:
+                return
+            self.simulate.randomize()
+        raise InputError("min_tissue_contrast", f"{_MAX_CONTRAST_DRAWS} acquisitions in a row had a tissue contrast "
+                                                f"below {self.min_tissue_contrast:g}; lower the floor (0 keeps every "
+                                                f"draw)")
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         if self.mode == "fixed":
             return dict(data)
         if self.crop is not None:
             return self._simulate_crop(data)
-        d = self.simulate(data)
-        image = d[self.image_key]
+        d = dict(data)
+        maps = self.simulate._stacked_maps(d)  # sets the simulator's map names, which the contrast floor reads
+        self.randomize()
+        image = self.simulate.simulator(maps, randomize=False)
         meta = dict(image.meta) if isinstance(image, MetaTensor) else {}
         # Protocols of different sequences have different fields, which batch collation cannot stack: keep them as
         # text (the sequence name and protocol stay in the item's metadata for inspection).
@@ -216,7 +238,7 @@ class RandTrainingContrastd(Randomizable, MapTransform):
         volume_affine = maps.affine if isinstance(maps, MetaTensor) else torch.eye(4, dtype=torch.float64)
         plain_maps = maps.as_tensor() if isinstance(maps, MetaTensor) else torch.as_tensor(maps)
         plain_maps = plain_maps if plain_maps.is_floating_point() else plain_maps.float()
-        self.simulate.randomize()
+        self.randomize()
         sequence, protocol = self.simulate.simulator.sequence, self.simulate.simulator.protocol
 
         rest = {key: value for key, value in data.items() if key not in set(self.keys)}
