@@ -253,7 +253,10 @@ def test_bundle_configs_resolve_each_mode(bundle, extra, demo_data, tmp_path):
                    "demo_test_subjects": 1})
     groups = parser.get_parsed_content("optimizer").param_groups
     rate = parser.get_parsed_content("learning_rate")
-    expected = {"": [rate], "simulation_augmented.json": [rate, rate], "finetune.json": [rate, 0.1 * rate]}
+    head = parser.get("head_learning_rate")  # mri_segmentation's cpu_demo.json: the output convolution at 10x
+    heads = [] if head is None else [head]
+    expected = {"": [rate] + heads, "simulation_augmented.json": [rate] + heads + [rate],
+                "finetune.json": [rate] + heads + [0.1 * rate]}
     assert [g["lr"] for g in groups] == pytest.approx(expected["".join(extra)])
     item = parser.get_parsed_content("train#augmented_dataset")[0]
     item = item[0] if isinstance(item, list) else item
