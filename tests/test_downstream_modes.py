@@ -253,7 +253,10 @@ def test_bundle_configs_resolve_each_mode(bundle, extra, demo_data, tmp_path):
                    "demo_test_subjects": 1})
     groups = parser.get_parsed_content("optimizer").param_groups
     rate = parser.get_parsed_content("learning_rate")
-    expected = {"": [rate], "simulation_augmented.json": [rate, rate], "finetune.json": [rate, 0.1 * rate]}
+    head = parser.get("head_learning_rate")  # mri_segmentation's cpu_demo.json: the output convolution at 10x
+    heads = [] if head is None else [head]
+    expected = {"": [rate] + heads, "simulation_augmented.json": [rate] + heads + [rate],
+                "finetune.json": [rate] + heads + [0.1 * rate]}
     assert [g["lr"] for g in groups] == pytest.approx(expected["".join(extra)])
     item = parser.get_parsed_content("train#augmented_dataset")[0]
     item = item[0] if isinstance(item, list) else item
@@ -284,8 +287,10 @@ def test_demo_grid_has_the_two_new_columns_with_the_same_budget():
             assert tuned.upstream is frozen.upstream and tuned.overrides["freeze_encoder"] is False
             # Same configs, data and budget as the other columns: only the mode keys differ, and for Sim. aug.'s
             # tissue run its own schedule and contrast floor (a whole network from random init on a new contrast
-            # every step: 1024 steps, measured in bundles/mri_segmentation/docs/README.md).
-            simaug_tissue = {"num_epochs", "val_interval", "simulation_min_tissue_contrast"}
+            # every step: 1024 steps, measured in bundles/mri_segmentation/docs/README.md), with the head rates it
+            # was measured with rather than the frozen heads' recipe of cpu_demo.json.
+            simaug_tissue = {"num_epochs", "val_interval", "simulation_min_tissue_contrast", "learning_rate",
+                             "head_learning_rate", "dice_batch"}
             for run in (simaug, tuned):
                 differing = {k for k in set(run.overrides) | set(frozen.overrides)
                              if run.overrides.get(k) != frozen.overrides.get(k)}
