@@ -30,7 +30,7 @@ TINY = {
     "batch_size": 2,
     "num_epochs": 2,
     "epoch_length": 2,
-    "val_interval": 2,  # validate once, at the end (mri_segmentation's cpu_demo.json: every 4th epoch)
+    "val_interval": 2,  # validate once, at the end
     "num_workers": 0,
     "sw_batch_size": 8,
     "progress_bar": False,
