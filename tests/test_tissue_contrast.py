@@ -8,6 +8,7 @@ import pytest
 import torch
 from scipy.optimize import brentq
 
+import mri_ssl.physics.contrast as contrast_module
 import mri_ssl.transforms.views as views_module
 from mri_ssl.errors import InputError
 from mri_ssl.parameters import check_bundle_parameters
@@ -95,14 +96,14 @@ def test_without_a_floor_no_contrast_is_computed_so_the_paper_draws_are_unchange
     def fail(*args):
         raise AssertionError("the contrast was computed without a floor")
 
-    monkeypatch.setattr(views_module, "tissue_contrast", fail)
+    monkeypatch.setattr(contrast_module, "tissue_contrast", fail)
     pair(0.0).randomize(8)
     with pytest.raises(AssertionError, match="without a floor"):
         pair(0.05).randomize(8)
 
 
 def test_an_unreachable_floor_stops_with_an_error_naming_it(monkeypatch):
-    monkeypatch.setattr(views_module, "_MAX_CONTRAST_DRAWS", 20)
+    monkeypatch.setattr(contrast_module, "MAX_CONTRAST_DRAWS", 20)
     view_pair = pair(0.49, sequences=("mprage",))
     with pytest.raises(InputError, match="out of reach") as error:
         view_pair.randomize(1)

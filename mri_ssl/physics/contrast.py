@@ -16,7 +16,7 @@ says what the protocol does to a typical brain, not to one subject's maps).
 from __future__ import annotations
 
 import itertools
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -27,6 +27,9 @@ from mri_ssl.physics.simulate import DEFAULT_MAP_NAMES, check_map_names, simulat
 REFERENCE_TISSUES = ("csf", "gm", "wm")
 # The most the smallest pairwise gap of three signals in [0, max] can be, relative to max (0, max/2, max).
 MAX_TISSUE_CONTRAST = 0.5
+# Draws tried for an acquisition that reaches a ``min_tissue_contrast`` floor. At a floor of 0.1 about two in three
+# FSE / GRE / FLAIR draws pass, so this many failures in a row mean the floor is out of reach of the distribution.
+MAX_CONTRAST_DRAWS = 1000
 
 
 def tissue_signals(sequence: str, protocol: Mapping, map_names: Sequence[str] = DEFAULT_MAP_NAMES,
@@ -71,5 +74,19 @@ def check_min_tissue_contrast(value: float, name: str = "min_tissue_contrast") -
     return floor
 
 
-__all__ = ["MAX_TISSUE_CONTRAST", "REFERENCE_TISSUES", "check_min_tissue_contrast", "tissue_contrast",
-           "tissue_signals"]
+def draw_with_tissue_contrast(draw: Callable[[], tuple[str, Mapping]], floor: float,
+                              map_names: Sequence[str] = DEFAULT_MAP_NAMES,
+                              what: str = "acquisitions") -> tuple[str, Mapping]:
+    """``draw()`` (a ``(sequence, protocol)``) again until ``tissue_contrast`` reaches ``floor``; with ``floor`` 0 the
+    first draw, with nothing more computed or drawn (the paper's draws, number for number). ``what`` names the draws
+    in the error raised after ``MAX_CONTRAST_DRAWS`` failures in a row."""
+    for _ in range(MAX_CONTRAST_DRAWS):
+        sequence, protocol = draw()
+        if floor <= 0.0 or tissue_contrast(sequence, protocol, map_names) >= floor:
+            return sequence, protocol
+    raise InputError("min_tissue_contrast", f"{MAX_CONTRAST_DRAWS} {what} in a row had a tissue contrast below "
+                                            f"{floor:g}; that floor is out of reach: lower it (0 keeps every draw)")
+
+
+__all__ = ["MAX_CONTRAST_DRAWS", "MAX_TISSUE_CONTRAST", "REFERENCE_TISSUES", "check_min_tissue_contrast",
+           "draw_with_tissue_contrast", "tissue_contrast", "tissue_signals"]

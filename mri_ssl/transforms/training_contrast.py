@@ -58,7 +58,7 @@ from monai.transforms import (
 )
 
 from mri_ssl.errors import InputError
-from mri_ssl.physics.contrast import check_min_tissue_contrast, tissue_contrast
+from mri_ssl.physics.contrast import check_min_tissue_contrast, draw_with_tissue_contrast
 from mri_ssl.physics.protocols import SEQUENCES
 from mri_ssl.physics.simulate import simulate
 from mri_ssl.transforms.simulate_sequence import RandSimulateSequenced
@@ -68,9 +68,6 @@ __all__ = ["TRAINING_CONTRASTS", "MAP_KEYS", "RandTrainingContrastd", "check_tra
 
 TRAINING_CONTRASTS = ("fixed", "simulated")
 MAP_KEYS = ("pd", "r1", "r2", "r2s", "mt")  # the map keys of the embedded demo data's entries
-# Acquisitions drawn for one item in search of one that reaches ``min_tissue_contrast`` (at a floor of 0.1 about two
-# in three FSE / GRE / FLAIR draws pass, so this many failures in a row mean the floor is out of reach).
-_MAX_CONTRAST_DRAWS = 1000
 
 
 def _checked_mode(mode: str) -> str:
@@ -195,17 +192,13 @@ class RandTrainingContrastd(Randomizable, MapTransform):
 
     def randomize(self, data=None) -> None:
         """Draw the sequence and protocol (again while below ``min_tissue_contrast``); the simulator keeps them."""
-        self.simulate.randomize()
-        if self.min_tissue_contrast <= 0.0:
-            return  # the paper's draws: nothing more is computed or drawn
         simulator = self.simulate.simulator
-        for _ in range(_MAX_CONTRAST_DRAWS):
-            if tissue_contrast(simulator.sequence, simulator.protocol, simulator.map_names) >= self.min_tissue_contrast:
-                return
+
+        def draw() -> tuple[str, dict]:
             self.simulate.randomize()
-        raise InputError("min_tissue_contrast", f"{_MAX_CONTRAST_DRAWS} acquisitions in a row had a tissue contrast "
-                                                f"below {self.min_tissue_contrast:g}; lower the floor (0 keeps every "
-                                                f"draw)")
+            return simulator.sequence, simulator.protocol
+
+        draw_with_tissue_contrast(draw, self.min_tissue_contrast, simulator.map_names)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         if self.mode == "fixed":

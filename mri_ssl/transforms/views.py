@@ -55,7 +55,7 @@ from monai.transforms import (
 )
 
 from mri_ssl.errors import InputError
-from mri_ssl.physics.contrast import check_min_tissue_contrast, tissue_contrast
+from mri_ssl.physics.contrast import check_min_tissue_contrast, draw_with_tissue_contrast
 from mri_ssl.physics.protocols import SEQUENCES, check_sequence, protocol_item, sample_protocol
 from mri_ssl.physics.simulate import DEFAULT_MAP_NAMES, check_map_names, check_maps, simulate
 
@@ -75,9 +75,6 @@ PAPER_CROP_VOXELS = 96
 
 # A draw identical to the other view's is redrawn; with continuous distributions one redraw is already rare.
 _MAX_REDRAWS = 100
-# Protocol draws of one sequence tried for one that reaches ``min_tissue_contrast``. At a floor of 0.1 about two in
-# three FSE / GRE / FLAIR draws pass, so 1000 failures in a row mean the floor is out of that sequence's reach.
-_MAX_CONTRAST_DRAWS = 1000
 
 
 def zscore(image: torch.Tensor) -> torch.Tensor:
@@ -341,17 +338,13 @@ class ContrastiveViewPair(Randomizable):
 
     def _draw_acquisition(self, sequences: Sequence[str]) -> tuple[str, dict[str, float]]:
         sequence = str(self.R.choice(list(sequences)))
-        for _ in range(_MAX_CONTRAST_DRAWS):
+
+        def draw() -> tuple[str, dict[str, float]]:
             # sample_protocol draws from a torch.Generator; seed it from self.R so set_random_state governs it.
             generator = torch.Generator().manual_seed(int(self.R.randint(0, 2**31 - 1)))
-            protocol = protocol_item(sample_protocol(sequence, 1, generator), 0)
-            # Without a floor nothing more is computed or drawn: the paper's draws, number for number.
-            if (self.min_tissue_contrast <= 0.0
-                    or tissue_contrast(sequence, protocol, self.map_names) >= self.min_tissue_contrast):
-                return sequence, protocol
-        raise InputError("min_tissue_contrast", f"{_MAX_CONTRAST_DRAWS} {sequence} protocols in a row had a tissue "
-                                                f"contrast below {self.min_tissue_contrast:g}; that floor is out of "
-                                                f"reach of the {sequence} distribution: lower it (0 keeps every draw)")
+            return sequence, protocol_item(sample_protocol(sequence, 1, generator), 0)
+
+        return draw_with_tissue_contrast(draw, self.min_tissue_contrast, self.map_names, f"{sequence} protocols")
 
     def _draw_pair(self) -> tuple[tuple[str, dict], tuple[str, dict]]:
         if self.input_is_image:
