@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
 import torch
@@ -158,6 +159,23 @@ def test_the_training_contrast_floor_keeps_only_acquisitions_that_reach_it(crop)
     assert min(floored) >= 0.1
     # A draw that passes is kept as drawn: the floored stream is the unfloored one with the flat draws left out.
     assert set(round(c, 12) for c in floored) & set(round(c, 12) for c in unfloored)
+
+
+def test_the_training_contrast_floor_redraws_the_protocol_and_keeps_the_sequences_probabilities():
+    from mri_ssl.physics.protocols import SEQUENCES
+    from mri_ssl.transforms import RandTrainingContrastd
+
+    transform = RandTrainingContrastd(map_keys=("pd", "r1", "r2s", "mt"), min_tissue_contrast=0.2)
+    transform.set_random_state(0)
+    draws = 800
+    counts = Counter()
+    for _ in range(draws):
+        transform.randomize()
+        counts[transform.simulate.simulator.sequence] += 1
+    # Uniform over the four sequences, as without a floor (binomial sd of a share 0.015; 0.06 is 4 sd). Redrawing
+    # the sequence with the protocol would keep MPRAGE, whose protocols pass most often, in about 0.47 of the draws.
+    assert set(counts) == set(SEQUENCES)
+    assert all(abs(n / draws - 1 / len(SEQUENCES)) < 0.06 for n in counts.values()), counts
 
 
 @pytest.mark.parametrize("crop", [False, True])

@@ -127,7 +127,12 @@ class RandSimulateSequence(Randomizable, Transform):
         self.protocol: dict = {}
 
     def randomize(self, data=None) -> None:
+        """Draw a sequence (with ``sequence_probs``), then its protocol."""
         self.sequence = str(self.R.choice(self.sequences, p=self.sequence_probs))
+        self.randomize_protocol()
+
+    def randomize_protocol(self) -> None:
+        """Draw a new protocol for the current sequence (the sequence is kept)."""
         # sample_protocol draws from a torch.Generator; seed it from MONAI's numpy state so set_random_state governs.
         generator = torch.Generator().manual_seed(int(self.R.randint(0, 2**31 - 1)))
         self.protocol = {k: v[0] for k, v in sample_protocol(self.sequence, 1, generator).items()}
