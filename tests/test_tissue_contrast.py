@@ -178,6 +178,17 @@ def test_the_training_contrast_floor_redraws_the_protocol_and_keeps_the_sequence
     assert all(abs(n / draws - 1 / len(SEQUENCES)) < 0.06 for n in counts.values()), counts
 
 
+def test_a_floor_the_drawn_sequence_cannot_reach_stops_the_training_contrast_with_an_error_naming_it(monkeypatch):
+    from mri_ssl.transforms import RandTrainingContrastd
+
+    # No GRE protocol reaches a contrast of 0.45; the sequence is kept, so the floor cannot be met by drawing another.
+    monkeypatch.setattr(contrast_module, "MAX_CONTRAST_DRAWS", 50)
+    transform = RandTrainingContrastd(map_keys=("pd", "r1", "r2s", "mt"), sequences=("gre",), min_tissue_contrast=0.45)
+    with pytest.raises(InputError, match="gre protocols") as error:
+        transform.set_random_state(0).randomize()
+    assert error.value.source == "min_tissue_contrast"
+
+
 @pytest.mark.parametrize("crop", [False, True])
 def test_the_training_contrast_without_a_floor_draws_the_paper_s_acquisitions_number_for_number(crop, monkeypatch):
     from mri_ssl.transforms import RandTrainingContrastd
