@@ -128,8 +128,12 @@ class RandSimulateSequence(Randomizable, Transform):
 
     def randomize(self, data=None) -> None:
         """Draw a sequence (with ``sequence_probs``), then its protocol."""
-        self.sequence = str(self.R.choice(self.sequences, p=self.sequence_probs))
+        self.randomize_sequence()
         self.randomize_protocol()
+
+    def randomize_sequence(self) -> None:
+        """Draw the sequence (with ``sequence_probs``); its protocol is drawn by ``randomize_protocol``."""
+        self.sequence = str(self.R.choice(self.sequences, p=self.sequence_probs))
 
     def randomize_protocol(self) -> None:
         """Draw a new protocol for the current sequence (the sequence is kept)."""

@@ -198,14 +198,10 @@ class RandTrainingContrastd(Randomizable, MapTransform):
         0.33 of the kept draws instead of 0.25 at a floor of 0.1, 0.47 at 0.2 (4000 draws).
         """
         simulator = self.simulate.simulator
-        simulator.randomize()
-        first = True
+        simulator.randomize_sequence()
 
         def draw() -> tuple[str, dict]:
-            nonlocal first
-            if not first:
-                simulator.randomize_protocol()
-            first = False
+            simulator.randomize_protocol()
             return simulator.sequence, simulator.protocol
 
         draw_with_tissue_contrast(draw, self.min_tissue_contrast, simulator.map_names,
