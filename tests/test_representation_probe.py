@@ -224,6 +224,24 @@ def test_the_probe_table_and_learning_curves_read_the_runs_histories(tmp_path):
     assert plot_learning_curves([], grid, tmp_path / "none.png") is None
 
 
+def test_the_probe_table_pairs_each_mode_with_base_by_seed():
+    from types import SimpleNamespace
+
+    from mri_ssl.experiments.tables import paired_probe_text, probe_markdown
+
+    # Base ends at 0.3 / 0.5 / 0.4, SeqInv at 0.4 / 0.5 / 0.6 in seeds 0 / 1 / 2; seed 3 ran SeqInv only.
+    results = [fake_pretraining_result("base", seed, top1) for seed, top1 in enumerate((0.3, 0.5, 0.4))]
+    results += [fake_pretraining_result("seqinv", seed, top1) for seed, top1 in enumerate((0.4, 0.5, 0.6, 0.99))]
+    grid = SimpleNamespace(name="curves", modes=("random", "base", "seqinv"), titles={})
+    text = paired_probe_text(results, grid, "features_top1", "top-1 features")
+    # differences 0.1, 0.0, 0.2: mean 0.1, standard deviation 0.1, standard error 0.1 / sqrt(3); a tie is not ahead
+    assert f"SeqInv - Base +0.100 ± {0.1 / math.sqrt(3):.3f} (standard error over 3 seeds), ahead in 2 of 3" in text
+    assert text in probe_markdown(results, grid)
+    one_seed = paired_probe_text(results[:1] + results[3:4], grid, "features_top1", "top-1 features")
+    assert "SeqInv - Base +0.100 (one seed: no standard error), ahead in 1 of 1" in one_seed
+    assert paired_probe_text(results[:3], grid, "features_top1", "top-1 features") == ""  # one mode: nothing to pair
+
+
 def test_the_video_text_probe_table_and_curves_show_retrieval_against_chance(tmp_path):
     from types import SimpleNamespace
 

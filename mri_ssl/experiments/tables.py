@@ -251,14 +251,50 @@ def probe_heading(first: Mapping) -> tuple[str, str]:
             "initialised encoder of the same shape; the probe never sees the test split.")
 
 
-def probe_histories(results: Sequence[RunResult]) -> dict[str, list[dict]]:
-    """``{mode: [probe history of each seed's pretraining run]}`` for the finished runs that wrote one."""
-    histories: dict[str, list[dict]] = {}
+def probes_by_seed(results: Sequence[RunResult]) -> dict[str, dict[int, dict]]:
+    """``{mode: {seed: probe history of that seed's pretraining run}}`` for the finished runs that wrote one."""
+    probes: dict[str, dict[int, dict]] = {}
     for result in results:
         probe = result.probe or {}
         if result.run.kind == "pretrain" and result.status == STATUS_OK and probe.get("history"):
-            histories.setdefault(result.run.mode, []).append(probe)
-    return histories
+            probes.setdefault(result.run.mode, {})[result.run.seed] = probe
+    return probes
+
+
+def probe_histories(results: Sequence[RunResult]) -> dict[str, list[dict]]:
+    """``{mode: [probe history of each seed's pretraining run]}`` for the finished runs that wrote one."""
+    return {mode: list(by_seed.values()) for mode, by_seed in probes_by_seed(results).items()}
+
+
+def paired_probe_text(results: Sequence[RunResult], grid: Grid, key: str, title: str) -> str:
+    """Each mode against the table's first mode (Base in the 3-D grids) on the probe's ``key`` at the end of training,
+    paired by seed: the mean difference, its standard error over the seeds both ran, and in how many it is ahead.
+
+    Runs of one seed start from the same encoder weights and are probed on the same crops, so the per-seed difference
+    cancels what the seed does to both; its spread over seeds is the test of "mode A beats mode B". '' with fewer than
+    two modes or no seed in common.
+    """
+    by_mode = probes_by_seed(results)
+    modes = [mode for mode in grid.modes if mode in by_mode]
+    if len(modes) < 2:
+        return ""
+    reference = modes[0]
+    parts = []
+    for mode in modes[1:]:
+        seeds = sorted(set(by_mode[mode]) & set(by_mode[reference]))
+        if not seeds:
+            continue
+        differences = [by_mode[mode][seed]["history"][-1][key] - by_mode[reference][seed]["history"][-1][key]
+                       for seed in seeds]
+        mean, std = mean_std(differences)
+        ahead = sum(difference > 0 for difference in differences)
+        spread = (f" ± {std / math.sqrt(len(seeds)):.3f} (standard error over {len(seeds)} seeds)" if len(seeds) > 1
+                  else " (one seed: no standard error)")
+        parts.append(f"{pretraining_title(mode)} - {pretraining_title(reference)} {mean:+.3f}{spread}, ahead in "
+                     f"{ahead} of {len(seeds)}")
+    if not parts:
+        return ""
+    return f"Paired by seed (same initial weights, same probe crops), {title} at the end: " + "; ".join(parts) + "."
 
 
 def _mean_std_text(values: Sequence[float], places: int = 3) -> str:
@@ -288,6 +324,9 @@ def probe_markdown(results: Sequence[RunResult], grid: Grid) -> str:
             cells = [_mean_std_text([pick(probe)[key] for probe in probes]) for key, _ in columns]
             lines.append(f"| {pretraining_title(mode)} | {stage} | {len(probes)} | " + " | ".join(cells) + " |")
     lines += ["", note]
+    paired = paired_probe_text(results, grid, *columns[0])
+    if paired:
+        lines += ["", paired]
     return "\n".join(lines) + "\n"
 
 
