@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(slim encoders pretrained in the Base, SeqAug and SeqInv modes; frozen-encoder tissue "
                     "segmentation and denoising trained on simulated T1w, with a random-init baseline; evaluated on "
                     "unseen contrasts and the real MNI152 T1). Stage 3: results.md / results.csv, figures/*.png and "
-                    "a printed table. About 14-17 minutes and 3.8 GB on 2 CPU cores with one seed; finished runs are "
+                    "a printed table. About 13-17 minutes and 3.8 GB on 2 CPU cores with one seed; finished runs are "
                     "reused. "
                     "`mri-ssl demo cardiac`: SimSiam pretraining of a ViT on the embedded cardiac phantom "
                     "(experiments/demo_cardiac.yaml through bundles/cardiac_sequence_classification), fine-tuning and "
