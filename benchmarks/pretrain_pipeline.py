@@ -13,6 +13,9 @@ What it measures, for the paper-size model at 96^3 and for the CPU demo model of
   gradient clipping at 12, AdamW step, the projection-std bookkeeping; autocast + GradScaler on CUDA as the bundle
   does) with a view pair that hands back a pre-made pair. The model step's tensors have the same shapes in every
   view mode, so it is timed once per configuration; the data time is timed per mode.
+* **layouts**: the same model step with the network's convolutions contiguous (NCDHW) instead of channels-last
+  (NDHWC, the bundle's ``ContrastiveReconstructionModel`` default), same weights and views, timed in the same rounds
+  (``--no-compare-layouts`` skips it); the ratio channels-last / contiguous is printed.
 * **ratio** data / model, and PASS/MISS against the goal "data work at most 25 % of the model step for the
   paper-size model on the same device" (information only; the exit code is 0 either way).
 * optionally a **breakdown** of the data time into its parts (map validation, protocol draws, spatial resampling,
@@ -71,6 +74,10 @@ class ModelConfig:
     crop: int
     resolution_mm: float
     learning_rate: float
+    weight_decay: float
+    grad_clip_norm: float
+    projection_batch_norm: bool = False
+    temperature: float = 0.5
     batch: int = 2
     data_repeats: int = 3
     model_repeats: int = 3
@@ -82,14 +89,32 @@ class ModelConfig:
         return int(round(self.crop * 1.25))  # train.json: precrop_size = round(1.25 * crop_size)
 
 
-# Values of bundles/mri_ssl_pretrain/configs/train.json (paper) and train.json + cpu_demo.json (demo).
-PAPER = dict(name="paper", features=(64, 128, 256, 512, 768), reconstruction_channels=(384, 192, 96, 48),
-             projection_hidden=512, projection_dim=128, dropout=0.2, crop=96, resolution_mm=1.0, learning_rate=1e-4,
-             goal=True)
-DEMO = dict(name="cpu demo", features=(8, 16, 24, 32, 48), reconstruction_channels=(32, 24, 16, 8),
-            projection_hidden=64, projection_dim=32, dropout=0.1, crop=48, resolution_mm=2.0, learning_rate=3e-4)
-WEIGHT_DECAY = 0.01
-GRAD_CLIP_NORM = 12.0
+def bundle_values(*config_names: str) -> dict:
+    """The top-level keys of the pretraining bundle's config files, later files overriding earlier ones."""
+    import json
+
+    values: dict = {}
+    for name in config_names:
+        values.update(json.loads((BUNDLE_ROOT / "configs" / name).read_text()))
+    return values
+
+
+def model_config_values(name: str, values: dict, goal: bool = False) -> dict:
+    """``ModelConfig`` keyword arguments from a bundle config's values (so this benchmark times what it runs)."""
+    return dict(name=name, features=tuple(values["features"]),
+                reconstruction_channels=tuple(values["reconstruction_channels"]),
+                projection_hidden=values["projection_hidden"], projection_dim=values["projection_dim"],
+                projection_batch_norm=bool(values["projection_batch_norm"]), temperature=values["temperature"],
+                dropout=values["dropout"], crop=values["crop_size"][0], resolution_mm=values["demo_resolution_mm"],
+                learning_rate=values["learning_rate"], weight_decay=values["weight_decay"],
+                grad_clip_norm=values["grad_clip_norm"], goal=goal)
+
+
+# bundles/mri_ssl_pretrain/configs/train.json (paper) and train.json + cpu_demo.json (demo).
+PAPER_VALUES = bundle_values("train.json")
+DEMO_VALUES = bundle_values("train.json", "cpu_demo.json")
+PAPER = model_config_values("paper", PAPER_VALUES, goal=True)
+DEMO = model_config_values("cpu demo", DEMO_VALUES)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -109,7 +134,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--paper-batch", type=int, default=None,
                         help="paper-model batch (the bundle uses 8; default 8 on CUDA, 2 on CPU where a step at 8 "
                         "would take many minutes and about 60 GB)")
-    parser.add_argument("--demo-batch", type=int, default=2, help="CPU-demo batch (cpu_demo.json uses 2)")
+    parser.add_argument("--demo-batch", type=int, default=DEMO_VALUES["batch_size"],
+                        help="CPU-demo batch (cpu_demo.json's batch_size)")
+    parser.add_argument("--compare-layouts", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the model step with the network's convolutions contiguous (NCDHW) instead "
+                        "of channels-last (NDHWC, what the bundle uses), interleaved, and print the ratio")
     parser.add_argument("--paper-repeats", type=int, default=3,
                         help="timed data calls per mode for the paper model (and model steps on CUDA)")
     parser.add_argument("--paper-model-repeats", type=int, default=None,
@@ -297,8 +326,11 @@ def make_maps(config: ModelConfig, device, seed: int):
     return torch.stack(items).contiguous().to(device), shape_full
 
 
-def make_trainer(config: ModelConfig, device, amp: bool):
-    """The bundle's network, loss, AdamW and a ``ContrastiveTrainer`` whose view pair returns ``holder['pair']``."""
+def make_trainer(config: ModelConfig, device, amp: bool, holder: dict, channels_last: bool = True):
+    """The bundle's network, loss, AdamW and a ``ContrastiveTrainer`` whose view pair returns ``holder['pair']``.
+
+    ``channels_last`` False keeps the convolutions in PyTorch's default contiguous layout (the layout comparison).
+    """
     import torch
 
     from mri_ssl.engines.contrastive_trainer import ContrastiveTrainer
@@ -309,16 +341,16 @@ def make_trainer(config: ModelConfig, device, amp: bool):
         spatial_dims=3, in_channels=1, features=config.features, dropout=config.dropout,
         projection_hidden=config.projection_hidden, projection_dim=config.projection_dim,
         reconstruction_channels=config.reconstruction_channels, reconstruction=True,
+        projection_batch_norm=config.projection_batch_norm, channels_last=channels_last,
     ).to(device)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=WEIGHT_DECAY)
-    holder: dict = {}
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     trainer = ContrastiveTrainer(
         device=device, max_epochs=1, train_data_loader=[{}], network=network, optimizer=optimizer,
-        view_pair=lambda inputs: holder["pair"], contrastive_loss=NTXentLoss(temperature=0.5),
-        input_keys=("maps",), reconstruction_weight=1.0, grad_clip_norm=GRAD_CLIP_NORM, amp=amp, seed=None,
+        view_pair=lambda inputs: holder["pair"], contrastive_loss=NTXentLoss(temperature=config.temperature),
+        input_keys=("maps",), reconstruction_weight=1.0, grad_clip_norm=config.grad_clip_norm, amp=amp, seed=None,
     )
     parameters = sum(p.numel() for p in network.parameters())
-    return trainer, holder, parameters
+    return trainer, parameters
 
 
 def run_config(config: ModelConfig, args, device, clock: Clock) -> dict:
@@ -343,12 +375,23 @@ def run_config(config: ModelConfig, args, device, clock: Clock) -> dict:
         view_pair.set_random_state(seed=args.seed)
         view_pairs[mode] = view_pair
 
-    trainer, holder, parameters = make_trainer(config, device, args.amp)
+    holder: dict = {}
+    trainer, parameters = make_trainer(config, device, args.amp, holder)
     result["parameters"] = parameters
     batch = {"maps": maps}
 
     def model_step():
         return trainer._iteration(trainer, batch)
+
+    # The same network, initial weights and pair with contiguous convolutions: same-round times give the ratio.
+    contiguous_trainer = None
+    if args.compare_layouts:
+        with torch.random.fork_rng(devices=[]):
+            contiguous_trainer, _ = make_trainer(config, device, args.amp, holder, channels_last=False)
+        contiguous_trainer.network.load_state_dict(trainer.network.state_dict())
+
+    def contiguous_model_step():
+        return contiguous_trainer._iteration(contiguous_trainer, batch)
 
     # Warm-up: data calls per mode (the first also makes the pair the model steps use), then model steps.
     data_first: dict[str, float] = {}
@@ -364,9 +407,12 @@ def run_config(config: ModelConfig, args, device, clock: Clock) -> dict:
         if index == 0:
             model_first = seconds
         say(f"[{config.name}] warm-up model step {index + 1}/{args.warmup}: {fmt_s(seconds)} s")
+        if contiguous_trainer is not None:
+            clock.time(contiguous_model_step)
 
     data_times: dict[str, list[float]] = {mode: [] for mode in view_pairs}
     model_times: list[float] = []
+    contiguous_times: list[float] = []
     rounds = max(config.data_repeats, config.model_repeats)
     for round_index in range(rounds):
         for mode, view_pair in view_pairs.items():
@@ -377,13 +423,19 @@ def run_config(config: ModelConfig, args, device, clock: Clock) -> dict:
             seconds, output = clock.time(model_step)
             model_times.append(seconds)
             result["last_loss"] = output.get("loss")
+            if contiguous_trainer is not None:
+                contiguous_times.append(clock.time(contiguous_model_step)[0])
         data_text = ", ".join(f"{m} {fmt_s(t[-1])}" for m, t in data_times.items() if len(t) > round_index)
         model_text = f", model {fmt_s(model_times[-1])}" if round_index < config.model_repeats else ""
+        if contiguous_times and round_index < config.model_repeats:
+            model_text += f" (contiguous {fmt_s(contiguous_times[-1])})"
         say(f"[{config.name}] round {round_index + 1}/{rounds}: data {data_text}{model_text} s")
 
     model_median = statistics.median(model_times)
     result["model"] = {"median": model_median, "first": model_first, "n": len(model_times),
                        "min": min(model_times), "max": max(model_times)}
+    if contiguous_times:
+        result["model_contiguous"] = {"median": statistics.median(contiguous_times), "n": len(contiguous_times)}
     for mode, times in data_times.items():
         median = statistics.median(times)
         result["modes"][mode] = {"median": median, "first": data_first[mode], "n": len(times), "min": min(times),
@@ -599,6 +651,12 @@ def main(argv=None) -> int:
     say("data = ContrastiveViewPair(maps) for both views of every item; model = ContrastiveTrainer._iteration with "
         "the views given (forward, NT-Xent, L1, backward, clip 12, AdamW).")
     say("first call = the untimed warm-up (cold caches); PASS/MISS is information only.")
+    for result in results:
+        if "model_contiguous" in result:
+            channels_last, contiguous = result["model"]["median"], result["model_contiguous"]["median"]
+            say(f"[{result['config'].name}] model step, channels-last (the bundle's) {fmt_s(channels_last)} s against "
+                f"contiguous {fmt_s(contiguous)} s (medians of the same rounds, same weights and views): ratio "
+                f"{channels_last / contiguous:.2f}")
     for result in results:
         config = result["config"]
         for note in config.notes:

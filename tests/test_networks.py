@@ -6,8 +6,8 @@ from torch import nn
 
 from mri_ssl.errors import InputError
 from mri_ssl.metrics.representation_probe import projection_spread
-from mri_ssl.networks import (PAPER_FEATURES, CAMClassifier, CNNEncoder3D, FrozenEncoderUNet, ProjectionHead,
-                              Reconstructor, SequenceClassifier)
+from mri_ssl.networks import (PAPER_FEATURES, CAMClassifier, CNNEncoder3D, ContrastiveReconstructionModel,
+                              FrozenEncoderUNet, ProjectionHead, Reconstructor, SequenceClassifier)
 
 SLIM = (4, 8, 8, 16, 16)
 
@@ -105,6 +105,42 @@ def test_slim_encoder_and_reconstructor_round_trip_the_input_size():
     x = torch.randn(1, 1, 32, 32, 32)
     _, stages = encoder(x, return_stages=True)
     assert reconstructor(stages[-1]).shape == x.shape
+
+
+def pretraining_model(spatial_dims, channels_last=True):
+    torch.manual_seed(0)
+    return ContrastiveReconstructionModel(spatial_dims, features=(4, 8, 8), dropout=0.0, projection_hidden=8,
+                                          projection_dim=4, reconstruction_channels=(8, 4), channels_last=channels_last)
+
+
+def convolution_weights(module):
+    return [m.weight for m in module.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)) and m.in_channels > 1]
+
+
+def test_pretraining_model_is_channels_last_in_3d_with_the_contiguous_outputs_and_gradients():
+    """Channels-last changes the memory order (a CPU speed-up), not the maths: the same weights give the same
+    features, projections, reconstruction and weight gradients as the contiguous layout."""
+    fast, reference = pretraining_model(3), pretraining_model(3, channels_last=False)
+    reference.load_state_dict(fast.state_dict())
+    assert convolution_weights(fast) and all(w.is_contiguous(memory_format=torch.channels_last_3d)
+                                             for w in convolution_weights(fast))
+    assert all(w.is_contiguous() for w in convolution_weights(reference))
+    x = torch.randn(4, 1, 16, 16, 16)
+    outputs = [model(x) for model in (fast, reference)]
+    assert outputs[0]["reconstruction"].shape == x.shape
+    for key in ("features", "projection", "reconstruction"):
+        torch.testing.assert_close(outputs[0][key], outputs[1][key], rtol=1e-4, atol=1e-5)
+    for output in outputs:
+        (output["projection"].square().sum() + (output["reconstruction"] - x).abs().mean()).backward()
+    for (name, a), b in zip(fast.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_two_dimensional_pretraining_model_keeps_the_default_layout():
+    model = pretraining_model(2)
+    assert not model.channels_last
+    assert all(w.is_contiguous() for w in (m.weight for m in model.modules() if isinstance(m, nn.Conv2d)))
+    assert model(torch.randn(2, 1, 16, 16))["reconstruction"].shape == (2, 1, 16, 16)
 
 
 @pytest.mark.parametrize("kwargs, name", [

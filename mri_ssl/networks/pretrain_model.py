@@ -20,6 +20,8 @@ class ContrastiveReconstructionModel(nn.Module):
         reconstruction_channels: the reconstructor's widths, one per upsampling (paper: 384, 192, 96, 48); their
             number must equal the encoder's downsamplings so the output has the input's size.
         reconstruction: build the decoder (False when the reconstruction weight is 0).
+        channels_last: keep a 3-D model's convolutions channels-last (below); ignored in 2-D. False is for
+            benchmarks/pretrain_pipeline.py, which times both layouts.
 
     ``forward(x)`` with ``x`` of shape ``(B, in_channels, *spatial)`` returns a dict: ``features`` (B, features[-1]),
     ``projection`` (B, projection_dim) and, with the decoder, ``reconstruction`` (B, in_channels, *spatial).
@@ -28,7 +30,7 @@ class ContrastiveReconstructionModel(nn.Module):
     def __init__(self, spatial_dims: int = 3, in_channels: int = 1, features=PAPER_FEATURES, dropout: float = 0.2,
                  projection_hidden: int = 512, projection_dim: int = 128,
                  reconstruction_channels=(384, 192, 96, 48), reconstruction: bool = True, norm: str = "INSTANCE",
-                 projection_batch_norm: bool = False):
+                 projection_batch_norm: bool = False, channels_last: bool = True):
         super().__init__()
         self.encoder = CNNEncoder3D(spatial_dims, in_channels, features, dropout, norm)
         self.projector = ProjectionHead(self.encoder.out_features, projection_hidden, projection_dim,
@@ -40,8 +42,18 @@ class ContrastiveReconstructionModel(nn.Module):
                                  f"encoder downsampling), got {tuple(reconstruction_channels)}")
             self.reconstructor = Reconstructor(spatial_dims, self.encoder.out_features, reconstruction_channels,
                                                in_channels)
+        # 3-D convolution weights and activations are kept channels-last (NDHWC), as in FrozenEncoderUNet: oneDNN
+        # runs the forward and backward convolutions on it without converting layouts (the speed-up per step is
+        # measured by benchmarks/pretrain_pipeline.py). The same sums; only the memory order, and so the rounding,
+        # differs. load_state_dict copies values, so checkpoints load into either layout (safetensors are written
+        # contiguous).
+        self.channels_last = bool(channels_last) and spatial_dims == 3
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last_3d)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.channels_last and x.dim() == 5:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         features, stages = self.encoder.forward_stages(x)
         output = {"features": features, "projection": self.projector(features)}
         if self.reconstructor is not None:
