@@ -7,6 +7,7 @@ from torch import nn
 
 from mri_ssl.networks.encoder import PAPER_FEATURES, CNNEncoder3D
 from mri_ssl.networks.heads import ProjectionHead, Reconstructor
+from mri_ssl.networks.layout import channels_last_input, keep_channels_last
 
 
 class ContrastiveReconstructionModel(nn.Module):
@@ -42,18 +43,11 @@ class ContrastiveReconstructionModel(nn.Module):
                                  f"encoder downsampling), got {tuple(reconstruction_channels)}")
             self.reconstructor = Reconstructor(spatial_dims, self.encoder.out_features, reconstruction_channels,
                                                in_channels)
-        # 3-D convolution weights and activations are kept channels-last (NDHWC), as in FrozenEncoderUNet: oneDNN
-        # runs the forward and backward convolutions on it without converting layouts (the speed-up per step is
-        # measured by benchmarks/pretrain_pipeline.py). The same sums; only the memory order, and so the rounding,
-        # differs. load_state_dict copies values, so checkpoints load into either layout (safetensors are written
-        # contiguous).
-        self.channels_last = bool(channels_last) and spatial_dims == 3
-        if self.channels_last:
-            self.to(memory_format=torch.channels_last_3d)
+        # 3-D weights and activations are kept channels-last: faster on CPU, the same sums (layout.py)
+        self.channels_last = keep_channels_last(self, spatial_dims, channels_last)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.channels_last and x.dim() == 5:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
+        x = channels_last_input(x, self.channels_last)
         features, stages = self.encoder.forward_stages(x)
         output = {"features": features, "projection": self.projector(features)}
         if self.reconstructor is not None:
