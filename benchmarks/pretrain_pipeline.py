@@ -78,6 +78,7 @@ class ModelConfig:
     grad_clip_norm: float
     projection_batch_norm: bool = False
     temperature: float = 0.5
+    reconstruction_weight: float = 1.0
     batch: int = 2
     data_repeats: int = 3
     model_repeats: int = 3
@@ -107,7 +108,8 @@ def model_config_values(name: str, values: dict, goal: bool = False) -> dict:
                 projection_batch_norm=bool(values["projection_batch_norm"]), temperature=values["temperature"],
                 dropout=values["dropout"], crop=values["crop_size"][0], resolution_mm=values["demo_resolution_mm"],
                 learning_rate=values["learning_rate"], weight_decay=values["weight_decay"],
-                grad_clip_norm=values["grad_clip_norm"], goal=goal)
+                grad_clip_norm=values["grad_clip_norm"], reconstruction_weight=values["reconstruction_weight"],
+                goal=goal)
 
 
 # bundles/mri_ssl_pretrain/configs/train.json (paper) and train.json + cpu_demo.json (demo).
@@ -340,14 +342,15 @@ def make_trainer(config: ModelConfig, device, amp: bool, holder: dict, channels_
     network = ContrastiveReconstructionModel(
         spatial_dims=3, in_channels=1, features=config.features, dropout=config.dropout,
         projection_hidden=config.projection_hidden, projection_dim=config.projection_dim,
-        reconstruction_channels=config.reconstruction_channels, reconstruction=True,
+        reconstruction_channels=config.reconstruction_channels, reconstruction=config.reconstruction_weight > 0,
         projection_batch_norm=config.projection_batch_norm, channels_last=channels_last,
     ).to(device)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     trainer = ContrastiveTrainer(
         device=device, max_epochs=1, train_data_loader=[{}], network=network, optimizer=optimizer,
         view_pair=lambda inputs: holder["pair"], contrastive_loss=NTXentLoss(temperature=config.temperature),
-        input_keys=("maps",), reconstruction_weight=1.0, grad_clip_norm=config.grad_clip_norm, amp=amp, seed=None,
+        input_keys=("maps",), reconstruction_weight=config.reconstruction_weight, grad_clip_norm=config.grad_clip_norm,
+        amp=amp, seed=None,
     )
     parameters = sum(p.numel() for p in network.parameters())
     return trainer, parameters
@@ -384,6 +387,7 @@ def run_config(config: ModelConfig, args, device, clock: Clock) -> dict:
         return trainer._iteration(trainer, batch)
 
     # The same network, initial weights and pair with contiguous convolutions: same-round times give the ratio.
+    # Built under fork_rng so the global stream (and so what is timed after) is as without the comparison.
     contiguous_trainer = None
     if args.compare_layouts:
         with torch.random.fork_rng(devices=[]):
