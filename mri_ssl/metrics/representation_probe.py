@@ -1,8 +1,9 @@
 """A label-free representation probe: does pretraining make an encoder that tells crops apart across sequences?
 
 The probe is a fixed set of N crops from held-out subjects, each seen in two views (for qMRI maps: the same crop
-simulated under two different random sequences and protocols). The encoder embeds all 2N views, and the probe
-reports, for the pooled features and for the projections:
+simulated under two independently drawn acquisitions, sequence and protocol, never both the same; with the four
+sequences drawn uniformly, about a quarter of the crops get one sequence twice under two protocols). The encoder
+embeds all 2N views, and the probe reports, for the pooled features and for the projections:
 
 - **cross-sequence retrieval top-1 / top-5**: for each view, is the other view of its crop the most (one of the five
   most) cosine-similar of the N candidates in the other set? Both directions are pooled (2N queries). Ties count
@@ -373,7 +374,7 @@ class RepresentationProbe(ProbeHandler):
         data: held-out items (dicts of channel-first tensors, e.g. a ``CacheDataset`` of the validation subjects).
         input_keys: the keys stacked as input channels (qMRI maps, or one image).
         view_pair: makes the two views of each crop (``ContrastiveViewPair``: for maps, mode ``seqinv`` without
-            spatial augmentation, so both views are the same crop under two different sequences). It is called on
+            spatial augmentation, so both views are the same crop under two different acquisitions). It is called on
             crops of exactly ``crop_size``, once, with ``seed``: the probe set is fixed for the whole run.
         crop_size: the crops' size in voxels.
         crops_per_subject: crops per held-out item in each group; N = items x crops_per_subject.
